@@ -212,7 +212,7 @@ class Llama(nn.Module):
         logits = self.output(self.hidden_states(idx, causal))
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=ignore_index)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=ignore_index)
         return logits, loss
 
     # ----- what a trainer needs -----

@@ -57,6 +57,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import regex
 import tiktoken
+import tiktoken.load
 from tqdm import tqdm
 
 from model import InputError

@@ -1,0 +1,29 @@
+# BabyLlama-2 student (arXiv 2409.17312): SmolLlama-345M distilled from two teachers of the same size.
+#   torchrun --nproc_per_node=8 train_teacher.py configs/teacher1.py   (and teacher2.py)
+#   torchrun --nproc_per_node=8 distill.py configs/student.py
+data_dir = "data/babylm10m"
+out_dir = "out/student"
+teachers = ["out/teacher1/ckpt.pt", "out/teacher2/ckpt.pt"]  # the best-validation checkpoint of each
+dim = 960
+n_layers = 32
+n_heads = 15
+n_kv_heads = 5
+hidden_dim = 2560
+max_seq_len = 256
+# 345,355,200 parameters, as each teacher (see teacher1.py for the arithmetic)
+alpha = 0.5
+temperature = 1.0
+ensemble = "logits"  # mean of teacher logits, as the published code
+kl_reduction = "paper"  # KL summed over the 128 positions / batch size: KL:CE per-token weight 128:1
+seq_len = 128
+batch_size = 128  # 16,384 tokens per step
+micro_batch_size = 32
+epochs = 8.0
+lr = 7e-4
+min_lr = 0.0
+warmup_iters = 600
+weight_decay = 5.0
+grad_clip = 1.0
+eval_interval = 200
+eval_windows = 8192
+seed = 3

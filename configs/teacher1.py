@@ -1,0 +1,25 @@
+# BabyLlama-2 teacher 1 (arXiv 2409.17312): "SmolLlama-345M", the same architecture as its student.
+#   python prepare_data.py --out data/babylm10m            # BabyLM 2024 strict-small, BPE 16k
+#   torchrun --nproc_per_node=8 train_teacher.py configs/teacher1.py
+data_dir = "data/babylm10m"
+out_dir = "out/teacher1"
+dim = 960
+n_layers = 32
+n_heads = 15  # head_dim 64
+n_kv_heads = 5  # grouped-query attention: 3 query heads share each KV head
+hidden_dim = 2560  # = 8/3 * 960
+max_seq_len = 256  # 2 x seq_len, as the published config
+# params: 2 x 16,000 x 960 (untied embedding + head) + 32 x (attention 2,457,600 + SwiGLU 7,372,800 + 2 x 960 norms)
+#       + 960 final norm = 345,355,200
+seq_len = 128
+batch_size = 128  # 16,384 tokens per step (the paper: 32 per device x 4 accumulation steps)
+micro_batch_size = 32
+epochs = 8.0  # ~9.5M words x ~1.45 tokens/word / 16,384 = ~840 steps per epoch, ~6.7k steps
+lr = 7e-4
+min_lr = 0.0  # cosine to zero, as the HF Trainer
+warmup_iters = 600
+weight_decay = 5.0  # the sweep's high-weight-decay region (babyllama.md 3.4)
+grad_clip = 1.0
+eval_interval = 200
+eval_windows = 8192  # the whole validation split (~5,500 windows) is used when it is smaller
+seed = 1  # the papers do not say how their teachers differ; ours differ by seed (init and data order)

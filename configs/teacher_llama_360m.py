@@ -1,0 +1,21 @@
+# BabyLlama's Llama-360M teacher (arXiv 2308.02019; babyllama.md 2.2-2.3, the YAML setting).
+#   torchrun --nproc_per_node=8 train_teacher.py configs/teacher_llama_360m.py
+data_dir = "data/babylm10m"
+out_dir = "out/teacher_llama_360m"
+dim = 1024
+n_layers = 24
+n_heads = 8  # head_dim 128
+hidden_dim = 3072  # 3 x dim
+max_seq_len = 256
+# params: 2 x 16,000 x 1,024 + 24 x (4 x 1,024^2 + 3 x 1,024 x 3,072 + 2 x 1,024) + 1,024 = 359,973,888
+seq_len = 128
+batch_size = 128
+micro_batch_size = 16
+epochs = 4.0
+lr = 3e-4
+min_lr = 0.0
+warmup_iters = 300
+weight_decay = 0.0  # not set in the BabyLlama teacher recipe
+eval_interval = 200
+eval_windows = 8192  # BabyLlama validated on 8,192 windows of 128 tokens
+seed = 2023

@@ -1,0 +1,22 @@
+# A tiny Llama teacher for a CPU walk-through (a few minutes on 2 cores).
+# Prepare the data first: python prepare_data.py --src ../shared/data/babylm_2024_mini --out data/mini
+data_dir = "data/mini"
+out_dir = "out/tiny_teacher1"
+dim = 128
+n_layers = 4
+n_heads = 4
+n_kv_heads = 2  # grouped-query attention, as BabyLlama-2 (2 query heads per KV head)
+hidden_dim = 384  # 3 x dim
+# 4 x (4*128*128 - 2*128*64 ... attention 49,152 + SwiGLU 147,456) + head 16,000*128 = 2.83M matmul params
+seq_len = 128
+batch_size = 32  # 4,096 tokens per step; one epoch of data/mini is ~1,050 steps
+micro_batch_size = 32
+max_iters = 300
+warmup_iters = 30
+lr = 3e-3
+min_lr = 3e-4
+weight_decay = 0.1
+eval_interval = 100
+eval_windows = 256
+log_interval = 20
+seed = 1

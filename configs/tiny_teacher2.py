@@ -1,0 +1,22 @@
+# A tiny Llama teacher for a CPU walk-through (a few minutes on 2 cores).
+# Prepare the data first: python prepare_data.py --src ../shared/data/babylm_2024_mini --out data/mini
+data_dir = "data/mini"
+out_dir = "out/tiny_teacher2"
+dim = 160
+n_layers = 4
+n_heads = 4  # head_dim 40 in teacher 2
+n_kv_heads = 2  # grouped-query attention, as BabyLlama-2 (2 query heads per KV head)
+hidden_dim = 480  # 3 x dim
+# a slightly wider second teacher (dim 160): the ensemble gains from teachers that differ
+seq_len = 128
+batch_size = 32  # 4,096 tokens per step; one epoch of data/mini is ~1,050 steps
+micro_batch_size = 32
+max_iters = 300
+warmup_iters = 30
+lr = 3e-3
+min_lr = 3e-4
+weight_decay = 0.1
+eval_interval = 100
+eval_windows = 256
+log_interval = 20
+seed = 2

@@ -1,0 +1,64 @@
+"""Shared fixtures: a small synthetic BabyLM corpus, prepared once per test session, and the path
+to the real data in ../shared/data (tests that need it skip with a reason when it is absent)."""
+
+import os
+import random
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def shared_path(*parts):
+    """A path under ../shared/data, or skip the test when it is not there."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"real data not available: {path} is absent")
+    return path
+
+
+def synthetic_sentences(n, seed):
+    """Sentences from a tiny grammar: learnable, so a few hundred steps lower the loss."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "my sister", "the old man", "a little bird", "the children", "she", "we"]
+    verbs = ["sees", "likes", "finds", "wants", "carries", "hears", "draws", "loves"]
+    objects = ["the ball", "a red apple", "the big house", "some water", "the moon", "a small box", "her friend"]
+    tails = ["", " today", " in the garden", " again", " at night", " with a smile"]
+    return [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(tails)}." for _ in range(n)]
+
+
+def write_corpus(root, n_train=3000, n_dev=400):
+    """A BabyLM-2024 layout with two line-based sources."""
+    for split, suffix, n in (("train_10M", ".train", n_train), ("dev", ".dev", n_dev)):
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        for k, source in enumerate(("childes", "switchboard")):
+            lines = synthetic_sentences(n, seed=len(split) * 10 + k)
+            if source == "switchboard":
+                lines = [f"{'AB'[i % 2]}:\t{s}" for i, s in enumerate(lines)]
+            with open(os.path.join(root, split, source + suffix), "w") as f:
+                f.write("\n".join(lines) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A prepared data folder (BPE vocab 320) made from the synthetic corpus."""
+    from prepare_data import prepare
+
+    base = tmp_path_factory.mktemp("corpus")
+    src = write_corpus(base / "src")
+    out = str(base / "data")
+    prepare(src, out, vocab_size=320, progress=False)
+    return out
+
+
+def tiny_argv(data_dir, out_dir, **overrides):
+    """--key=value arguments for a tiny CPU teacher run on the prepared synthetic data."""
+    cfg = dict(data_dir=data_dir, out_dir=out_dir, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
+               seq_len=32, batch_size=8, micro_batch_size=8, max_iters=20, warmup_iters=2, lr=3e-3, min_lr=3e-4,
+               weight_decay=0.1, eval_interval=10, eval_windows=16, log_interval=1, compile=False, device="cpu")
+    cfg.update(overrides)
+    return [f"--{k}={v}" for k, v in cfg.items()]

@@ -1,0 +1,132 @@
+"""prepare_data.py: corpus reading, cleaning, splits, the BPE tokenizer, token files and their errors.
+Run: python -m pytest tests/test_data.py"""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import shared_path, write_corpus
+from model import InputError
+from prepare_data import (clean_lines, count_pretokens, encode_docs, load_tokenizer, prepare, read_bin, read_corpus,
+                          split_train_val, train_bpe)
+
+
+def test_prepared_folder_has_every_file_and_meta(prepared):
+    names = sorted(os.listdir(prepared))
+    assert names == ["meta.json", "test.bin", "tokenizer.tiktoken", "train.bin", "val.bin"]
+    meta = json.load(open(os.path.join(prepared, "meta.json")))
+    tok = meta["tokenizer"]
+    assert tok["vocab_size"] == 320 and tok["bos_id"] == 317 and tok["pad_id"] == 318 and tok["mask_id"] == 319
+    for split in ("train", "val", "test"):
+        ids = read_bin(os.path.join(prepared, f"{split}.bin"))
+        assert len(ids) == meta["tokens"][split] and ids.max() < 320
+    assert set(meta["source_sha256"]) == {"train/childes", "train/switchboard", "dev/childes", "dev/switchboard"}
+
+
+def test_every_document_starts_with_the_boundary_token(prepared):
+    enc, info = load_tokenizer(prepared)
+    ids = np.asarray(read_bin(os.path.join(prepared, "val.bin")))
+    assert ids[0] == info["bos_id"]
+    docs = enc.decode(ids.tolist()).split("<|endoftext|>")[1:]
+    assert all(d.startswith(" ") and d.strip() for d in docs), "each document is ' ' + a non-empty line"
+    assert "\n" not in "".join(docs)
+
+
+def test_same_inputs_same_bytes(tmp_path, prepared):
+    src = write_corpus(tmp_path / "src")
+    prepare(src, str(tmp_path / "again"), vocab_size=320, progress=False)
+    for name in ("train.bin", "val.bin", "test.bin", "tokenizer.tiktoken", "meta.json"):
+        assert open(os.path.join(prepared, name), "rb").read() == open(tmp_path / "again" / name, "rb").read(), name
+
+
+def test_zip_input_equals_folder_input(tmp_path, prepared):
+    src = write_corpus(tmp_path / "src")
+    zpath = tmp_path / "babylm.zip"
+    with zipfile.ZipFile(zpath, "w") as z:  # with a top-level folder, as released zips have
+        for split in ("train_10M", "dev"):
+            for fn in os.listdir(os.path.join(src, split)):
+                z.write(os.path.join(src, split, fn), f"text_data/{split}/{fn}")
+    prepare(str(zpath), str(tmp_path / "z"), vocab_size=320, progress=False)
+    assert open(tmp_path / "z" / "train.bin", "rb").read() == open(os.path.join(prepared, "train.bin"), "rb").read()
+
+
+def test_bpe_learns_frequent_merges_and_round_trips():
+    docs = ["the cat sat on the mat", "the cat ate the rat"] * 50
+    ranks = train_bpe(count_pretokens(docs), 300, progress=False)
+    assert b" the" in ranks and b" cat" in ranks
+    assert sorted(ranks.values()) == list(range(len(ranks))), "ranks are 0..n-1"
+    assert len(set(ranks)) == len(ranks)
+
+
+def test_bpe_respects_min_frequency():
+    ranks = train_bpe(count_pretokens(["xyzzy"]), 1000, min_frequency=2, progress=False)
+    assert len(ranks) == 256, "a pair seen once is not merged at min_frequency=2"
+
+
+def test_tokenizer_round_trip_on_real_text(prepared):
+    src = shared_path("babylm_2024_mini", "train_10M", "switchboard.train")
+    enc, _ = load_tokenizer(prepared)  # a small vocab: many byte-level fallbacks, which must round-trip too
+    text = open(src, encoding="utf-8").read()[:200_000]
+    assert enc.decode(enc.encode_ordinary(text)) == text
+    supplement = shared_path("blimp_supplement")
+    for fn in sorted(os.listdir(supplement)):
+        for line in open(os.path.join(supplement, fn), encoding="utf-8"):
+            s = json.loads(line)["sentence_good"]
+            assert enc.decode(enc.encode_ordinary(s)) == s  # includes dialogue newlines
+
+
+def test_gpt2_tokenizer_offline(tmp_path):
+    gpt2 = shared_path("gpt2_bpe")
+    src = write_corpus(tmp_path / "src", n_train=200, n_dev=50)
+    prepare(src, str(tmp_path / "g"), tokenizer="gpt2", gpt2_bpe=gpt2, progress=False)
+    enc, info = load_tokenizer(str(tmp_path / "g"))
+    assert enc.encode_ordinary("Hello world") == [15496, 995]  # GPT-2's own ids
+    assert info["bos_id"] == 50256 and info["vocab_size"] == 50259
+
+
+def test_cleaning_rules():
+    assert clean_lines("cbt", "He didn 't go , she said .\n\n") == ["He didn't go, she said."]
+    assert clean_lines("simple_wiki", "= = = Confetti = = =\nConfetti are small.") == ["Confetti", "Confetti are small."]
+    assert clean_lines("open_subtitles", "Subtitles by someone\nHello there.") == ["Hello there."]
+    assert clean_lines("gutenberg", "  Kept   as is. \n") == ["Kept   as is."]
+
+
+def test_val_split_last_five_percent_or_characters():
+    lines = [f"line {i}" for i in range(100)]
+    train, val = split_train_val(lines)
+    assert train == lines[:95] and val == lines[95:]
+    words = " ".join(f"w{i}" for i in range(1000))
+    train, val = split_train_val([words])
+    assert " ".join(train + val) == words and 0.04 < len(" ".join(val)) / len(words) < 0.06
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: None, "corpus not found"),
+    (lambda root: os.makedirs(root / "train_10M"), "no train_10M/babylm_10M/"),
+    (lambda root: [os.makedirs(root / d) for d in ("train_10M", "dev")] and [(root / d / f"a.{s}").write_text("") for d, s in (("train_10M", "train"), ("dev", "dev"))], "files are all empty"),
+    (lambda root: [os.makedirs(root / d) for d in ("train_10M", "dev")] and [(root / d / f"a.{s}").write_bytes(b"ok \xff\xfe bad") for d, s in (("train_10M", "train"), ("dev", "dev"))], r"a.train: not valid UTF-8"),
+])
+def test_bad_corpus_is_a_one_line_error(tmp_path, make, message):
+    root = tmp_path / "corpus"
+    make(root)
+    with pytest.raises(InputError, match=message) as e:
+        prepare(str(root), str(tmp_path / "out"), vocab_size=300, progress=False)
+    assert "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "out") or os.listdir(tmp_path / "out") == [], "nothing half-written"
+
+
+def test_odd_sized_bin_is_refused(tmp_path):
+    path = tmp_path / "train.bin"
+    path.write_bytes(b"\x01\x00\x02")
+    with pytest.raises(InputError, match="train.bin: size 3 bytes is not a multiple of 2"):
+        read_bin(str(path))
+
+
+def test_encode_docs_layout():
+    import tiktoken
+    enc = tiktoken.Encoding("t", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={})
+    ids = encode_docs(enc, ["ab", "c"], bos_id=300)
+    assert ids.tolist() == [300, 32, 97, 98, 300, 32, 99]

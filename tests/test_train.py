@@ -1,0 +1,79 @@
+"""train_teacher.py: a tiny CPU run learns, resume equals an uninterrupted run, data order, schedule,
+errors. Run: python -m pytest tests/test_train.py"""
+
+import os
+
+import pytest
+import torch
+
+from conftest import tiny_argv
+from model import InputError, load_checkpoint
+from train_teacher import DEFAULTS, EpochSampler, load_config, lr_at, main, read_log
+
+TIMING = ("ms_per_step", "tok_per_s", "mfu")
+
+
+def val_losses(out_dir):
+    return [e["val_loss"] for e in read_log(os.path.join(out_dir, "log.jsonl")) if "val_loss" in e]
+
+
+def without_timing(log):
+    return [{k: v for k, v in e.items() if k not in TIMING} for e in log]
+
+
+def test_tiny_run_validation_loss_falls(prepared, tmp_path):
+    out = str(tmp_path / "t")
+    summary = main(tiny_argv(prepared, out, max_iters=60, eval_interval=20))
+    vals = val_losses(out)
+    assert len(vals) == 3 and vals[-1] < vals[0] - 0.5, vals
+    assert summary["best_val_loss"] == min(vals)
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "last.pt", "log.jsonl"]
+    _, ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ckpt["step"] == 60 and ckpt["val_loss"] == min(vals) and ckpt["tokenizer"]["vocab_size"] == 320
+
+
+def test_resume_equals_uninterrupted_run(prepared, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    main(tiny_argv(prepared, a, max_iters=16, eval_interval=5))
+    main(tiny_argv(prepared, b, max_iters=16, eval_interval=5, stop_at=7))  # stops between two evaluations
+    assert load_checkpoint(os.path.join(b, "last.pt"))[1]["step"] == 7
+    main(tiny_argv(prepared, b, max_iters=16, eval_interval=5, resume=True))
+    log_a, log_b = read_log(os.path.join(a, "log.jsonl")), read_log(os.path.join(b, "log.jsonl"))
+    assert [e["step"] for e in log_a if "loss" in e] == list(range(1, 17))
+    assert without_timing(log_a) == without_timing(log_b), "losses after resume differ from the uninterrupted run"
+    wa, wb = (load_checkpoint(os.path.join(d, "last.pt"))[0].state_dict() for d in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ"
+
+
+def test_epoch_sampler_covers_each_window_once_per_epoch_and_shards_ranks():
+    one = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=4, world=1, seed=0)
+    two = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=2, world=2, seed=0)
+    seen = []
+    for step in range(5):  # one epoch
+        batch = torch.cat([one.indices(step, m, 0) for m in range(2)])
+        sharded = torch.cat([two.indices(step, m, r) for m in range(2) for r in range(2)])
+        assert sorted(batch.tolist()) == sorted(sharded.tolist()), "same global batch for any world size"
+        seen += batch.tolist()
+    assert sorted(seen) == list(range(40))
+    assert not torch.equal(one.indices(5, 0, 0), one.indices(0, 0, 0)), "a new order each epoch"
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = load_config(DEFAULTS, ["--lr=1.0", "--min_lr=0.1", "--warmup_iters=10"])
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1) and lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.55) and lr_at(110, cfg, 110) == pytest.approx(0.1)
+
+
+def test_checkpoint_from_another_tokenizer_is_refused_on_resume(prepared, tmp_path):
+    out = str(tmp_path / "t")
+    main(tiny_argv(prepared, out, max_iters=4, eval_interval=2, warmup_iters=1))
+    ck = torch.load(os.path.join(out, "last.pt"), weights_only=False)
+    ck["tokenizer"]["sha256"] = "0" * 64
+    torch.save(ck, os.path.join(out, "last.pt"))
+    with pytest.raises(InputError, match="last.pt was made with tokenizer"):
+        main(tiny_argv(prepared, out, max_iters=4, eval_interval=2, warmup_iters=1, resume=True))
+
+
+def test_vocab_size_disagreeing_with_the_tokenizer(prepared, tmp_path):
+    with pytest.raises(InputError, match="vocab_size=1000 but the tokenizer"):
+        main(tiny_argv(prepared, str(tmp_path / "t"), vocab_size=1000))
