@@ -1,0 +1,238 @@
+"""
+Stage 4a: zero-shot BLiMP and BLiMP-supplement scoring of a checkpoint, the official BabyLM way.
+
+    python eval_blimp.py --ckpt out/tiny_student/ckpt.pt --data ../shared/data/blimp_filtered \
+        --supplement ../shared/data/blimp_supplement --limit 50          # CPU, a quick look
+    python eval_blimp.py --ckpt out/student/ckpt.pt --data ../shared/data/blimp_filtered \
+        --supplement ../shared/data/blimp_supplement                     # full sets (GPU if present)
+
+The protocol (../shared/reference/eval.md, sections 2 and 6), --protocol 2024 by default:
+- a sentence's score is the SUM of the log-probabilities of all its tokens (no length normalisation),
+  conditioned on a single boundary token (prepare_data.py's <|endoftext|>, which is BOS and EOS):
+      2024: context BOS, text " " + sentence   (lm-eval 0.4 fork; multiple_choice with an empty context)
+      2023: context EOS, text " " + sentence   (our BOS and EOS are one token, so as 2024 here)
+      2025: context BOS, text sentence with no leading space (an exported tokenizer that prepends BOS)
+- log-softmax in fp32; a pair is correct when score(good) >= score(bad): ties count as correct, as
+  every official pipeline breaks them toward the good sentence. Strict (>) accuracy and ties are
+  reported too (eval.md pitfall P1).
+- accuracy per paradigm (UID); BLiMP = unweighted mean over paradigms (2024/2025) or over the 12
+  phenomena (linguistics_term) with pairs pooled within each (2023); supplement = unweighted mean over
+  its 5 tasks (file stems). Newlines inside supplement items are kept.
+
+Fast and exact: every unique (context, text) is scored once (BLiMP repeats many sentences), sentences
+are sorted by length and batched with right padding. Under the causal mask a real token never attends
+to the pads after it, so a batched score equals the one-by-one score (tests check this on real pairs).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import InputError, check_same_tokenizer, load_checkpoint
+from prepare_data import load_tokenizer
+
+PROTOCOLS = {"2023": (" ", "eos_id"), "2024": (" ", "bos_id"), "2025": ("", "bos_id")}  # (prefix, context token)
+PHENOMENA_2023 = 12
+
+
+# -----------------------------------------------------------------------------------------------
+# Data
+
+
+def read_tasks(folder):
+    """{task: [pair dict]} from a folder of .jsonl files. Reads the BabyLM fields (UID, pair_id) and the
+    original BLiMP release (pairID); a file without UID is one task named after the file."""
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder}: BLiMP folder not found")
+    files = sorted(f for f in os.listdir(folder) if f.endswith((".jsonl", ".json")))
+    if not files:
+        raise InputError(f"{folder}: no .jsonl files")
+    tasks = defaultdict(list)
+    for fn in files:
+        path = os.path.join(folder, fn)
+        stem = fn.rsplit(".", 1)[0]
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    good, bad = obj["sentence_good"], obj["sentence_bad"]
+                    if not isinstance(good, str) or not isinstance(bad, str):
+                        raise TypeError
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise InputError(f"{path}:{lineno}: expected a JSON object with string fields sentence_good and sentence_bad") from None
+                tasks[obj.get("UID") or stem].append({
+                    "good": good, "bad": bad, "field": obj.get("field", ""),
+                    "term": obj.get("linguistics_term", ""),
+                    "pair_id": obj.get("pair_id", obj.get("pairID", obj.get("pair_ID", lineno - 1))),
+                })
+    return dict(tasks)
+
+
+def limit_tasks(tasks, limit):
+    return {k: v[:limit] for k, v in tasks.items()} if limit else tasks
+
+
+# -----------------------------------------------------------------------------------------------
+# Scoring
+
+
+def encode_sentence(enc, info, sentence, protocol):
+    """(context id, token ids) of a sentence under a protocol."""
+    prefix, ctx_key = PROTOCOLS[protocol]
+    return info[ctx_key], enc.encode_ordinary(prefix + sentence)
+
+
+@torch.no_grad()
+def score_one(model, ctx, ids, device):
+    """Sum of log p(ids[i] | ctx, ids[:i]) for one sentence, unbatched: the reference."""
+    x = torch.tensor([[ctx] + ids[:-1]], device=device)
+    logp = F.log_softmax(model(x)[0].float(), dim=-1)[0]
+    return logp[torch.arange(len(ids)), torch.tensor(ids, device=device)].sum().item()
+
+
+@torch.no_grad()
+def score_batch(model, items, pad_id, device):
+    """Scores of a list of (ctx, ids) in one right-padded forward pass."""
+    T = max(len(ids) for _, ids in items)
+    x = torch.full((len(items), T), pad_id, dtype=torch.long)
+    y = torch.zeros((len(items), T), dtype=torch.long)
+    mask = torch.zeros((len(items), T), dtype=torch.bool)
+    for b, (ctx, ids) in enumerate(items):
+        x[b, 0], x[b, 1 : len(ids)] = ctx, torch.tensor(ids[:-1])
+        y[b, : len(ids)], mask[b, : len(ids)] = torch.tensor(ids), True
+    x, y, mask = x.to(device), y.to(device), mask.to(device)
+    logits = model(x)[0].float()  # (B, T, V)
+    # log p(y) = logit[y] - logsumexp(logits): no (B, T, V) log-softmax tensor is materialised
+    token_logp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return (token_logp * mask).sum(-1).tolist()
+
+
+def score_sentences(model, enc, info, sentences, protocol, device, batch_tokens=8192, progress=True):
+    """{sentence: score} for unique sentences, batched by length (about batch_tokens tokens per batch)."""
+    items = {s: encode_sentence(enc, info, s, protocol) for s in set(sentences)}
+    for s, (_, ids) in items.items():
+        if not ids:
+            raise InputError(f"an empty sentence cannot be scored: {s!r}")
+    order = sorted(items, key=lambda s: (len(items[s][1]), s))  # similar lengths together: little padding
+    scores, batch = {}, []
+    bar = tqdm(total=len(order), desc=f"score ({protocol})", disable=not progress, mininterval=1)
+    for i, s in enumerate(order):
+        batch.append(s)
+        longest = len(items[s][1])  # sorted, so the last one is the longest
+        if (len(batch) + 1) * longest > batch_tokens or i == len(order) - 1:
+            for s_, v in zip(batch, score_batch(model, [items[b] for b in batch], info["pad_id"], device)):
+                scores[s_] = v
+            bar.update(len(batch))
+            batch = []
+    bar.close()
+    return scores
+
+
+# -----------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def pair_results(tasks, scores):
+    """Per task: n, correct (>=), strict (>), ties; plus pooled counts per linguistics_term and field."""
+    per_task, per_term, per_field = {}, defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
+    for task, pairs in tasks.items():
+        correct = strict = ties = 0
+        for p in pairs:
+            g, b = scores[p["good"]], scores[p["bad"]]
+            correct += g >= b
+            strict += g > b
+            ties += g == b
+            for table, key in ((per_term, p["term"]), (per_field, p["field"])):
+                if key:
+                    table[key][0] += g >= b
+                    table[key][1] += 1
+        per_task[task] = {"n": len(pairs), "acc": 100.0 * correct / len(pairs), "strict_acc": 100.0 * strict / len(pairs), "ties": ties}
+    pooled = lambda table: {k: 100.0 * c / n for k, (c, n) in sorted(table.items())}
+    return per_task, pooled(per_term), pooled(per_field)
+
+
+def summarize(per_task, per_term, protocol):
+    """The headline number: unweighted mean over tasks (2024/2025) or over pooled phenomena (2023)."""
+    if protocol == "2023" and per_term:
+        return sum(per_term.values()) / len(per_term)
+    return sum(t["acc"] for t in per_task.values()) / len(per_task)
+
+
+def evaluate_set(model, enc, info, tasks, protocol, device, batch_tokens=8192, progress=True):
+    sentences = [s for pairs in tasks.values() for p in pairs for s in (p["good"], p["bad"])]
+    t0 = time.perf_counter()
+    scores = score_sentences(model, enc, info, sentences, protocol, device, batch_tokens, progress)
+    per_task, per_term, per_field = pair_results(tasks, scores)
+    n_pairs = sum(len(p) for p in tasks.values())
+    return {"score": summarize(per_task, per_term, protocol), "strict_score": sum(t["strict_acc"] for t in per_task.values()) / len(per_task),
+            "ties": sum(t["ties"] for t in per_task.values()), "pairs": n_pairs, "unique_sentences": len(scores),
+            "seconds": time.perf_counter() - t0, "tasks": per_task, "linguistics_term": per_term, "field": per_field}
+
+
+def print_table(name, result):
+    print(f"\n{name}: {'paradigm/task':<52}{'n':>6}{'acc':>7}{'strict':>8}{'ties':>6}")
+    for task, r in result["tasks"].items():
+        print(f"  {task:<58}{r['n']:>6}{r['acc']:>7.1f}{r['strict_acc']:>8.1f}{r['ties']:>6}")
+    for title in ("linguistics_term", "field"):
+        if result[title]:
+            print(f"  by {title}: " + ", ".join(f"{k} {v:.1f}" for k, v in result[title].items()))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Zero-shot BLiMP scoring (BabyLM protocol).")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--data", required=True, help="folder of BLiMP .jsonl files (e.g. ../shared/data/blimp_filtered)")
+    p.add_argument("--supplement", help="folder of the BLiMP supplement .jsonl files")
+    p.add_argument("--data_dir", help="prepared data folder with the tokenizer (default: the checkpoint's data_dir)")
+    p.add_argument("--protocol", default="2024", choices=sorted(PROTOCOLS))
+    p.add_argument("--limit", type=int, default=0, help="pairs per paradigm/task (0 = all)")
+    p.add_argument("--batch_tokens", type=int, default=8192, help="about this many tokens per forward pass")
+    p.add_argument("--out", help="JSON results file (default: next to the checkpoint)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    tasks = limit_tasks(read_tasks(args.data), args.limit)
+    supplement = limit_tasks(read_tasks(args.supplement), args.limit) if args.supplement else None
+    model, ckpt = load_checkpoint(args.ckpt, device)
+    data_dir = args.data_dir or ckpt.get("config", {}).get("data_dir")
+    if not data_dir:
+        raise InputError(f"{args.ckpt}: no data_dir recorded; pass --data_dir with the tokenizer")
+    enc, info = load_tokenizer(data_dir)
+    check_same_tokenizer(ckpt["tokenizer"], info, args.ckpt, os.path.join(data_dir, "meta.json"))
+    model.eval()  # fp32 weights and fp32 log-softmax: bf16 scoring manufactures ties (eval.md P2)
+
+    results = {"ckpt": args.ckpt, "protocol": args.protocol, "limit": args.limit}
+    results["blimp"] = evaluate_set(model, enc, info, tasks, args.protocol, device, args.batch_tokens)
+    print_table("BLiMP", results["blimp"])
+    if supplement:
+        results["supplement"] = evaluate_set(model, enc, info, supplement, args.protocol, device, args.batch_tokens)
+        print_table("BLiMP supplement", results["supplement"])
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"blimp_{args.protocol}.json")
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, out)
+    b = results["blimp"]
+    line = f"BLiMP {b['score']:.1f} (strict {b['strict_score']:.1f}, {b['ties']} ties, {len(b['tasks'])} tasks, {b['pairs']} pairs)"
+    if supplement:
+        s = results["supplement"]
+        line += f" | supplement {s['score']:.1f} (strict {s['strict_score']:.1f}, {s['ties']} ties)"
+    print(f"\nwrote {out}\n{line}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,130 @@
+"""eval_blimp.py: a model with known log-probs, batched == one-by-one on real pairs, ties, aggregation,
+both field-name formats, errors. Run: python -m pytest tests/test_blimp.py"""
+
+import json
+import math
+import os
+
+import pytest
+import tiktoken
+import torch
+import torch.nn as nn
+
+from conftest import shared_path
+from eval_blimp import evaluate_set, main, pair_results, read_tasks, score_one, score_sentences, summarize
+from model import InputError, Llama, ModelConfig, model_checkpoint, save_checkpoint
+from prepare_data import load_tokenizer
+
+# A byte-level tokenizer (one token per character) with the project's three special tokens.
+ENC = tiktoken.Encoding("bytes", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                        special_tokens={"<|endoftext|>": 256, "<|pad|>": 257, "<|mask|>": 258})
+INFO = {"bos_id": 256, "eos_id": 256, "pad_id": 257, "vocab_size": 259}
+
+
+class BigramModel(nn.Module):
+    """logits(next | previous) = table[previous]: sentence log-probs are computable by hand."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, idx):
+        return self.table[idx], None
+
+
+def bigram_table(seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(259, 259) * 2
+
+
+def test_known_log_probs_pick_the_expected_sentence():
+    table = bigram_table()
+    model = BigramModel(table)
+    logp = torch.log_softmax(table, -1)
+    by_hand = lambda s: sum(logp[a, b].item() for a, b in zip([256] + list(b" " + s.encode())[:-1], b" " + s.encode()))
+    good, bad = "the cat", "cat the"
+    scores = score_sentences(model, ENC, INFO, [good, bad], "2024", "cpu", progress=False)
+    assert scores[good] == pytest.approx(by_hand(good), abs=1e-4) and scores[bad] == pytest.approx(by_hand(bad), abs=1e-4)
+    tasks = {"t": [{"good": good, "bad": bad, "field": "", "term": ""}]}
+    per_task, _, _ = pair_results(tasks, scores)
+    assert per_task["t"]["acc"] == (100.0 if by_hand(good) >= by_hand(bad) else 0.0)
+
+
+def test_protocol_2025_drops_the_leading_space():
+    model = BigramModel(bigram_table())
+    s24 = score_sentences(model, ENC, INFO, ["ab"], "2024", "cpu", progress=False)["ab"]
+    s25 = score_sentences(model, ENC, INFO, ["ab"], "2025", "cpu", progress=False)["ab"]
+    logp = torch.log_softmax(bigram_table(), -1)
+    assert s25 == pytest.approx(logp[256, 97].item() + logp[97, 98].item(), abs=1e-4)
+    assert s24 == pytest.approx(logp[256, 32].item() + logp[32, 97].item() + logp[97, 98].item(), abs=1e-4)
+
+
+def test_ties_count_as_correct_but_not_strict():
+    model = BigramModel(torch.zeros(259, 259))  # uniform: equal-length sentences tie
+    tasks = {"t": [{"good": "abc", "bad": "xyz", "field": "", "term": ""}, {"good": "ab", "bad": "xyz", "field": "", "term": ""}]}
+    r = evaluate_set(model, ENC, INFO, tasks, "2024", "cpu", progress=False)
+    assert r["tasks"]["t"] == {"n": 2, "acc": 100.0, "strict_acc": 50.0, "ties": 1}
+
+
+def test_aggregation_unweighted_paradigm_mean_vs_pooled_phenomena():
+    scores = {"g": 0.0, "b": -1.0, "w": -2.0}  # "g" beats "b"; "w" loses
+    pair = lambda good, bad, term: {"good": good, "bad": bad, "field": "syntax", "term": term}
+    tasks = {"A": [pair("g", "b", "x"), pair("w", "b", "x")], "B": [pair("g", "b", "x")] * 4}
+    per_task, per_term, per_field = pair_results(tasks, scores)
+    assert per_task["A"]["acc"] == 50.0 and per_task["B"]["acc"] == 100.0
+    assert summarize(per_task, per_term, "2024") == 75.0  # mean over paradigms
+    assert summarize(per_task, per_term, "2023") == pytest.approx(500 / 6)  # pairs pooled within the phenomenon
+    assert per_field == {"syntax": pytest.approx(500 / 6)}
+
+
+def test_both_field_name_formats(tmp_path):
+    babylm = {"sentence_good": "a b", "sentence_bad": "b a", "field": "f", "linguistics_term": "t", "UID": "par", "pair_id": 7}
+    original = {"sentence_good": "a b", "sentence_bad": "b a", "field": "f", "linguistics_term": "t", "UID": "orig", "pairID": "3"}
+    (tmp_path / "par.jsonl").write_text(json.dumps(babylm) + "\n")
+    (tmp_path / "orig.jsonl").write_text(json.dumps(original) + "\n\n")
+    (tmp_path / "supp.jsonl").write_text(json.dumps({"sentence_good": "x\ny", "sentence_bad": "y\nx"}) + "\n")
+    tasks = read_tasks(str(tmp_path))
+    assert set(tasks) == {"par", "orig", "supp"}
+    assert tasks["par"][0]["pair_id"] == 7 and tasks["orig"][0]["pair_id"] == "3" and tasks["supp"][0]["good"] == "x\ny"
+
+
+def test_missing_folder_and_malformed_line(tmp_path):
+    with pytest.raises(InputError, match="nope: BLiMP folder not found"):
+        read_tasks(str(tmp_path / "nope"))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"sentence_good": "a", "sentence_bad": "b"}) + "\n{oops\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:2: expected a JSON object"):
+        read_tasks(str(tmp_path))
+
+
+def test_batched_equals_one_by_one_on_real_pairs(prepared):
+    folder = shared_path("blimp_filtered")
+    enc, info = load_tokenizer(prepared)
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=info["vocab_size"], dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)).eval()
+    tasks = read_tasks(folder)
+    sentences = [s for name in sorted(tasks)[:6] for p in tasks[name][:15] for s in (p["good"], p["bad"])]
+    supp = read_tasks(shared_path("blimp_supplement"))
+    sentences += [s for name in supp for p in supp[name][:5] for s in (p["good"], p["bad"])]  # newlines inside
+    batched = score_sentences(model, enc, info, sentences, "2024", "cpu", batch_tokens=2048, progress=False)
+    for s in list(batched)[::3]:
+        ctx, ids = info["bos_id"], enc.encode_ordinary(" " + s)
+        assert batched[s] == pytest.approx(score_one(model, ctx, ids, "cpu"), abs=1e-4), s
+
+
+def test_command_line_on_a_checkpoint(prepared, tmp_path):
+    _, info = load_tokenizer(prepared)
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=info["vocab_size"], dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    ckpt = str(tmp_path / "ckpt.pt")
+    save_checkpoint(ckpt, model_checkpoint(model, info, config={"data_dir": prepared}))
+    data = tmp_path / "blimp"
+    data.mkdir()
+    rows = [{"sentence_good": f"the cat {i}", "sentence_bad": f"cat the {i}", "UID": u, "field": "syntax", "linguistics_term": "order"}
+            for u in ("p1", "p2") for i in range(3)]
+    (data / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "r.json")
+    results = main(["--ckpt", ckpt, "--data", str(data), "--out", out, "--limit", "2"])
+    saved = json.load(open(out))
+    assert saved["blimp"]["pairs"] == 4 and set(saved["blimp"]["tasks"]) == {"p1", "p2"}
+    assert saved["blimp"]["score"] == results["blimp"]["score"]
+    assert 0.0 <= results["blimp"]["score"] <= 100.0
