@@ -37,7 +37,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from model import InputError, Llama, ModelConfig, check_same_tokenizer, load_checkpoint
+from model import InputError, Llama, ModelConfig, check_same_tokenizer, load_checkpoint, unwrap
 from prepare_data import load_tokenizer
 from train_teacher import DEFAULTS as TEACHER_DEFAULTS
 from train_teacher import Windows, check_config, eval_indices, evaluate, load_config, model_config, print0, resume_checkpoint, runtime, train
@@ -51,7 +51,7 @@ DEFAULTS = dict(
     temperature=1.0,  # BabyLlama-2: 1.0; BabyLlama (58M): 2.0
     ensemble="logits",  # "logits" (the papers) or "probs"
     kl_reduction="paper",  # "paper" (sum over positions / batch, as published) or "mean" (per token)
-    loss_chunk=0,  # >0: build the ensemble target this many positions at a time (caps teacher memory)
+    loss_chunk=256,  # positions per chunk of the fused head + loss (0 = all at once); larger on GPUs
 )
 
 
@@ -66,15 +66,75 @@ def ensemble_log_probs(teacher_logits, weights, temperature, ensemble):
 
 
 def distill_loss_from_logits(student_logits, target_log_probs, y, alpha, temperature, kl_reduction):
-    """(total loss, CE, per-token KL) from student logits (B, T, V), ensemble log p (B, T, V), targets y (B, T)."""
+    """(total loss, CE, per-token KL) from student logits s (B, T, V), ensemble log p (B, T, V), targets y (B, T).
+
+    Written so that no (B, T, V) log-softmax of the student is ever materialised (nor saved for backward):
+        KL(p || q) = sum_v p log p - sum_v p log q,   log q = s/T - logsumexp(s/T),   sum_v p = 1
+                   = sum_v p log p - (p . s)/T + logsumexp(s/T)
+        CE         = logsumexp(s) - s[y]
+    Per position this needs two reductions over the vocabulary (logsumexp, and p . s as a batched dot
+    product); the gradient (softmax(s/T) - p)/T comes out of autograd without extra (B, T, V) buffers."""
     B, T, V = student_logits.shape
     s = student_logits.float()
-    ce = F.cross_entropy(s.reshape(-1, V), y.reshape(-1))
-    log_q = F.log_softmax(s / temperature, dim=-1)
-    kl_sum = F.kl_div(log_q, target_log_probs, log_target=True, reduction="sum")  # sum_{b,t,v} p (log p - log q)
+    with torch.no_grad():  # the teachers' side: a constant for the student
+        p = target_log_probs.exp()
+        p_log_p = torch.einsum("btv,btv->bt", p, target_log_probs)
+    lse_t = torch.logsumexp(s / temperature, dim=-1)  # (B, T)
+    kl_pos = p_log_p - torch.einsum("btv,btv->bt", p, s) / temperature + lse_t  # (B, T), KL at each position
+    kl_sum = kl_pos.sum()
+    lse_1 = lse_t if temperature == 1.0 else torch.logsumexp(s, dim=-1)
+    ce = (lse_1 - s.gather(-1, y.unsqueeze(-1)).squeeze(-1)).mean()
     kl = kl_sum / B if kl_reduction == "paper" else kl_sum / (B * T)
     total = alpha * ce + (1 - alpha) * temperature**2 * kl
     return total, ce, kl_sum / (B * T)
+
+
+class FusedHeadLoss(torch.autograd.Function):
+    """The student's output head, CE and KL to the teacher ensemble in one pass over chunks of positions,
+    with the gradient computed during the forward pass (the loss is a scalar, so d loss / d logits is known
+    as soon as the logits are). Neither the student's nor the teachers' (B, T, V) logits ever exist in
+    full: only (chunk, V) pieces, small enough to stay in cache on a CPU and in memory on a GPU. Autograd
+    only sees the student's final hidden states h and head weight W.
+
+    For one position with student logits s, ensemble log-probs log p and label y (see
+    distill_loss_from_logits for the formula) the gradient is
+        d loss / d s = a_ce * (softmax(s) - onehot(y)) + a_kl * (softmax(s / T) - p),
+        a_ce = alpha / (B T),   a_kl = (1 - alpha) * T^2 / T / kl_denominator  (B: "paper", B T: "mean").
+    """
+
+    @staticmethod
+    def forward(ctx, h, W, teacher_h, teacher_W, y, weights, alpha, T, ensemble, kl_denom, chunk):
+        N, V = y.numel(), W.shape[0]
+        h2, y2 = h.reshape(N, -1), y.reshape(N)
+        t_h2 = [t.reshape(N, -1) for t in teacher_h]
+        a_ce, a_kl = alpha / N, (1 - alpha) * T / kl_denom
+        grad_h, grad_W = torch.empty_like(h2), torch.zeros_like(W)
+        ce_sum = torch.zeros((), device=h.device)
+        kl_sum = torch.zeros((), device=h.device)
+        for i in range(0, N, chunk):
+            hc, yc = h2[i : i + chunk], y2[i : i + chunk]
+            s = (hc @ W.t()).float()  # (chunk, V) student logits
+            log_p = ensemble_log_probs([(th[i : i + chunk] @ tw.t()) for th, tw in zip(t_h2, teacher_W)], weights, T, ensemble)
+            log_q = F.log_softmax(s / T, dim=-1)
+            p = log_p.exp()
+            kl_sum += (p * (log_p - log_q)).sum()
+            log_s = log_q if T == 1.0 else F.log_softmax(s, dim=-1)
+            ce_sum -= log_s.gather(1, yc[:, None]).sum()
+            g = log_q.exp().sub_(p).mul_(a_kl)  # a_kl * (softmax(s/T) - p)
+            g.add_(log_s.exp(), alpha=a_ce)  # + a_ce * softmax(s)
+            g[torch.arange(len(yc), device=g.device), yc] -= a_ce  # - a_ce * onehot(y)
+            grad_h[i : i + chunk] = (g @ W.to(g.dtype)).to(grad_h.dtype)
+            grad_W += (g.t() @ hc.to(g.dtype)).to(grad_W.dtype)
+        ctx.save_for_backward(grad_h.view_as(h), grad_W)
+        loss = alpha * ce_sum / N + (1 - alpha) * T**2 * kl_sum / kl_denom
+        ce, kl = ce_sum / N, kl_sum / N
+        ctx.mark_non_differentiable(ce, kl)
+        return loss, ce, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_ce, grad_kl):
+        grad_h, grad_W = ctx.saved_tensors
+        return grad_h * grad_loss, grad_W * grad_loss, None, None, None, None, None, None, None, None, None
 
 
 def make_distill_loss(teachers, weights, cfg):
@@ -83,16 +143,12 @@ def make_distill_loss(teachers, weights, cfg):
 
     def loss_fn(student, x, y, step):
         with torch.no_grad():
-            hidden = [t.hidden_states(x) for t in teachers]  # (B, T, dim_k) each: small
-            # The ensemble target is built chunk by chunk over the sequence, so at most one (B, chunk, V)
-            # logits tensor per teacher is alive at a time, and only one full (B, T, V) target is kept.
-            step_ = chunk or x.shape[1]
-            target = torch.cat([
-                ensemble_log_probs([t.output(h[:, i : i + step_]) for t, h in zip(teachers, hidden)], weights, T, ensemble)
-                for i in range(0, x.shape[1], step_)
-            ], dim=1)
-        logits, _ = student(x)
-        loss, ce, kl = distill_loss_from_logits(logits, target, y, alpha, T, reduction)
+            teacher_h = [t.hidden_states(x) for t in teachers]  # (B, T, dim_k) each: small
+        h = student(x, head=False)  # (B, T, dim): through the (DDP) wrapper's forward
+        B, L = y.shape
+        W = unwrap(student).output.weight
+        loss, ce, kl = FusedHeadLoss.apply(h, W, teacher_h, [t.output.weight for t in teachers], y, weights, alpha, T,
+                                           ensemble, B if reduction == "paper" else B * L, chunk or B * L)
         return loss, {"ce": ce, "kl": kl}
 
     return loss_fn

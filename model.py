@@ -207,8 +207,12 @@ class Llama(nn.Module):
             x = layer(x, cos, sin, causal)
         return self.norm(x)
 
-    def forward(self, idx, targets=None, causal=True, ignore_index=-1):
-        """Logits (B, T, vocab) and, with targets (B, T), the mean cross-entropy over non-ignored targets."""
+    def forward(self, idx, targets=None, causal=True, ignore_index=-1, head=True):
+        """Logits (B, T, vocab) and, with targets (B, T), the mean cross-entropy over non-ignored targets.
+        head=False returns the final hidden states (B, T, dim) instead, for losses that apply the output
+        head themselves (distill.py), while still going through a DDP wrapper's forward."""
+        if not head:
+            return self.hidden_states(idx, causal)
         logits = self.output(self.hidden_states(idx, causal))
         if targets is None:
             return logits, None
