@@ -138,10 +138,10 @@ class FusedHeadLoss(torch.autograd.Function):
 
 
 def make_distill_loss(teachers, weights, cfg):
-    """loss_fn(student, x, y, step) -> (loss, {"ce", "kl"}) for train_teacher.train()."""
+    """loss_fn(student, x, y) -> (loss, {"ce", "kl"}) for train_teacher.train()."""
     alpha, T, ensemble, reduction, chunk = cfg.alpha, cfg.temperature, cfg.ensemble, cfg.kl_reduction, cfg.loss_chunk
 
-    def loss_fn(student, x, y, step):
+    def loss_fn(student, x, y):
         with torch.no_grad():
             teacher_h = [t.hidden_states(x) for t in teachers]  # (B, T, dim_k) each: small
         h = student(x, head=False)  # (B, T, dim): through the (DDP) wrapper's forward

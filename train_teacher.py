@@ -63,6 +63,8 @@ DEFAULTS = dict(
     eval_interval=200, eval_windows=1024, log_interval=10,
     resume=False,
     stop_at=0,  # >0: save last.pt and exit after this step (a time-limited job); the schedule still follows max_iters
+    objective="clm",  # "clm", "mlm", or an AntLM schedule of epochs per phase, e.g. "clm:4,mlm:16,clm:4"
+    mlm_probability=0.15,  # share of positions selected in MLM phases (BERT: 15%, then 80/10/10)
     nonfinite="stop",  # what to do on a non-finite loss: "stop" (keep the last good checkpoint) or "skip" the step
     # runtime: "auto" picks CUDA + bf16 autocast + compile when a GPU is there, CPU + fp32 otherwise
     device="auto", dtype="auto", compile="auto",
@@ -129,6 +131,7 @@ def load_config(defaults, argv):
 
 def check_config(cfg):
     """Mistakes that would otherwise surface as a crash hours later."""
+    parse_objective(cfg.objective)
     if cfg.nonfinite not in ("stop", "skip"):
         raise InputError(f"nonfinite={cfg.nonfinite!r}: expected 'stop' or 'skip'")
     if cfg.max_iters and cfg.max_iters <= cfg.warmup_iters:
@@ -268,8 +271,10 @@ def model_config(cfg, tok_info):
                        rope_theta=cfg.rope_theta, max_seq_len=cfg.max_seq_len, tie_embeddings=cfg.tie_embeddings)
 
 
-def max_iters_of(cfg, sampler):
-    return cfg.max_iters or max(1, round(cfg.epochs * sampler.steps_per_epoch))
+def max_iters_of(cfg, sampler, objective=None):
+    """max_iters if set, else the epochs of the AntLM schedule if it has any, else cfg.epochs."""
+    epochs = objective.total_epochs if objective is not None and objective.total_epochs else cfg.epochs
+    return cfg.max_iters or max(1, round(epochs * sampler.steps_per_epoch))
 
 
 def read_log(path):
@@ -316,8 +321,13 @@ class _StopFlag:
 # The training loop (used by this script and by distill.py)
 
 
-def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, ckpt_extra=None, start=None):
-    """Train `model` (bare Llama, already on rt.device) with loss_fn(model, x, y, step) -> (loss, logs).
+def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, ckpt_extra=None, start=None, objective=None):
+    """Train `model` (bare Llama, already on rt.device) with loss_fn(model, x, y) -> (loss, logs).
+
+    With an `objective` (AntLM, below), each batch goes through objective.batch() (masking in MLM
+    phases) and the loss is called as loss_fn(model, x, y, causal=...) for the phase of the step.
+    The step number never enters the (compiled) loss function: a Python int argument would make
+    torch.compile recompile, while the causal flag has two values and so at most two graphs.
 
     `logs` is a dict of scalar tensors to log beside the loss (e.g. CE and KL). `extra_eval()` returns a
     dict of additional validation numbers; `ckpt_extra` is merged into every checkpoint. `start` is
@@ -332,7 +342,7 @@ def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, c
         raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size*world_size={per_step}")
     grad_accum = cfg.batch_size // per_step
     sampler = EpochSampler(train_w.n, cfg.batch_size, cfg.micro_batch_size, rt.world, cfg.seed)
-    max_iters = max_iters_of(cfg, sampler)
+    max_iters = max_iters_of(cfg, sampler, objective)
     if max_iters <= cfg.warmup_iters:
         raise InputError(f"the run has {max_iters} steps, not more than warmup_iters={cfg.warmup_iters}")
 
@@ -384,10 +394,14 @@ def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, c
             loss_sum, logs_sum = 0.0, {}
             for micro in range(grad_accum):
                 x, y = train_w.get(sampler.indices(step, micro, rt.rank), rt.device)
+                kwargs = {}
+                if objective is not None:
+                    x, y = objective.batch(x, y, step, micro, rt.rank)
+                    kwargs["causal"] = objective.phase(step) == "clm"
                 if rt.ddp:  # all-reduce gradients on the last micro-step only
                     ddp_model.require_backward_grad_sync = micro == grad_accum - 1
                 with rt.autocast:
-                    loss, logs = step_fn(ddp_model, x, y, step)
+                    loss, logs = step_fn(ddp_model, x, y, **kwargs)
                 (loss / grad_accum).backward()
                 loss_sum = loss_sum + loss.detach() / grad_accum
                 for k, v in logs.items():
@@ -413,10 +427,10 @@ def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, c
                 dt = (time.perf_counter() - t0) / (step - t0_step)
                 tok_s = tokens_per_step / dt
                 named = dict(zip(["loss", *logs_sum], stats.tolist()))
-                entry = {"step": step, **named, "lr": lr, "ms_per_step": 1000 * dt, "tok_per_s": tok_s, "mfu": flops_per_token * tok_s / peak}
+                entry = {"step": step, **named, "lr": lr, **({"phase": objective.phase(step - 1)} if objective else {}), "ms_per_step": 1000 * dt, "tok_per_s": tok_s, "mfu": flops_per_token * tok_s / peak}
                 log(entry)
                 if rt.master:
-                    losses = " | ".join(f"{k} {v:.4f}" for k, v in named.items())
+                    losses = " | ".join(f"{k} {v:.4f}" for k, v in named.items()) + (f" | {entry['phase']}" if objective else "")
                     bar.write(f"step {step} | {losses} | lr {lr:.2e} | {entry['ms_per_step']:.0f} ms/step | "
                               f"{tok_s:,.0f} tok/s | MFU {100 * entry['mfu']:.1f}%")
                 t0, t0_step = time.perf_counter(), step
@@ -441,9 +455,85 @@ def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, c
             "interrupted": stop.set}
 
 
-def clm_loss(model, x, y, step):
-    """The teacher's objective: next-token cross-entropy (causal attention)."""
-    return model(x, y)[1], {}
+# -----------------------------------------------------------------------------------------------
+# The teacher's objective: causal LM, masked LM, or AntLM's alternation of the two
+#
+# AntLM (Yu et al., arXiv 2412.03275) trains one model alternately with the causal-LM objective (causal
+# attention) and a masked-LM objective (bidirectional attention), whole epochs at a time; for BabyLlama
+# the reported schedule is 4 epochs CLM, 16 epochs MLM, 4 epochs CLM ("clm:4,mlm:16,clm:4"), about +1
+# point of BabyLM macro-average over the baseline at equal epochs (babyllama.md section 4).
+# MLM here: 15% of the input positions (never position 0) are selected; of those 80% become <|mask|>,
+# 10% a random token, 10% stay; attention is bidirectional and the loss covers selected positions only.
+# The read-out is shifted, as in GPT-BERT's masked next-token prediction: the output at position t
+# predicts the original token at t+1 (so the output head keeps one meaning, "the next token", in both
+# phases). The paper's own read-out is not public. Evaluation (validation CE, BLiMP) is always causal.
+
+
+def clm_loss(model, x, y, causal=True):
+    """Cross-entropy of the model's predictions of y; targets of -1 (unselected MLM positions) are ignored."""
+    return model(x, y, causal=causal, ignore_index=-1)[1], {}
+
+
+def parse_objective(text):
+    """[(phase, epochs or None)]: "clm" -> [("clm", None)]; "clm:4,mlm:16" -> [("clm", 4.0), ("mlm", 16.0)]."""
+    if text in ("clm", "mlm"):
+        return [(text, None)]
+    schedule = []
+    for part in text.split(","):
+        name, _, epochs = part.strip().partition(":")
+        try:
+            value = float(epochs)
+        except ValueError:
+            value = -1.0
+        if name not in ("clm", "mlm") or value <= 0:
+            raise InputError(f"objective={text!r}: expected 'clm', 'mlm' or phases like 'clm:4,mlm:16,clm:4' (bad part {part.strip()!r})")
+        schedule.append((name, value))
+    return schedule
+
+
+def mask_tokens(x, y, probability, mask_id, n_regular, generator):
+    """MLM inputs and targets from a window (x, y = x shifted by one), shifted read-out (see above)."""
+    select = torch.rand(x.shape, generator=generator) < probability
+    select[:, 0] = False  # position 0 is never predicted by an earlier output
+    action = torch.rand(x.shape, generator=generator)
+    random_tokens = torch.randint(0, n_regular, x.shape, generator=generator)
+    x = x.clone()
+    x[select & (action < 0.8)] = mask_id
+    swap = select & (action >= 0.8) & (action < 0.9)
+    x[swap] = random_tokens[swap]
+    targets = torch.full_like(y, -1)
+    targets[:, :-1] = torch.where(select[:, 1:], y[:, :-1], -1)  # output t predicts the original token t+1
+    return x, targets
+
+
+class Objective:
+    """Which objective a step trains, and its batches. Everything is a function of the step (and micro-step
+    and rank), so a resumed run continues in the right phase, at the right step, with the same masks."""
+
+    def __init__(self, text, steps_per_epoch, tok_info, probability, seed):
+        self.schedule = parse_objective(text)
+        self.total_epochs = sum(e for _, e in self.schedule) if self.schedule[0][1] is not None else None
+        self.steps_per_epoch, self.probability, self.seed = steps_per_epoch, probability, seed
+        if "mask_id" not in tok_info:
+            raise InputError("the tokenizer has no <|mask|> token: re-run prepare_data.py")
+        self.mask_id, self.n_regular = tok_info["mask_id"], tok_info["bos_id"]  # ranks 0..bos_id-1 are BPE tokens
+
+    def phase(self, step):
+        if self.total_epochs is None:
+            return self.schedule[0][0]
+        boundary = 0.0
+        for name, epochs in self.schedule:
+            boundary += epochs
+            if step < round(boundary * self.steps_per_epoch):
+                return name
+        return self.schedule[-1][0]
+
+    def batch(self, x, y, step, micro, rank):
+        if self.phase(step) == "clm":
+            return x, y
+        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
+        xm, ym = mask_tokens(x.cpu(), y.cpu(), self.probability, self.mask_id, self.n_regular, g)
+        return xm.to(x.device), ym.to(y.device)
 
 
 def resume_checkpoint(cfg, tok_info, device):
@@ -469,7 +559,11 @@ def main(argv=None):
     model = Llama(mcfg).to(rt.device)
     if start:
         model.load_state_dict(start["model"])
-    summary = train(cfg, rt, model, clm_loss, tok_info, model.flops_per_token(cfg.seq_len), start=start)
+    objective = None
+    if cfg.objective != "clm":
+        steps_per_epoch = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len).n // cfg.batch_size
+        objective = Objective(cfg.objective, steps_per_epoch, tok_info, cfg.mlm_probability, cfg.seed)
+    summary = train(cfg, rt, model, clm_loss, tok_info, model.flops_per_token(cfg.seq_len), start=start, objective=objective)
     print0(f"done: {summary['steps']} steps in {summary['seconds']:.0f}s, best val_loss {summary['best_val_loss']:.4f}, "
            f"checkpoints in {cfg.out_dir}")
     if rt.ddp:

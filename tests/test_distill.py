@@ -92,7 +92,7 @@ def test_gradients_reach_only_the_student_and_teachers_stay_fixed():
     before = [{k: v.clone() for k, v in t.state_dict().items()} for t in teachers]
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
     x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
-    loss, logs = make_distill_loss(teachers, [0.5, 0.5], cfg_ns())(student, x, y, 0)
+    loss, logs = make_distill_loss(teachers, [0.5, 0.5], cfg_ns())(student, x, y)
     loss.backward()
     opt.step()
     assert all(p.grad is not None for p in student.parameters())
@@ -104,8 +104,8 @@ def test_gradients_reach_only_the_student_and_teachers_stay_fixed():
 def test_chunked_target_equals_whole_sequence_target():
     student, teachers = small(0), [small(1).eval(), small(2).eval()]
     x, y = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
-    whole = make_distill_loss(teachers, [0.5, 0.5], cfg_ns())(student, x, y, 0)[0]
-    chunked = make_distill_loss(teachers, [0.5, 0.5], cfg_ns(loss_chunk=3))(student, x, y, 0)[0]
+    whole = make_distill_loss(teachers, [0.5, 0.5], cfg_ns())(student, x, y)[0]
+    chunked = make_distill_loss(teachers, [0.5, 0.5], cfg_ns(loss_chunk=3))(student, x, y)[0]
     torch.testing.assert_close(whole, chunked)
 
 
@@ -114,11 +114,11 @@ def test_compiled_step_equals_eager_step():
     student, teachers = small(0), [small(1).eval().requires_grad_(False), small(2).eval().requires_grad_(False)]
     fn = make_distill_loss(teachers, [0.5, 0.5], cfg_ns())
     x, y = torch.randint(0, V, (4, 8)), torch.randint(0, V, (4, 8))
-    eager, _ = fn(student, x, y, 0)
+    eager, _ = fn(student, x, y)
     eager.backward()
     g_eager = [p.grad.clone() for p in student.parameters()]
     student.zero_grad(set_to_none=True)
-    compiled, _ = torch.compile(fn)(student, x, y, 0)
+    compiled, _ = torch.compile(fn)(student, x, y)
     compiled.backward()
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
     for g, p in zip(g_eager, student.parameters()):
