@@ -6,6 +6,8 @@ Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared B
     torchrun --nproc_per_node=8 train_teacher.py configs/teacher1.py     # 8 GPUs, same global batch
     python train_teacher.py configs/teacher1.py --lr=5e-4 --out_dir=out/t1b  # --key=value overrides
     python train_teacher.py configs/teacher1.py --resume=True            # continue from out_dir/last.pt
+    python train_teacher.py configs/tiny_antlm.py                        # AntLM: CLM and MLM epochs alternate
+    python train_teacher.py configs/teacher1.py --objective=clm:4,mlm:16,clm:4   # AntLM's BabyLlama schedule
 
 What happens, top to bottom (nanoGPT's loop, made importable and resumable):
 1. The config: DEFAULTS below < the config file < --key=value (load_config; unknown keys and wrong
@@ -20,6 +22,8 @@ What happens, top to bottom (nanoGPT's loop, made importable and resumable):
    (DDP syncs gradients on the last micro-step only), clipping, a validation loss on a fixed set of
    windows every eval_interval steps, checkpoints (last.pt always, ckpt.pt when validation improves),
    atomic writes, Ctrl-C saves and exits. distill.py calls the same train() with its own loss.
+5. The objective (bottom of the file): causal LM by default, or masked LM, or AntLM's alternation of
+   CLM and MLM epochs (arXiv 2412.03275), set by objective="clm:4,mlm:16,clm:4".
 
 Global batch = batch_size sequences per optimizer step, whatever the number of processes:
 grad_accum = batch_size / (micro_batch_size * world_size).

@@ -1,0 +1,25 @@
+# A tiny AntLM run (arXiv 2412.03275): the size, data, steps and seed of tiny_teacher1.py, trained with
+# AntLM's 4:16:4 epochs of CLM/MLM/CLM scaled down to the 200 steps (0.19 epochs) of the CLM run.
+# Compare: python train_teacher.py configs/tiny_antlm.py  vs  configs/tiny_teacher1.py
+# Prepare the data first: python prepare_data.py --src ../shared/data/babylm_2024_mini --out data/mini
+data_dir = "data/mini"
+out_dir = "out/tiny_antlm"
+dim = 128
+n_layers = 4
+n_heads = 4
+n_kv_heads = 2  # grouped-query attention, as BabyLlama-2 (2 query heads per KV head)
+hidden_dim = 384  # 3 x dim
+# matmul params: 4 layers x (attention 49,152 + SwiGLU 147,456) + head 16,000 x 128 = 2,834,432
+seq_len = 128
+batch_size = 32  # 4,096 tokens per step; one epoch of data/mini is ~1,050 steps
+micro_batch_size = 32
+max_iters = 200
+warmup_iters = 20
+lr = 3e-3
+min_lr = 3e-4
+weight_decay = 0.1
+eval_interval = 50
+eval_windows = 256
+log_interval = 20
+seed = 1
+objective = "clm:0.032,mlm:0.126,clm:0.032"  # 0.19 epochs x 1,053 steps/epoch: 34 + 133 + 33 steps

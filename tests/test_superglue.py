@@ -1,0 +1,112 @@
+"""eval_superglue.py: metrics against hand-computed values, task formatters on real examples, last-token
+pooling, a tiny model learning a fixture task beyond the majority class, early stopping and the restored
+best epoch, errors. Run: python -m pytest tests/test_superglue.py"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import shared_path
+from eval_superglue import (Classifier, accuracy, binary_f1, encode_pair, load_task, main, mcc, pad_batch, task_names)
+from model import InputError, Llama, ModelConfig, model_checkpoint, save_checkpoint
+from prepare_data import load_tokenizer
+
+
+def test_metrics_against_hand_computed_values():
+    gold, pred = [1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0]
+    assert accuracy(pred, gold) == pytest.approx(400 / 6)
+    assert binary_f1(pred, gold) == pytest.approx(100 * 2 * 2 / (2 * 2 + 1 + 1))  # tp 2, fp 1, fn 1
+    assert mcc(pred, gold) == pytest.approx(100 * (2 * 2 - 1 * 1) / 9)  # (tp tn - fp fn) / sqrt(3*3*3*3)
+    assert mcc([1, 1, 1], [1, 0, 1]) == 0.0  # a constant prediction has no correlation
+    assert binary_f1([0, 0], [1, 0]) == 0.0 and binary_f1([1, 1], [1, 1]) == 100.0
+    assert binary_f1([1] * 10, [1] * 7 + [0] * 3) == pytest.approx(100 * 2 * 0.7 / 1.7)  # the majority-label F1, 2p/(1+p)
+    assert mcc([0, 1], [1, 0]) == pytest.approx(-100.0)
+
+
+def test_formatters_on_real_examples():
+    glue = shared_path("glue_filtered")
+    data, _ = load_task(glue, "wsc")
+    a, b, y = data["train"][0]
+    assert a == 'Does "He" refer to "Mark" in this passage?' and b.startswith("Mark told Pete") and y == 0
+    assert load_task(glue, "multirc")[0] is None  # no train file: skipped, not crashed on
+    mnli, _ = load_task(glue, "mnli")
+    assert mnli["classes"] == 3 and len(mnli["train"]) == 10000 and "mnli-mm" in mnli["extra_valid"]
+    sg = shared_path("superglue")
+    cb, _ = load_task(sg, "cb")
+    assert cb["train"][0][2] in (0, 1, 2) and cb["classes"] == 3
+    copa, _ = load_task(sg, "copa")
+    (pa, ca), (pb, cb_), y = copa["valid"][0]
+    assert pa == pb and pa.endswith(("What was the effect?", "What was the cause?"))
+    assert copa["choice"] and y in (0, 1)
+    wic, _ = load_task(sg, "wic")
+    assert len(wic["train"]) == 5428 and len(wic["valid"]) == 638
+    assert set(task_names(sg)) == {"cb", "copa", "rte", "wsc", "boolq", "wic"}
+
+
+def test_truncation_longest_first(prepared):
+    enc, info = load_tokenizer(prepared)
+    ids = encode_pair(enc, info, "a " * 200, "b c", 20)
+    assert len(ids) == 20 and ids[0] == info["bos_id"] and ids.count(info["bos_id"]) == 2
+    assert enc.decode(ids[ids.index(info["bos_id"], 1) + 1 :]) == " b c", "the short segment is kept whole"
+
+
+def test_last_token_pooling_equals_the_unpadded_sequence_alone():
+    torch.manual_seed(0)
+    clf = Classifier(Llama(ModelConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32)), 3).eval()
+    seqs = [[1, 5, 7, 9, 11], [1, 4], [1, 8, 8]]
+    x, last = pad_batch(seqs, pad_id=49, device="cpu")
+    batched = clf(x, last)
+    for i, s in enumerate(seqs):
+        alone = clf(torch.tensor([s]), torch.tensor([len(s) - 1]))
+        torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def write_fixture(folder, n_train=200, n_valid=60):
+    """A learnable sst2-like task: label 1 iff the sentence mentions 'good'; 70% of training labels are 0."""
+    import random
+    rng = random.Random(0)
+    os.makedirs(folder, exist_ok=True)
+    def rows(n):
+        out = []
+        for i in range(n):
+            label = int(rng.random() < 0.3)
+            word = rng.choice(["good", "great good"]) if label else rng.choice(["bad", "dull", "awful"])
+            out.append({"sentence": f"the film was {word} and the cat sat", "label": label, "idx": i})
+        return out
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        with open(os.path.join(folder, f"sst2.{split}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows(n))
+    return str(folder)
+
+
+@pytest.fixture
+def tiny_ckpt(prepared, tmp_path):
+    _, info = load_tokenizer(prepared)
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=info["vocab_size"], dim=32, n_layers=2, n_heads=4, hidden_dim=64))
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": prepared}))
+    return path
+
+
+def test_tiny_model_beats_the_majority_class_and_restores_the_best_epoch(tiny_ckpt, tmp_path):
+    data = write_fixture(tmp_path / "glue")
+    out = main(["--ckpt", tiny_ckpt, "--task", "sst2", "--data", data, "--lr", "3e-3", "--batch_size", "16",
+                "--epochs", "6", "--patience", "2", "--out", str(tmp_path / "r.json")])
+    r = out["tasks"]["sst2"]
+    assert r["metric"] > r["majority_baseline"] + 10, r
+    assert r["metric"] == next(h["metric"] for h in r["history"] if h["epoch"] == r["best_epoch"]), "best epoch restored"
+    assert r["epochs_run"] <= r["best_epoch"] + 2, "stops after `patience` epochs without gain"
+    assert json.load(open(tmp_path / "r.json"))["tasks"]["sst2"]["metric"] == r["metric"]
+
+
+def test_unknown_task_and_missing_files(tiny_ckpt, tmp_path):
+    data = write_fixture(tmp_path / "glue")
+    with pytest.raises(InputError, match="--task='stsb': unknown"):
+        main(["--ckpt", tiny_ckpt, "--task", "stsb", "--data", data])
+    with pytest.raises(InputError, match="cola: no training file"):
+        main(["--ckpt", tiny_ckpt, "--task", "cola", "--data", data])
+    with pytest.raises(InputError, match="nope: data folder not found"):
+        main(["--ckpt", tiny_ckpt, "--task", "rte", "--data", str(tmp_path / "nope")])
