@@ -104,7 +104,7 @@ class FusedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, W, teacher_h, teacher_W, y, weights, alpha, T, ensemble, kl_denom, chunk):
-        N, V = y.numel(), W.shape[0]
+        N = y.numel()
         h2, y2 = h.reshape(N, -1), y.reshape(N)
         t_h2 = [t.reshape(N, -1) for t in teacher_h]
         a_ce, a_kl = alpha / N, (1 - alpha) * T / kl_denom

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, check_same_tokenizer, load_checkpoint
+from model import InputError, atomic_write, check_same_tokenizer, load_checkpoint
 from prepare_data import load_tokenizer
 
 PROTOCOLS = {"2023": (" ", "eos_id"), "2024": (" ", "bos_id"), "2025": ("", "bos_id")}  # (prefix, context token)
@@ -218,10 +218,7 @@ def main(argv=None):
         results["supplement"] = evaluate_set(model, enc, info, supplement, args.protocol, device, args.batch_tokens)
         print_table("BLiMP supplement", results["supplement"])
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"blimp_{args.protocol}.json")
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, out)
+    atomic_write(out, lambda f: json.dump(results, f, indent=1), mode="w")
     b = results["blimp"]
     line = f"BLiMP {b['score']:.1f} (strict {b['strict_score']:.1f}, {b['ties']} ties, {len(b['tasks'])} tasks, {b['pairs']} pairs)"
     if supplement:

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, check_same_tokenizer, load_checkpoint, unwrap
+from model import InputError, atomic_write, check_same_tokenizer, load_checkpoint, unwrap
 from prepare_data import load_tokenizer
 from train_teacher import load_config
 
@@ -396,9 +396,7 @@ def main(argv=None):
                "score": sum(r["metric"] for r in results.values()) / max(len(results), 1),
                "majority_score": sum(r["majority_baseline"] for r in results.values()) / max(len(results), 1)}
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"superglue_{os.path.basename(os.path.normpath(args.data))}_{args.task}.json")
-    with open(out + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(out + ".tmp", out)
+    atomic_write(out, lambda f: json.dump(summary, f, indent=1), mode="w")
     print(f"\nwrote {out}\n{'task':<10}{'metric':>8}{'value':>8}{'majority':>10}")
     for t, r in results.items():
         print(f"{t:<10}{r['metric_name']:>8}{r['metric']:>8.1f}{r['majority_baseline']:>10.1f}")

@@ -18,7 +18,6 @@ References: Llama (arXiv 2302.13971), BabyLlama (arXiv 2308.02019), BabyLlama-2 
 The file imports only torch: training, distillation and evaluation scripts all build on it.
 """
 
-import math
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -292,16 +291,21 @@ def peak_flops(device):
 #   plus whatever the trainer adds (optimizer state, step, config, best validation loss, ...).
 
 
-def save_checkpoint(path, ckpt):
-    """Write atomically: a temporary file in the same folder, fsync, then rename over the target.
-    A run killed at any moment leaves either the old or the new file, never half of one."""
+def atomic_write(path, write, mode="wb"):
+    """write(f) into path + ".tmp" in the same folder, fsync, then rename over path. A process killed at any
+    moment leaves either the old or the new file, never half of one (and at worst a stale .tmp, which the
+    next write replaces). Every file this project writes goes through here."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
+    tmp = path + ".tmp"
+    with open(tmp, mode) as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_checkpoint(path, ckpt):
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def model_checkpoint(model, tokenizer_info, **extra):

@@ -47,9 +47,7 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
-import unicodedata
 import urllib.request
 import zipfile
 from collections import Counter, defaultdict
@@ -60,7 +58,7 @@ import tiktoken
 import tiktoken.load
 from tqdm import tqdm
 
-from model import InputError
+from model import InputError, atomic_write
 
 # The official BabyLM 2024 text release (strict-small train_10M plus dev) lives in OSF project ad7qg
 # (https://osf.io/ad7qg/). This URL asks OSF for a zip of the project's storage; the layout finder
@@ -137,15 +135,16 @@ def _list_zip(path, data=None):
 def download(dest):
     """Fetch the official release into dest (a zip), or fail in one line that names --src."""
     try:
-        with urllib.request.urlopen(DOWNLOAD_URL, timeout=30) as r, open(dest + ".tmp", "wb") as f:
+        with urllib.request.urlopen(DOWNLOAD_URL, timeout=30) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+                def copy(f):
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                atomic_write(dest, copy)
     except OSError as e:
         raise InputError(f"could not download {DOWNLOAD_URL} ({e}); pass --src with a local BabyLM folder or zip") from None
-    os.replace(dest + ".tmp", dest)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -297,10 +296,9 @@ def train_bpe(counts, n_ranks, min_frequency=2, progress=True):
     return {b: i for i, b in enumerate(vocab)}
 
 
-def write_ranks(ranks, path):
-    with open(path, "wb") as f:
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
+def write_ranks(ranks, f):
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
 
 
 def read_ranks(path):
@@ -381,12 +379,6 @@ def read_bin(path):
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
-def _atomic_write(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 # -----------------------------------------------------------------------------------------------
 
 
@@ -421,7 +413,7 @@ def prepare(src, out, tokenizer="bpe", vocab_size=16000, min_frequency=2, gpt2_b
     else:
         raise InputError(f"--tokenizer={tokenizer!r}: expected 'bpe' or 'gpt2'")
     t_train = time.perf_counter() - t0
-    _atomic_write(ranks_path, lambda p: write_ranks(ranks, p))
+    atomic_write(ranks_path, lambda f: write_ranks(ranks, f))
     info = tokenizer_info(name, ranks_path, len(ranks), PAT_STR)
     assert info["vocab_size"] < 65536, "uint16 token files need vocab < 65,536"
     enc = tiktoken.Encoding(name, pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=info["special_tokens"])
@@ -438,12 +430,12 @@ def prepare(src, out, tokenizer="bpe", vocab_size=16000, min_frequency=2, gpt2_b
                                           "tokens_per_word": round(len(ids) / max(words, 1), 3)}
         ids = np.concatenate(arrays) if arrays else np.zeros(0, np.uint16)
         counts[split] = int(len(ids))
-        _atomic_write(os.path.join(out, f"{split}.bin"), lambda p: ids.tofile(p))
+        atomic_write(os.path.join(out, f"{split}.bin"), lambda f: f.write(ids.tobytes()))
     t_encode = time.perf_counter() - t0
 
     meta = {"tokenizer": info, "tokens": counts, "sources": stats, "source_sha256": raw_hashes,
             "src": os.path.basename(os.path.normpath(src)), "min_frequency": min_frequency}
-    _atomic_write(os.path.join(out, "meta.json"), lambda p: open(p, "w").write(json.dumps(meta, indent=1) + "\n"))
+    atomic_write(os.path.join(out, "meta.json"), lambda f: f.write(json.dumps(meta, indent=1) + "\n"), mode="w")
     timing = {"tokenizer_train_s": t_train, "encode_s": t_encode, "total_s": time.perf_counter() - t_start}
     return meta, timing
 

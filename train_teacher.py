@@ -45,7 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, Llama, ModelConfig, check_same_tokenizer, model_checkpoint, peak_flops, read_checkpoint, save_checkpoint, unwrap
+from model import InputError, Llama, ModelConfig, atomic_write, check_same_tokenizer, model_checkpoint, peak_flops, read_checkpoint, save_checkpoint
 from prepare_data import load_tokenizer, read_bin
 
 DEFAULTS = dict(
@@ -297,10 +297,7 @@ class Logger:
         self.path, self.master = path, master
         if master:
             entries = [e for e in read_log(path) if keep_until is not None and e["step"] <= keep_until]
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(e) + "\n" for e in entries)
-            os.replace(tmp, path)
+            atomic_write(path, lambda f: f.writelines(json.dumps(e) + "\n" for e in entries), mode="w")
 
     def __call__(self, entry):
         if self.master:
@@ -547,7 +544,12 @@ def resume_checkpoint(cfg, tok_info, device):
     path = os.path.join(cfg.out_dir, "last.pt")
     if not os.path.isfile(path):
         raise InputError(f"{path}: nothing to resume from (run without --resume=True to start)")
-    ckpt = read_checkpoint(path, device)
+    try:
+        ckpt = read_checkpoint(path, device)
+    except InputError as e:
+        best = os.path.join(cfg.out_dir, "ckpt.pt")
+        hint = f"; {best} (best validation) may still be good: copy it to last.pt to resume from it" if os.path.isfile(best) else ""
+        raise InputError(f"{e}{hint}") from None
     check_same_tokenizer(ckpt["tokenizer"], tok_info, path, f"the data in {cfg.data_dir}")
     return ckpt
 

@@ -2,8 +2,6 @@
 both field-name formats, errors. Run: python -m pytest tests/test_blimp.py"""
 
 import json
-import math
-import os
 
 import pytest
 import tiktoken

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import shared_path, write_corpus
 from model import InputError
-from prepare_data import (clean_lines, count_pretokens, encode_docs, load_tokenizer, prepare, read_bin, read_corpus,
+from prepare_data import (clean_lines, count_pretokens, encode_docs, load_tokenizer, prepare, read_bin,
                           split_train_val, train_bpe)
 
 

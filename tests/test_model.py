@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import ROOT
 from model import Attention, InputError, Llama, ModelConfig, RMSNorm, apply_rope, load_checkpoint, model_checkpoint, rope_tables, save_checkpoint
