@@ -62,3 +62,21 @@ def tiny_argv(data_dir, out_dir, **overrides):
                weight_decay=0.1, eval_interval=10, eval_windows=16, log_interval=1, compile=False, device="cpu")
     cfg.update(overrides)
     return [f"--{k}={v}" for k, v in cfg.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(prepared, tmp_path_factory):
+    """Two tiny teacher checkpoints (different seeds and widths) trained on the prepared data."""
+    from train_teacher import main as teacher_main
+
+    base = tmp_path_factory.mktemp("teachers")
+    paths = []
+    for seed, dim in ((1, 32), (2, 48)):
+        out = str(base / f"t{seed}")
+        teacher_main(tiny_argv(prepared, out, max_iters=40, eval_interval=20, seed=seed, dim=dim, log_interval=10))
+        paths.append(os.path.join(out, "ckpt.pt"))
+    return paths
+
+
+def student_argv(prepared, out, teachers, **kw):
+    return tiny_argv(prepared, out, **{"teachers": repr(teachers), "max_iters": 30, "eval_interval": 15, **kw})

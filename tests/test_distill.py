@@ -12,11 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import ROOT, tiny_argv
+from conftest import ROOT, student_argv
 from distill import distill_loss_from_logits, ensemble_log_probs, make_distill_loss
 from distill import main as distill_main
 from model import InputError, Llama, ModelConfig, model_checkpoint, save_checkpoint
-from train_teacher import main as teacher_main
 from train_teacher import read_log
 
 V = 11
@@ -123,21 +122,6 @@ def test_compiled_step_equals_eager_step():
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
     for g, p in zip(g_eager, student.parameters()):
         torch.testing.assert_close(p.grad, g, atol=1e-4, rtol=1e-3)
-
-
-@pytest.fixture(scope="module")
-def tiny_teachers(prepared, tmp_path_factory):
-    base = tmp_path_factory.mktemp("teachers")
-    paths = []
-    for seed, dim in ((1, 32), (2, 48)):
-        out = str(base / f"t{seed}")
-        teacher_main(tiny_argv(prepared, out, max_iters=40, eval_interval=20, seed=seed, dim=dim, log_interval=10))
-        paths.append(os.path.join(out, "ckpt.pt"))
-    return paths
-
-
-def student_argv(prepared, out, teachers, **kw):
-    return tiny_argv(prepared, out, **{"teachers": repr(teachers), "max_iters": 30, "eval_interval": 15, **kw})
 
 
 def test_tiny_distillation_run(prepared, tiny_teachers, tmp_path):
