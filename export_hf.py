@@ -1,0 +1,294 @@
+"""
+Export a checkpoint to the Hugging Face Llama format (and import one back), so that a model trained here
+runs in the official BabyLM evaluation pipeline, which loads models with transformers'
+AutoModelForCausalLM and AutoTokenizer.
+
+    python export_hf.py --ckpt out/tiny_student/ckpt.pt --out hf/tiny_student
+    python export_hf.py --from_hf hf/tiny_student --out out/imported      # back: out/imported/ckpt.pt
+
+The export writes, with torch and the standard library only (transformers is not needed to export):
+    config.json              LlamaForCausalLM: sizes, GQA heads, rope_theta, rms_norm_eps, tied or not, BOS/EOS/PAD ids
+    model.safetensors        the weights (fp32), in the safetensors layout (a JSON header, then raw tensors)
+    tokenizer.json           a byte-level BPE equivalent to the project's tiktoken tokenizer: the same vocabulary
+                             (token bytes in GPT-2's byte-to-unicode alphabet), merges rebuilt from the ranks,
+                             the same pre-tokenisation regex, and the special tokens
+    tokenizer_config.json    tokenizer_class PreTrainedTokenizerFast, which transformers 4.4x and 5.x both load
+    special_tokens_map.json
+Rotary embeddings: model.py uses the half-split ("rotate_half") pairing, which is Hugging Face Llama's own,
+so q/k weights are copied as they are (no permutation; an interleaved-RoPE model would need one).
+The tokenizer's post-processor prepends <|endoftext|> when special tokens are requested (tokenizer(text)),
+and adds nothing with add_special_tokens=False, so: the 2024 BLiMP harness (BOS as context, no special
+tokens on the sentence) and the 2025 pipeline (the tokenizer's own special tokens) both see the boundary
+token the model was trained with. Pairs become <|endoftext|> A <|endoftext|> B.
+
+Import (--from_hf): a Llama-architecture folder (config.json + model.safetensors, sharded safetensors or
+pytorch_model.bin) with a byte-level BPE tokenizer.json becomes a project checkpoint plus a tokenizer
+folder (meta.json, tokenizer.tiktoken) that eval_blimp.py reads. Token ids are kept, so merged tokens
+must have increasing ids in merge order (true of tokenizers trained with Hugging Face's BPE trainer).
+Normalisers (e.g. NFKC) and add_prefix_space are not reproduced by tiktoken: the import says so.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+import sys
+
+import torch
+
+from model import InputError, Llama, ModelConfig, atomic_write, load_checkpoint, model_checkpoint, save_checkpoint
+from prepare_data import load_tokenizer, read_ranks, write_ranks
+
+# -----------------------------------------------------------------------------------------------
+# Weight names: project <-> Hugging Face Llama
+
+
+def hf_names(n_layers):
+    """[(project name, HF name)] for every tensor (the output head last)."""
+    names = [("tok_embeddings.weight", "model.embed_tokens.weight")]
+    for i in range(n_layers):
+        p, h = f"layers.{i}.", f"model.layers.{i}."
+        names += [(p + "attention.wq.weight", h + "self_attn.q_proj.weight"), (p + "attention.wk.weight", h + "self_attn.k_proj.weight"),
+                  (p + "attention.wv.weight", h + "self_attn.v_proj.weight"), (p + "attention.wo.weight", h + "self_attn.o_proj.weight"),
+                  (p + "feed_forward.w1.weight", h + "mlp.gate_proj.weight"), (p + "feed_forward.w3.weight", h + "mlp.up_proj.weight"),
+                  (p + "feed_forward.w2.weight", h + "mlp.down_proj.weight"),
+                  (p + "attention_norm.weight", h + "input_layernorm.weight"), (p + "ffn_norm.weight", h + "post_attention_layernorm.weight")]
+    return names + [("norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")]
+
+
+# -----------------------------------------------------------------------------------------------
+# safetensors, by hand: 8-byte little-endian header length, a JSON header, then the raw tensor bytes
+
+DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def write_safetensors(path, tensors):
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name, t in tensors.items():
+        t = t.detach().contiguous().cpu()
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
+
+    def write(f):
+        f.write(struct.pack("<Q", len(head)) + head)
+        for blob in blobs:
+            f.write(blob)
+    atomic_write(path, write)
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    back = {v: k for k, v in DTYPES.items()}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = bytearray(data[start:end])
+        dtype = back[info["dtype"]]
+        out[name] = torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]) if raw else torch.zeros(info["shape"], dtype=dtype)
+    return out
+
+
+def read_hf_weights(folder):
+    single, index, binary = (os.path.join(folder, n) for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    if os.path.isfile(single):
+        return read_safetensors(single)
+    if os.path.isfile(index):
+        shards = sorted(set(json.load(open(index))["weight_map"].values()))
+        return {k: v for shard in shards for k, v in read_safetensors(os.path.join(folder, shard)).items()}
+    if os.path.isfile(binary):
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    raise InputError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+# -----------------------------------------------------------------------------------------------
+# Tokenizer: tiktoken ranks <-> a Hugging Face byte-level BPE
+
+
+def byte_to_unicode():
+    """GPT-2's reversible map from the 256 bytes to printable characters (byte-level BPE vocabularies are
+    written in it): printable Latin-1 bytes map to themselves, the others to 256, 257, ..."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def merges_from_ranks(ranks):
+    """The BPE merges that reproduce tiktoken's encoding: every way of writing a token as two tokens,
+    ordered by the token's rank (tiktoken merges the adjacent pair whose concatenation has the lowest
+    rank), ties by the ranks of the two parts."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) < 2:
+            continue
+        splits = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += sorted(splits, key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
+    return merges
+
+
+def tokenizer_json(ranks, info):
+    u = byte_to_unicode()
+    text = lambda b: "".join(u[x] for x in b)
+    bos = info["special_tokens"]["<|endoftext|>"]
+    specials = sorted(info["special_tokens"].items(), key=lambda kv: kv[1])
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True} for t, i in specials],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": info["pat_str"]}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                    {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [bos], "tokens": ["<|endoftext|>"]}}},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,  # a whole pre-token in the vocab is one token, as in tiktoken
+                  "vocab": {text(t): r for t, r in sorted(ranks.items(), key=lambda kv: kv[1])},
+                  "merges": [[text(a), text(b)] for a, b in merges_from_ranks(ranks)]},
+    }
+
+
+# -----------------------------------------------------------------------------------------------
+
+
+def export(ckpt_path, out, data_dir=None):
+    model, ckpt = load_checkpoint(ckpt_path)
+    data_dir = data_dir or ckpt.get("config", {}).get("data_dir")
+    if not data_dir:
+        raise InputError(f"{ckpt_path}: no data_dir recorded; pass --data_dir with the tokenizer")
+    _, info = load_tokenizer(data_dir)
+    if info["sha256"] != ckpt["tokenizer"].get("sha256"):
+        raise InputError(f"{ckpt_path} was not trained with the tokenizer in {data_dir}")
+    cfg = model.config
+    state = model.state_dict()
+    tensors = {hf: state[ours] for ours, hf in hf_names(cfg.n_layers) if not (cfg.tie_embeddings and ours == "output.weight")}
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, "model.safetensors"), tensors)
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_hidden_dim(), "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": None, "attention_bias": False, "mlp_bias": False,
+        "attention_dropout": 0.0, "initializer_range": 0.02, "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": "float32",
+        "bos_token_id": info["bos_id"], "eos_token_id": info["eos_id"], "pad_token_id": info["pad_id"], "use_cache": True,
+    }
+    dump = lambda name, obj: atomic_write(os.path.join(out, name), lambda f: json.dump(obj, f, indent=1, ensure_ascii=False), mode="w")
+    dump("config.json", config)
+    ranks = read_ranks(os.path.join(data_dir, info["file"]))
+    dump("tokenizer.json", tokenizer_json(ranks, info))
+    specials = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "mask_token": "<|mask|>"}
+    dump("tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
+                                   "clean_up_tokenization_spaces": False, **specials})
+    dump("special_tokens_map.json", specials)
+    return out
+
+
+def import_hf(folder, out):
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise InputError(f"{cfg_path}: not found")
+    hf = json.load(open(cfg_path))
+    if hf.get("model_type") != "llama":
+        raise InputError(f"{cfg_path}: model_type {hf.get('model_type')!r}, expected 'llama'")
+    theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    cfg = ModelConfig(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+                      n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"], hidden_dim=hf["intermediate_size"],
+                      norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), max_seq_len=hf.get("max_position_embeddings", 2048),
+                      tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    if hf.get("head_dim", cfg.head_dim) != cfg.head_dim:
+        raise InputError(f"{cfg_path}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
+    weights = read_hf_weights(folder)
+    state = {}
+    for ours, name in hf_names(cfg.n_layers):
+        if ours == "output.weight" and cfg.tie_embeddings:
+            continue
+        if name not in weights:
+            raise InputError(f"{folder}: tensor {name} is missing")
+        state[ours] = weights[name].float()
+    if cfg.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    model = Llama(cfg)
+    model.load_state_dict(state)
+
+    tok_path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        raise InputError(f"{tok_path}: not found (only byte-level BPE tokenizers can be imported)")
+    tok = json.load(open(tok_path))
+    if tok["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(tok.get("pre_tokenizer")):
+        raise InputError(f"{tok_path}: not a byte-level BPE tokenizer")
+    inv = {c: b for b, c in byte_to_unicode().items()}
+    special = {t["content"]: t["id"] for t in tok.get("added_tokens", []) if t.get("special")}
+    ranks = {}
+    for text, i in tok["model"]["vocab"].items():
+        if text in special:
+            continue
+        try:
+            ranks[bytes(inv[c] for c in text)] = i
+        except KeyError:
+            raise InputError(f"{tok_path}: token {text!r} is not in the byte-level alphabet") from None
+    pat = None
+    for p in (tok.get("pre_tokenizer") or {}).get("pretokenizers", [tok.get("pre_tokenizer") or {}]):
+        if p.get("type") == "Split":
+            pat = p["pattern"].get("Regex")
+    from prepare_data import PAT_STR
+    notes = []
+    if tok.get("normalizer"):
+        notes.append(f"its normalizer ({tok['normalizer'].get('type')}) is not applied")
+    if '"add_prefix_space": true' in json.dumps(tok.get("pre_tokenizer")):
+        notes.append("its add_prefix_space is not applied")
+    bos = hf.get("bos_token_id")
+    eos = hf.get("eos_token_id", bos)
+    pad = hf.get("pad_token_id", eos)
+    os.makedirs(out, exist_ok=True)
+    rank_file = os.path.join(out, "tokenizer.tiktoken")
+    atomic_write(rank_file, lambda f: write_ranks(ranks, f))
+    h = hashlib.sha256(open(rank_file, "rb").read())
+    h.update(json.dumps([pat or PAT_STR, special]).encode())
+    info = {"name": os.path.basename(os.path.normpath(folder)), "file": "tokenizer.tiktoken", "vocab_size": cfg.vocab_size, "sha256": h.hexdigest(),
+            "pat_str": pat or PAT_STR, "special_tokens": special, "bos_id": bos if bos is not None else eos, "eos_id": eos,
+            "pad_id": pad if pad is not None else eos, "mask_id": special.get("<|mask|>", special.get("<mask>"))}
+    atomic_write(os.path.join(out, "meta.json"), lambda f: json.dump({"tokenizer": info, "imported_from": folder}, f, indent=1), mode="w")
+    save_checkpoint(os.path.join(out, "ckpt.pt"), model_checkpoint(model, info, config={"data_dir": out}, step=0))
+    for note in notes:
+        print(f"note: the imported tokenizer differs from {tok_path}: {note}")
+    return os.path.join(out, "ckpt.pt")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Export to / import from the Hugging Face Llama format.")
+    p.add_argument("--ckpt", help="project checkpoint to export")
+    p.add_argument("--from_hf", help="Hugging Face model folder to import")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data_dir", help="tokenizer folder (default: the checkpoint's data_dir)")
+    args = p.parse_args(argv)
+    if bool(args.ckpt) == bool(args.from_hf):
+        raise InputError("give exactly one of --ckpt (export) and --from_hf (import)")
+    if args.ckpt:
+        print(f"wrote {export(args.ckpt, args.out, args.data_dir)}")
+    else:
+        print(f"wrote {import_hf(args.from_hf, args.out)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")

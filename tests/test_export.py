@@ -1,0 +1,113 @@
+"""export_hf.py: the exported model's logits equal the project's, tokenizer ids equal on real text
+(newlines, non-ASCII, special tokens), export -> import returns identical tensors, GQA and tied configs.
+Needs transformers (a test dependency); the whole file skips with a reason without it. If the variable
+HF_OLD_PYTHON names a Python with an older transformers (CI: 4.45, what the 2024 BabyLM pipeline used),
+the export is also loaded there. Run: python -m pytest tests/test_export.py"""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from conftest import shared_path
+from export_hf import export, import_hf, read_safetensors
+from model import Llama, ModelConfig, load_checkpoint, model_checkpoint, save_checkpoint
+from prepare_data import load_tokenizer, prepare
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(tmp_path_factory):
+    """A 2,000-token BPE trained here on real BabyLM text (non-ASCII quotes included)."""
+    src = shared_path("babylm_2023_partial", "babylm_10M")
+    base = tmp_path_factory.mktemp("realtok")
+    for split, suffix, n in (("train_10M", "train", 6000), ("dev", "dev", 300)):
+        os.makedirs(base / "src" / split)
+        for name in ("children_stories", "cbt", "switchboard"):
+            lines = open(os.path.join(src, f"{name}.train"), encoding="utf-8").read().splitlines()[:n]
+            (base / "src" / split / f"{name}.{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare(str(base / "src"), str(base / "data"), vocab_size=2000, progress=False)
+    return str(base / "data")
+
+
+def make_ckpt(tmp_path, data_dir, **kw):
+    _, info = load_tokenizer(data_dir)
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=info["vocab_size"], dim=48, n_layers=2, n_heads=6, n_kv_heads=2, hidden_dim=96, rope_theta=500.0, norm_eps=1e-5)
+    model = Llama(ModelConfig(**{**cfg, **kw}))
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": data_dir}))
+    return path, model.eval()
+
+
+def real_lines():
+    read = lambda name: open(shared_path("babylm_2023_partial", "babylm_10M", name), encoding="utf-8").read().splitlines()
+    lines = read("cbt.train")[10000:12000] + read("children_stories.train")[:1000]  # curly quotes and other non-ASCII
+    supplement = shared_path("blimp_supplement")
+    for fn in sorted(os.listdir(supplement)):
+        lines += [json.loads(l)["sentence_good"] for l in open(os.path.join(supplement, fn), encoding="utf-8")][:300]
+    return lines + ["tab\there, ünïcødé ✓ and emoji 🙂", "two  spaces\n\nand newlines ", "a <|endoftext|> inside <|pad|> text"]
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(tie_embeddings=True), dict(n_kv_heads=6)])
+def test_exported_logits_equal_the_project_model(real_tokenizer, tmp_path, variant):
+    ckpt, model = make_ckpt(tmp_path, real_tokenizer, **variant)
+    out = export(ckpt, str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    enc, _ = load_tokenizer(real_tokenizer)
+    ids = torch.tensor([enc.encode_ordinary(" ".join(real_lines()[:40]))[:200]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids)[0], atol=1e-4, rtol=1e-4)
+    assert hf.config.tie_word_embeddings == variant.get("tie_embeddings", False)
+
+
+def test_tokenizer_ids_equal_on_real_lines(real_tokenizer, tmp_path):
+    ckpt, _ = make_ckpt(tmp_path, real_tokenizer)
+    tok = transformers.AutoTokenizer.from_pretrained(export(ckpt, str(tmp_path / "hf")))
+    enc, info = load_tokenizer(real_tokenizer)
+    lines = real_lines()
+    assert len(lines) > 3000 and any("\n" in l for l in lines) and any(ord(c) > 127 for l in lines for c in l)
+    bad = [l for l in lines if tok(l, add_special_tokens=False).input_ids != enc.encode(l, allowed_special="all")]
+    assert not bad, f"{len(bad)} lines differ, e.g. {bad[:3]}"
+    assert tok("a cat").input_ids == [info["bos_id"]] + enc.encode_ordinary("a cat"), "BOS is prepended with special tokens"
+    assert tok.decode(enc.encode_ordinary(lines[0])) == lines[0]
+    assert tok.pad_token_id == info["pad_id"] and tok.bos_token_id == info["bos_id"] == tok.eos_token_id
+
+
+def test_export_import_round_trip(real_tokenizer, tmp_path):
+    ckpt, model = make_ckpt(tmp_path, real_tokenizer)
+    hf_dir = export(ckpt, str(tmp_path / "hf"))
+    assert set(read_safetensors(os.path.join(hf_dir, "model.safetensors"))) == set(transformers.AutoModelForCausalLM.from_pretrained(hf_dir).state_dict())
+    back, ck = load_checkpoint(import_hf(hf_dir, str(tmp_path / "back")))
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    enc, _ = load_tokenizer(real_tokenizer)
+    enc2, _ = load_tokenizer(str(tmp_path / "back"))
+    for line in real_lines()[:500]:
+        assert enc2.encode(line, allowed_special="all") == enc.encode(line, allowed_special="all")
+
+
+def test_older_transformers_loads_the_export(real_tokenizer, tmp_path):
+    python = os.environ.get("HF_OLD_PYTHON")
+    if not python:
+        pytest.skip("HF_OLD_PYTHON is not set (CI sets it to a venv with transformers 4.45)")
+    ckpt, model = make_ckpt(tmp_path, real_tokenizer)
+    hf_dir = export(ckpt, str(tmp_path / "hf"))
+    enc, _ = load_tokenizer(real_tokenizer)
+    text = " ".join(real_lines()[:20])
+    ids = enc.encode_ordinary(text)[:100]
+    script = ("import json, sys, torch, transformers as t\n"
+              f"m = t.AutoModelForCausalLM.from_pretrained({hf_dir!r}).eval(); k = t.AutoTokenizer.from_pretrained({hf_dir!r})\n"
+              f"ids = k({text!r}, add_special_tokens=False).input_ids[:100]\n"
+              "with torch.no_grad(): out = m(torch.tensor([ids])).logits[0, -1].tolist()\n"
+              "print(json.dumps({'version': t.__version__, 'ids': ids, 'last': out}))")
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["ids"] == ids, f"transformers {got['version']} tokenizes differently"
+    with torch.no_grad():
+        expected = model(torch.tensor([ids]))[0][0, -1]
+    torch.testing.assert_close(torch.tensor(got["last"]), expected, atol=1e-4, rtol=1e-4)
