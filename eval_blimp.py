@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, atomic_write, check_same_tokenizer, load_checkpoint
-from prepare_data import load_tokenizer
+from model import InputError, atomic_write
+from prepare_data import load_model_and_tokenizer
 
 PROTOCOLS = {"2023": (" ", "eos_id"), "2024": (" ", "bos_id"), "2025": ("", "bos_id")}  # (prefix, context token)
 PHENOMENA_2023 = 12
@@ -203,12 +203,7 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     tasks = limit_tasks(read_tasks(args.data), args.limit)
     supplement = limit_tasks(read_tasks(args.supplement), args.limit) if args.supplement else None
-    model, ckpt = load_checkpoint(args.ckpt, device)
-    data_dir = args.data_dir or ckpt.get("config", {}).get("data_dir")
-    if not data_dir:
-        raise InputError(f"{args.ckpt}: no data_dir recorded; pass --data_dir with the tokenizer")
-    enc, info = load_tokenizer(data_dir)
-    check_same_tokenizer(ckpt["tokenizer"], info, args.ckpt, os.path.join(data_dir, "meta.json"))
+    model, _, enc, info = load_model_and_tokenizer(args.ckpt, args.data_dir, device)
     model.eval()  # fp32 weights and fp32 log-softmax: bf16 scoring manufactures ties (eval.md P2)
 
     results = {"ckpt": args.ckpt, "protocol": args.protocol, "limit": args.limit}

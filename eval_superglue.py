@@ -41,8 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, atomic_write, check_same_tokenizer, load_checkpoint, unwrap
-from prepare_data import load_tokenizer
+from model import InputError, atomic_write, unwrap
+from prepare_data import load_model_and_tokenizer
 from train_teacher import load_config
 
 HPARAMS = dict(lr=5e-5, batch_size=64, epochs=10, patience=3, weight_decay=0.0, seed=12, max_len=128, grad_clip=1.0,
@@ -370,12 +370,7 @@ def main(argv=None):
             print(f"note: {where}")
         else:
             loaded[t] = data
-    llama, ckpt = load_checkpoint(args.ckpt, device)
-    data_dir = args.data_dir or ckpt.get("config", {}).get("data_dir")
-    if not data_dir:
-        raise InputError(f"{args.ckpt}: no data_dir recorded; pass --data_dir with the tokenizer")
-    enc, info = load_tokenizer(data_dir)
-    check_same_tokenizer(ckpt["tokenizer"], info, args.ckpt, os.path.join(data_dir, "meta.json"))
+    llama, _, enc, info = load_model_and_tokenizer(args.ckpt, args.data_dir, device)
 
     results = {}
     for t, data in loaded.items():

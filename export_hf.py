@@ -37,8 +37,8 @@ import sys
 
 import torch
 
-from model import InputError, Llama, ModelConfig, atomic_write, load_checkpoint, model_checkpoint, save_checkpoint
-from prepare_data import load_tokenizer, read_ranks, write_ranks
+from model import InputError, Llama, ModelConfig, atomic_write, model_checkpoint, save_checkpoint
+from prepare_data import load_model_and_tokenizer, read_ranks, write_ranks
 
 # -----------------------------------------------------------------------------------------------
 # Weight names: project <-> Hugging Face Llama
@@ -170,13 +170,8 @@ def tokenizer_json(ranks, info):
 
 
 def export(ckpt_path, out, data_dir=None):
-    model, ckpt = load_checkpoint(ckpt_path)
-    data_dir = data_dir or ckpt.get("config", {}).get("data_dir")
-    if not data_dir:
-        raise InputError(f"{ckpt_path}: no data_dir recorded; pass --data_dir with the tokenizer")
-    _, info = load_tokenizer(data_dir)
-    if info["sha256"] != ckpt["tokenizer"].get("sha256"):
-        raise InputError(f"{ckpt_path} was not trained with the tokenizer in {data_dir}")
+    model, ckpt, _, info = load_model_and_tokenizer(ckpt_path, data_dir)
+    data_dir = data_dir or ckpt["config"]["data_dir"]
     cfg = model.config
     state = model.state_dict()
     tensors = {hf: state[ours] for ours, hf in hf_names(cfg.n_layers) if not (cfg.tie_embeddings and ours == "output.weight")}

@@ -58,7 +58,7 @@ import tiktoken
 import tiktoken.load
 from tqdm import tqdm
 
-from model import InputError, atomic_write
+from model import InputError, atomic_write, check_same_tokenizer, load_checkpoint
 
 # The official BabyLM 2024 text release (strict-small train_10M plus dev) lives in OSF project ad7qg
 # (https://osf.io/ad7qg/). This URL asks OSF for a zip of the project's storage; the layout finder
@@ -343,6 +343,18 @@ def load_tokenizer(data_dir):
     enc = tiktoken.Encoding(info["name"], pat_str=info["pat_str"], mergeable_ranks=ranks,
                             special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
     return enc, info
+
+
+def load_model_and_tokenizer(ckpt_path, data_dir=None, device="cpu"):
+    """(model, checkpoint, tiktoken.Encoding, tokenizer info) for evaluation and export: the tokenizer comes
+    from data_dir, or the data_dir the checkpoint was trained on, and must be the one the model was trained with."""
+    ckpt_model, ckpt = load_checkpoint(ckpt_path, device)
+    data_dir = data_dir or ckpt.get("config", {}).get("data_dir")
+    if not data_dir:
+        raise InputError(f"{ckpt_path}: no data_dir recorded; pass --data_dir with the tokenizer")
+    enc, info = load_tokenizer(data_dir)
+    check_same_tokenizer(ckpt["tokenizer"], info, ckpt_path, os.path.join(data_dir, "meta.json"))
+    return ckpt_model, ckpt, enc, info
 
 
 def tokenizer_info(name, ranks_path, n_ranks, pat_str):
