@@ -35,7 +35,7 @@ def main():
     p.add_argument("--sizes", default="tiny,58m")
     p.add_argument("--pairs", type=int, default=2000, help="pairs for the batched run")
     p.add_argument("--single_pairs", type=int, default=100, help="pairs for the one-at-a-time run")
-    p.add_argument("--batch_tokens", type=int, default=8192)
+    p.add_argument("--batch_tokens", type=int, default=2048)
     args = p.parse_args()
     enc, info = load_tokenizer(args.data_dir)
     tasks = read_tasks(args.blimp)

@@ -8,6 +8,7 @@ Three variants at the same sizes, each in its own process (so peak memory is its
                teacher, kl_div(log_softmax(s/T), softmax(mean teacher logits/T), reduction="batchmean")
     eager      this project's loss function (distill.make_distill_loss), not compiled
     compiled   the same function under torch.compile (as distill.py runs it on CUDA by default)
+    compiled-autotune  the same with mode="max-autotune-no-cudagraphs" (GEMM template search; slow to compile)
 FLOPs per token = 6 N (student) + 2 N per teacher, N = matmul parameters (output head included, embedding
 lookup excluded); MFU is against the fp32 2048 x 2048 matmul rate measured in the same run.
 """
@@ -56,7 +57,8 @@ def run_variant(variant, size, batch, seq_len, steps, warmup):
         fn = lambda s, x, y: reference_loss(s, teachers, x, y, 0.5, 2.0)
     else:
         ours = make_distill_loss(teachers, [0.5, 0.5], cfg)
-        ours = torch.compile(ours) if variant == "compiled" else ours
+        if variant.startswith("compiled"):
+            ours = torch.compile(ours, mode="max-autotune-no-cudagraphs" if variant == "compiled-autotune" else None)
         fn = lambda s, x, y: ours(s, x, y)[0]
     x, y = torch.randint(0, mcfg.vocab_size, (2, batch, seq_len))
     times = []
