@@ -187,6 +187,8 @@ def check_distill_config(cfg):
         raise InputError(f"ensemble={cfg.ensemble!r}: expected 'logits' or 'probs'")
     if cfg.kl_reduction not in ("paper", "mean"):
         raise InputError(f"kl_reduction={cfg.kl_reduction!r}: expected 'paper' or 'mean'")
+    if cfg.objective != "clm":
+        raise InputError(f"objective={cfg.objective!r}: distillation trains the causal LM only (AntLM is a train_teacher.py option)")
     if not 0.0 <= cfg.alpha <= 1.0 or cfg.temperature <= 0:
         raise InputError(f"alpha={cfg.alpha}, temperature={cfg.temperature}: expected 0 <= alpha <= 1 and temperature > 0")
 
