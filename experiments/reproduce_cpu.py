@@ -1,0 +1,209 @@
+"""
+Does an ensemble-distilled student beat its teachers, and a same-size model trained without distillation?
+(BabyLlama, arXiv 2308.02019; BabyLlama-2, arXiv 2409.17312) An end-to-end experiment at CPU scale that
+runs the project's own commands on real BabyLM text and writes RESULTS.md and a plot.
+
+    python experiments/reproduce_cpu.py                   # the full experiment (sized for ~90 min on 2 cores)
+    python experiments/reproduce_cpu.py --smoke           # a few minutes: the same pipeline, tiny sizes
+
+The regime of the papers: several epochs over a small corpus, teachers trained past their best validation
+epoch, every model kept at its best validation checkpoint. The corpus is the first --words words of each
+of the six babylm_2024_mini training sources (with the official dev files as the test split), a 4,096-token
+BPE keeps the output head cheap, and the teachers are larger than the student (as in BabyLlama) so that
+they overfit the small corpus within --epochs. Pipeline:
+  1. prepare_data.py on the subset corpus
+  2. two teachers (train_teacher.py), same architecture, different seeds
+  3. the student (distill.py, the papers' loss: alpha 0.5, T 1, logits ensemble, "paper" reduction), and a
+     baseline of the student's size with plain CE for the same steps, each with --seeds seeds
+  4. optional ablations of the student (--ablations): the "mean" KL reduction and the "probs" ensemble
+  5. every model: validation CE (best checkpoint), test CE, full BLiMP and supplement (eval_blimp.py)
+Results: experiments/work/results.json, RESULTS.md (every number generated), RESULTS_val_ce.png
+(a --smoke run writes its report into the work folder instead).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+import torch  # noqa: E402
+
+from model import load_checkpoint  # noqa: E402
+from train_teacher import Windows, eval_indices, evaluate, read_log, runtime, load_config, DEFAULTS  # noqa: E402
+
+TEACHER = dict(dim=192, n_layers=6, n_heads=6, n_kv_heads=2, hidden_dim=512)
+STUDENT = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384)
+TRAIN = dict(seq_len=128, batch_size=32, micro_batch_size=32, lr=2e-3, min_lr=2e-4, weight_decay=0.1, log_interval=10, eval_windows=1024)
+
+
+def subset_corpus(src, dst, words):
+    """The first `words` words of each training source (lines kept whole), the dev files as they are."""
+    for split, suffix in (("train_10M", ".train"), ("dev", ".dev")):
+        os.makedirs(os.path.join(dst, split), exist_ok=True)
+        for fn in sorted(os.listdir(os.path.join(src, split))):
+            if not fn.endswith(suffix):
+                continue
+            text = open(os.path.join(src, split, fn), encoding="utf-8").read()
+            if split == "train_10M":
+                out, n = [], 0
+                for line in text.splitlines():
+                    w = line.split()
+                    out.append(" ".join(w[: max(0, words - n)]) if n + len(w) > words else line)
+                    n += len(w)
+                    if n >= words:
+                        break
+                text = "\n".join(out) + "\n"
+            with open(os.path.join(dst, split, fn), "w", encoding="utf-8") as f:
+                f.write(text)
+
+
+def run(cmd, log_path):
+    """Run one of the project's commands; its output goes to log_path. Returns the wall time."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - t0
+
+
+def kv(**kw):
+    return [f"--{k}={v}" for k, v in kw.items()]
+
+
+def test_ce(ckpt_path, data_dir, windows):
+    model, ckpt = load_checkpoint(ckpt_path)
+    cfg = load_config(DEFAULTS, ["--device=cpu", "--compile=False"])
+    w = Windows(os.path.join(data_dir, "test.bin"), ckpt["config"]["seq_len"])
+    return evaluate(model, w, eval_indices(w.n, windows), 32, runtime(cfg))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--work", default=os.path.join(ROOT, "experiments", "work"))
+    p.add_argument("--words", type=int, default=40000, help="words per training source (6 sources)")
+    p.add_argument("--epochs", type=float, default=8.0)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--ablations", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and --limit'ed BLiMP: checks the pipeline")
+    args = p.parse_args()
+    if args.smoke:
+        args.words, args.epochs, args.seeds = 3000, 2.0, 2
+    work, data = args.work, os.path.join(args.work, "data")
+    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
+    subset_corpus(os.path.join(SHARED, "babylm_2024_mini"), os.path.join(work, "src"), args.words)
+    timings = {"prepare": run(["prepare_data.py", "--src", os.path.join(work, "src"), "--out", data, "--vocab_size", "4096"],
+                              os.path.join(work, "logs", "prepare.log"))}
+    n_windows = Windows(os.path.join(data, "train.bin"), TRAIN["seq_len"]).n
+    steps_per_epoch = n_windows // TRAIN["batch_size"]
+    max_iters = round(args.epochs * steps_per_epoch)
+    common = dict(TRAIN, data_dir=data, max_iters=max_iters, warmup_iters=max(2, max_iters // 20),
+                  eval_interval=max(1, steps_per_epoch // 2), compile=False)
+    models = {}  # name -> (role, out_dir, wall time)
+
+    def train(name, role, script, **kw):
+        out = os.path.join(work, "out", name)
+        models[name] = (role, out, run([script, *kv(**{**common, "out_dir": out, **kw})], os.path.join(work, "logs", f"{name}.log")))
+
+    for k in (1, 2):
+        train(f"teacher{k}", "teacher", "train_teacher.py", seed=k, **TEACHER)
+    teachers = [os.path.join(work, "out", f"teacher{k}", "ckpt.pt") for k in (1, 2)]
+    variants = [("student", {})] + ([("student_mean", {"kl_reduction": "mean"}), ("student_probs", {"ensemble": "probs"})] if args.ablations else [])
+    for s in range(1, args.seeds + 1):
+        for name, extra in variants:
+            if name != "student" and s > 1:
+                continue
+            train(f"{name}_s{s}", "student" if name == "student" else "ablation", "distill.py", seed=100 + s, teachers=repr(teachers),
+                  alpha=0.5, temperature=1.0, **{"ensemble": "logits", "kl_reduction": "paper", **extra}, **STUDENT)
+        train(f"baseline_s{s}", "baseline", "train_teacher.py", seed=100 + s, **STUDENT)
+
+    results = {"words_per_source": args.words, "epochs": args.epochs, "steps": max_iters, "steps_per_epoch": steps_per_epoch,
+               "train_tokens": int(n_windows * TRAIN["seq_len"]), "smoke": args.smoke, "timings": timings, "models": {}}
+    blimp_limit = ["--limit", "20"] if args.smoke else []
+    for name, (role, out, seconds) in models.items():
+        ckpt_path = os.path.join(out, "ckpt.pt")
+        blimp_json = os.path.join(out, "blimp.json")
+        run(["eval_blimp.py", "--ckpt", ckpt_path, "--data", os.path.join(SHARED, "blimp_filtered"), "--supplement",
+             os.path.join(SHARED, "blimp_supplement"), "--out", blimp_json, *blimp_limit], os.path.join(work, "logs", f"{name}_blimp.log"))
+        b = json.load(open(blimp_json))
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        log = read_log(os.path.join(out, "log.jsonl"))
+        results["models"][name] = {
+            "role": role, "params": sum(v.numel() for v in ckpt["model"].values()), "best_step": ckpt["step"],
+            "tokens_seen": max_iters * TRAIN["batch_size"] * TRAIN["seq_len"], "train_seconds": seconds,
+            "val_ce": ckpt["val_loss"], "test_ce": test_ce(ckpt_path, data, 64 if args.smoke else 2048),
+            "blimp": b["blimp"]["score"], "supplement": b["supplement"]["score"], "blimp_field": b["blimp"]["field"],
+            "val_curve": [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]}
+    with open(os.path.join(work, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    where = work if args.smoke else ROOT  # a smoke run is not a result: it stays in the work folder
+    write_report(results, os.path.join(where, "RESULTS.md"), "RESULTS_val_ce.png")
+    plot(results, os.path.join(where, "RESULTS_val_ce.png"))
+
+
+def spread(values):
+    return (max(values) - min(values)) if len(values) > 1 else float("nan")
+
+
+def write_report(r, path, png):
+    m = r["models"]
+    rows = ["| model | role | params | best step | tokens seen | train s | val CE | test CE | BLiMP | supplement |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, x in m.items():
+        rows.append(f"| {name} | {x['role']} | {x['params']:,} | {x['best_step']} | {x['tokens_seen']:,} | {x['train_seconds']:.0f} | "
+                    f"{x['val_ce']:.4f} | {x['test_ce']:.4f} | {x['blimp']:.1f} | {x['supplement']:.1f} |")
+    fields = sorted({f for x in m.values() for f in x["blimp_field"]})
+    frows = ["| model | " + " | ".join(fields) + " |", "|---|" + "---|" * len(fields)]
+    for name, x in m.items():
+        frows.append(f"| {name} | " + " | ".join(f"{x['blimp_field'].get(f, float('nan')):.1f}" for f in fields) + " |")
+    summary = []
+    for metric, better in (("val_ce", min), ("test_ce", min), ("blimp", max), ("supplement", max)):
+        group = lambda role: [x[metric] for x in m.values() if x["role"] == role]
+        st, bl, te = group("student"), group("baseline"), group("teacher")
+        if not (st and bl and te):
+            continue
+        mean = lambda v: sum(v) / len(v)
+        gap_t = mean(st) - better(te)
+        gap_b = mean(st) - mean(bl)
+        sp = max(spread(st), spread(bl))
+        summary.append(f"| {metric} | {mean(st):.4g} | {mean(bl):.4g} | {better(te):.4g} | {gap_b:+.3g} | {gap_t:+.3g} | {sp:.3g} | "
+                       f"{'yes' if abs(gap_b) > sp else 'no'} | {'yes' if abs(gap_t) > sp else 'no'} |")
+    text = "\n".join([
+        "# Reproducing the distillation claim on a CPU" + (" (smoke run: tiny sizes, not a result)" if r["smoke"] else ""),
+        "", f"Generated by `python experiments/reproduce_cpu.py{' --smoke' if r['smoke'] else ''}`; do not edit by hand.",
+        f"Corpus: the first {r['words_per_source']:,} words of each babylm_2024_mini training source ({r['train_tokens']:,} training tokens), "
+        f"{r['epochs']} epochs = {r['steps']} steps of 32 x 128 tokens ({r['steps_per_epoch']} per epoch). Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}.",
+        "", "## Models", "", *rows, "", "## BLiMP by field", "", *frows, "",
+        "## Student vs teachers and baseline", "",
+        "Student and baseline are means over seeds; teachers: the better teacher. Spread = largest max-min over seeds of student or baseline.", "",
+        "| metric | student | baseline | best teacher | student - baseline | student - teacher | spread | vs baseline exceeds spread | vs teacher exceeds spread |",
+        "|---|---|---|---|---|---|---|---|---|", *summary, "", f"![validation CE]({png})", ""])
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def plot(r, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): no plot written")
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, x in r["models"].items():
+        steps, vals = zip(*x["val_curve"])
+        ax.plot(steps, vals, label=name, linestyle="-" if x["role"] in ("teacher", "student") else "--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation CE (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
