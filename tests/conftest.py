@@ -80,3 +80,18 @@ def tiny_teachers(prepared, tmp_path_factory):
 
 def student_argv(prepared, out, teachers, **kw):
     return tiny_argv(prepared, out, **{"teachers": repr(teachers), "max_iters": 30, "eval_interval": 15, **kw})
+
+
+@pytest.fixture
+def random_ckpt(prepared, tmp_path):
+    """A randomly initialised tiny model saved as a checkpoint that points at the prepared tokenizer."""
+    import torch
+    from model import Llama, ModelConfig, model_checkpoint, save_checkpoint
+    from prepare_data import load_tokenizer
+
+    _, info = load_tokenizer(prepared)
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=info["vocab_size"], dim=32, n_layers=2, n_heads=4, hidden_dim=64))
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": prepared}))
+    return path

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from conftest import shared_path
 from eval_blimp import evaluate_set, main, pair_results, read_tasks, score_one, score_sentences, summarize
-from model import InputError, Llama, ModelConfig, model_checkpoint, save_checkpoint
+from model import InputError, Llama, ModelConfig
 from prepare_data import load_tokenizer
 
 # A byte-level tokenizer (one token per character) with the project's three special tokens.
@@ -109,12 +109,8 @@ def test_batched_equals_one_by_one_on_real_pairs(prepared):
         assert batched[s] == pytest.approx(score_one(model, ctx, ids, "cpu"), abs=1e-4), s
 
 
-def test_command_line_on_a_checkpoint(prepared, tmp_path):
-    _, info = load_tokenizer(prepared)
-    torch.manual_seed(0)
-    model = Llama(ModelConfig(vocab_size=info["vocab_size"], dim=16, n_layers=1, n_heads=2, hidden_dim=32))
-    ckpt = str(tmp_path / "ckpt.pt")
-    save_checkpoint(ckpt, model_checkpoint(model, info, config={"data_dir": prepared}))
+def test_command_line_on_a_checkpoint(random_ckpt, tmp_path):
+    ckpt = random_ckpt
     data = tmp_path / "blimp"
     data.mkdir()
     rows = [{"sentence_good": f"the cat {i}", "sentence_bad": f"cat the {i}", "UID": u, "field": "syntax", "linguistics_term": "order"}

@@ -10,7 +10,7 @@ import torch
 
 from conftest import shared_path
 from eval_superglue import (Classifier, accuracy, binary_f1, encode_pair, load_task, main, mcc, pad_batch, task_names)
-from model import InputError, Llama, ModelConfig, model_checkpoint, save_checkpoint
+from model import InputError, Llama, ModelConfig
 from prepare_data import load_tokenizer
 
 
@@ -81,19 +81,9 @@ def write_fixture(folder, n_train=200, n_valid=60):
     return str(folder)
 
 
-@pytest.fixture
-def tiny_ckpt(prepared, tmp_path):
-    _, info = load_tokenizer(prepared)
-    torch.manual_seed(0)
-    model = Llama(ModelConfig(vocab_size=info["vocab_size"], dim=32, n_layers=2, n_heads=4, hidden_dim=64))
-    path = str(tmp_path / "ckpt.pt")
-    save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": prepared}))
-    return path
-
-
-def test_tiny_model_beats_the_majority_class_and_restores_the_best_epoch(tiny_ckpt, tmp_path):
+def test_tiny_model_beats_the_majority_class_and_restores_the_best_epoch(random_ckpt, tmp_path):
     data = write_fixture(tmp_path / "glue")
-    out = main(["--ckpt", tiny_ckpt, "--task", "sst2", "--data", data, "--lr", "3e-3", "--batch_size", "16",
+    out = main(["--ckpt", random_ckpt, "--task", "sst2", "--data", data, "--lr", "3e-3", "--batch_size", "16",
                 "--epochs", "6", "--patience", "2", "--out", str(tmp_path / "r.json")])
     r = out["tasks"]["sst2"]
     assert r["metric"] > r["majority_baseline"] + 10, r
@@ -102,11 +92,11 @@ def test_tiny_model_beats_the_majority_class_and_restores_the_best_epoch(tiny_ck
     assert json.load(open(tmp_path / "r.json"))["tasks"]["sst2"]["metric"] == r["metric"]
 
 
-def test_unknown_task_and_missing_files(tiny_ckpt, tmp_path):
+def test_unknown_task_and_missing_files(random_ckpt, tmp_path):
     data = write_fixture(tmp_path / "glue")
     with pytest.raises(InputError, match="--task='stsb': unknown"):
-        main(["--ckpt", tiny_ckpt, "--task", "stsb", "--data", data])
+        main(["--ckpt", random_ckpt, "--task", "stsb", "--data", data])
     with pytest.raises(InputError, match="cola: no training file"):
-        main(["--ckpt", tiny_ckpt, "--task", "cola", "--data", data])
+        main(["--ckpt", random_ckpt, "--task", "cola", "--data", data])
     with pytest.raises(InputError, match="nope: data folder not found"):
-        main(["--ckpt", tiny_ckpt, "--task", "rte", "--data", str(tmp_path / "nope")])
+        main(["--ckpt", random_ckpt, "--task", "rte", "--data", str(tmp_path / "nope")])
