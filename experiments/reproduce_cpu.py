@@ -3,9 +3,12 @@ Does an ensemble-distilled student beat its teachers, and a same-size model trai
 (BabyLlama, arXiv 2308.02019; BabyLlama-2, arXiv 2409.17312) An end-to-end experiment at CPU scale that
 runs the project's own commands on real BabyLM text and writes RESULTS.md and a plot.
 
-    python experiments/reproduce_cpu.py                   # the full experiment (sized for ~90 min on 2 cores)
+    python experiments/reproduce_cpu.py                   # the full experiment (~41 min on 2 cores)
     python experiments/reproduce_cpu.py --smoke           # a few minutes: the same pipeline, tiny sizes
 
+How the sizes were chosen: a first teacher that still improved at the end of its run (configs/tiny_teacher1.py,
+0.2 epochs of 4.3M tokens) shows nothing about the claim, so the corpus is cut to ~280k tokens and every model
+sees it 8 times; the 3.9M-parameter teachers reach their best validation CE at epoch 7 and then rise slightly.
 The regime of the papers: several epochs over a small corpus, teachers trained past their best validation
 epoch, every model kept at its best validation checkpoint. The corpus is the first --words words of each
 of the six babylm_2024_mini training sources (with the official dev files as the test split), a 4,096-token
@@ -75,6 +78,30 @@ def kv(**kw):
     return [f"--{k}={v}" for k, v in kw.items()]
 
 
+def prepare_command(work, data):
+    return ("prepare", "data", ["prepare_data.py", "--src", os.path.join(work, "src"), "--out", data, "--vocab_size", "4096"])
+
+
+def commands(args, work, data, steps_per_epoch):
+    """[(name, role, argv)]: every command of the experiment, in order (also printed in RESULTS.md)."""
+    max_iters = round(args.epochs * steps_per_epoch)
+    common = dict(TRAIN, data_dir=data, max_iters=max_iters, warmup_iters=max(2, max_iters // 20),
+                  eval_interval=max(1, steps_per_epoch // 2), compile=False)
+    train = lambda name, role, script, **kw: (name, role, [script, *kv(**{**common, "out_dir": os.path.join(work, "out", name), **kw})])
+    out = [prepare_command(work, data)]
+    out += [train(f"teacher{k}", "teacher", "train_teacher.py", seed=k, **TEACHER) for k in (1, 2)]
+    teachers = [os.path.join(work, "out", f"teacher{k}", "ckpt.pt") for k in (1, 2)]
+    variants = [("student", {})] + ([("student_mean", {"kl_reduction": "mean"}), ("student_probs", {"ensemble": "probs"})] if args.ablations else [])
+    for s in range(1, args.seeds + 1):
+        for name, extra in variants:
+            if name != "student" and s > 1:
+                continue
+            out.append(train(f"{name}_s{s}", "student" if name == "student" else "ablation", "distill.py", seed=100 + s, teachers=repr(teachers),
+                             alpha=0.5, temperature=1.0, **{"ensemble": "logits", "kl_reduction": "paper", **extra}, **STUDENT))
+        out.append(train(f"baseline_s{s}", "baseline", "train_teacher.py", seed=100 + s, **STUDENT))
+    return out
+
+
 def test_ce(ckpt_path, data_dir, windows):
     model, ckpt = load_checkpoint(ckpt_path)
     cfg = load_config(DEFAULTS, ["--device=cpu", "--compile=False"])
@@ -85,41 +112,31 @@ def test_ce(ckpt_path, data_dir, windows):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--work", default=os.path.join(ROOT, "experiments", "work"))
-    p.add_argument("--words", type=int, default=40000, help="words per training source (6 sources)")
+    p.add_argument("--words", type=int, default=30000, help="words per training source (6 sources)")
     p.add_argument("--epochs", type=float, default=8.0)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and --limit'ed BLiMP: checks the pipeline")
+    p.add_argument("--report_only", action="store_true", help="rewrite RESULTS.md from work/results.json")
     args = p.parse_args()
     if args.smoke:
         args.words, args.epochs, args.seeds = 3000, 2.0, 2
     work, data = args.work, os.path.join(args.work, "data")
+    where = work if args.smoke else ROOT  # a smoke run is not a result: it stays in the work folder
+    if args.report_only:
+        results = json.load(open(os.path.join(work, "results.json")))
+        write_report(results, os.path.join(where, "RESULTS.md"), "RESULTS_val_ce.png", commands(args, work, data, results["steps_per_epoch"]))
+        return
     os.makedirs(os.path.join(work, "logs"), exist_ok=True)
     subset_corpus(os.path.join(SHARED, "babylm_2024_mini"), os.path.join(work, "src"), args.words)
-    timings = {"prepare": run(["prepare_data.py", "--src", os.path.join(work, "src"), "--out", data, "--vocab_size", "4096"],
-                              os.path.join(work, "logs", "prepare.log"))}
+    prep = prepare_command(work, data)
+    timings = {"prepare": run(prep[2], os.path.join(work, "logs", "prepare.log"))}
     n_windows = Windows(os.path.join(data, "train.bin"), TRAIN["seq_len"]).n
     steps_per_epoch = n_windows // TRAIN["batch_size"]
     max_iters = round(args.epochs * steps_per_epoch)
-    common = dict(TRAIN, data_dir=data, max_iters=max_iters, warmup_iters=max(2, max_iters // 20),
-                  eval_interval=max(1, steps_per_epoch // 2), compile=False)
     models = {}  # name -> (role, out_dir, wall time)
-
-    def train(name, role, script, **kw):
-        out = os.path.join(work, "out", name)
-        models[name] = (role, out, run([script, *kv(**{**common, "out_dir": out, **kw})], os.path.join(work, "logs", f"{name}.log")))
-
-    for k in (1, 2):
-        train(f"teacher{k}", "teacher", "train_teacher.py", seed=k, **TEACHER)
-    teachers = [os.path.join(work, "out", f"teacher{k}", "ckpt.pt") for k in (1, 2)]
-    variants = [("student", {})] + ([("student_mean", {"kl_reduction": "mean"}), ("student_probs", {"ensemble": "probs"})] if args.ablations else [])
-    for s in range(1, args.seeds + 1):
-        for name, extra in variants:
-            if name != "student" and s > 1:
-                continue
-            train(f"{name}_s{s}", "student" if name == "student" else "ablation", "distill.py", seed=100 + s, teachers=repr(teachers),
-                  alpha=0.5, temperature=1.0, **{"ensemble": "logits", "kl_reduction": "paper", **extra}, **STUDENT)
-        train(f"baseline_s{s}", "baseline", "train_teacher.py", seed=100 + s, **STUDENT)
+    for name, role, cmd in commands(args, work, data, steps_per_epoch)[1:]:
+        models[name] = (role, os.path.join(work, "out", name), run(cmd, os.path.join(work, "logs", f"{name}.log")))
 
     results = {"words_per_source": args.words, "epochs": args.epochs, "steps": max_iters, "steps_per_epoch": steps_per_epoch,
                "train_tokens": int(n_windows * TRAIN["seq_len"]), "smoke": args.smoke, "timings": timings, "models": {}}
@@ -140,8 +157,7 @@ def main():
             "val_curve": [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]}
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    where = work if args.smoke else ROOT  # a smoke run is not a result: it stays in the work folder
-    write_report(results, os.path.join(where, "RESULTS.md"), "RESULTS_val_ce.png")
+    write_report(results, os.path.join(where, "RESULTS.md"), "RESULTS_val_ce.png", commands(args, work, data, steps_per_epoch))
     plot(results, os.path.join(where, "RESULTS_val_ce.png"))
 
 
@@ -149,7 +165,7 @@ def spread(values):
     return (max(values) - min(values)) if len(values) > 1 else float("nan")
 
 
-def write_report(r, path, png):
+def write_report(r, path, png, cmds=()):
     m = r["models"]
     rows = ["| model | role | params | best step | tokens seen | train s | val CE | test CE | BLiMP | supplement |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -181,7 +197,9 @@ def write_report(r, path, png):
         "## Student vs teachers and baseline", "",
         "Student and baseline are means over seeds; teachers: the better teacher. Spread = largest max-min over seeds of student or baseline.", "",
         "| metric | student | baseline | best teacher | student - baseline | student - teacher | spread | vs baseline exceeds spread | vs teacher exceeds spread |",
-        "|---|---|---|---|---|---|---|---|---|", *summary, "", f"![validation CE]({png})", ""])
+        "|---|---|---|---|---|---|---|---|---|", *summary, "", f"![validation CE]({png})", "",
+        "## Commands", "", "Run from the project root, in this order (then `eval_blimp.py` on each `ckpt.pt`, full sets):", "", "```",
+        *[f"python {' '.join(c if ' ' not in c and '[' not in c else repr(c) for c in cmd)}".replace(ROOT + "/", "") for _, _, cmd in cmds], "```", ""])
     with open(path, "w") as f:
         f.write(text)
 
