@@ -335,6 +335,10 @@ def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, c
     the checkpoint dict to resume from (its model weights are already loaded) or None.
     Returns the final summary (best validation loss, steps, wall time)."""
     os.makedirs(cfg.out_dir, exist_ok=True)
+    if rt.master:  # a run killed mid-write leaves a *.tmp beside the intact file: drop it
+        for name in os.listdir(cfg.out_dir):
+            if name.endswith(".tmp"):
+                os.remove(os.path.join(cfg.out_dir, name))
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
     val_idx = eval_indices(val_w.n, cfg.eval_windows)
@@ -409,10 +413,15 @@ def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, c
                     logs_sum[k] = logs_sum.get(k, 0.0) + v.detach() / grad_accum
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            stats = torch.stack([loss_sum, *logs_sum.values()]).float()
-            if rt.ddp:  # the logged numbers are means over the global batch, as in a single process
+            # One tensor, one all-reduce per step: the loss and logs (means over the global batch, as in a
+            # single process) and, last, the stop request (Ctrl-C on any rank, or stop_at reached).
+            stop_flag = torch.tensor(float(stop.set or step + 1 == cfg.stop_at), device=loss_sum.device)
+            stats = torch.stack([loss_sum, *logs_sum.values(), stop_flag]).float()
+            if rt.ddp:
                 dist.all_reduce(stats)
                 stats /= rt.world
+            stop_requested = bool(stats[-1] > 0)
+            stats = stats[:-1]
             if not bool(torch.isfinite(stats[0])):  # one host sync per step: the price of never saving a NaN model
                 optimizer.zero_grad(set_to_none=True)
                 if cfg.nonfinite == "stop":
@@ -441,10 +450,7 @@ def train(cfg, rt, model, loss_fn, tok_info, flops_per_token, extra_eval=None, c
                     bar.write(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items())
                               + f" | best val_loss {best_val:.4f}")
                 t0, t0_step = time.perf_counter(), step  # evaluation time is not training time
-            stop_now = torch.tensor(float(stop.set or step == cfg.stop_at))
-            if rt.ddp:
-                dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-            if stop_now.item():
+            if stop_requested:
                 save("last.pt", None)
                 print0(f"saved {os.path.join(cfg.out_dir, 'last.pt')} at step {step}; resume with --resume=True")
                 break

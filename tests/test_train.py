@@ -23,6 +23,8 @@ def without_timing(log):
 
 def test_tiny_run_validation_loss_falls(prepared, tmp_path):
     out = str(tmp_path / "t")
+    os.makedirs(out)
+    open(os.path.join(out, "ckpt.pt.tmp"), "wb").write(b"half a checkpoint from a killed run")
     summary = main(tiny_argv(prepared, out, max_iters=60, eval_interval=20))
     vals = val_losses(out)
     assert len(vals) == 3 and vals[-1] < vals[0] - 0.5, vals
