@@ -6,7 +6,8 @@ Stage 4a: zero-shot BLiMP and BLiMP-supplement scoring of a checkpoint, the offi
     python eval_blimp.py --ckpt out/student/ckpt.pt --data ../shared/data/blimp_filtered \
         --supplement ../shared/data/blimp_supplement                     # full sets (GPU if present)
 
-The protocol (../shared/reference/eval.md, sections 2 and 6), --protocol 2024 by default:
+The protocol of the BabyLM evaluation pipelines (github.com/babylm/evaluation-pipeline-2024 and -2025, built on
+EleutherAI's lm-evaluation-harness; BLiMP: Warstadt et al., TACL 2020), --protocol 2024 by default:
 - a sentence's score is the SUM of the log-probabilities of all its tokens (no length normalisation),
   conditioned on a single boundary token (prepare_data.py's <|endoftext|>, which is BOS and EOS):
       2024: context BOS, text " " + sentence   (lm-eval 0.4 fork; multiple_choice with an empty context)
@@ -14,7 +15,7 @@ The protocol (../shared/reference/eval.md, sections 2 and 6), --protocol 2024 by
       2025: context BOS, text sentence with no leading space (an exported tokenizer that prepends BOS)
 - log-softmax in fp32; a pair is correct when score(good) >= score(bad): ties count as correct, as
   every official pipeline breaks them toward the good sentence. Strict (>) accuracy and ties are
-  reported too (eval.md pitfall P1).
+  reported too, since a model that gives both sentences the same score would otherwise look right.
 - accuracy per paradigm (UID); BLiMP = unweighted mean over paradigms (2024/2025) or over the 12
   phenomena (linguistics_term) with pairs pooled within each (2023); supplement = unweighted mean over
   its 5 tasks (file stems). Newlines inside supplement items are kept.
@@ -24,7 +25,6 @@ are sorted by length and batched with right padding. Under the causal mask a rea
 to the pads after it, so a batched score equals the one-by-one score (tests check this on real pairs).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -35,11 +35,28 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, atomic_write
+from checkpoint import atomic_write, check_writable
+from config import RUNTIME_KEYS, InputError, load_config, merge_keys, run_main, runtime
 from prepare_data import load_model_and_tokenizer
 
 PROTOCOLS = {"2023": (" ", "eos_id"), "2024": (" ", "bos_id"), "2025": ("", "bos_id")}  # (prefix, context token)
-PHENOMENA_2023 = 12
+
+BLIMP_KEYS = merge_keys({
+    "evaluation": {
+        "ckpt": ("", "checkpoint to score (ckpt.pt of a run)"),
+        "data": ("", "folder of BLiMP .jsonl files, e.g. ../shared/data/blimp_filtered"),
+        "supplement": ("", "folder of the BLiMP supplement .jsonl files (optional)"),
+        "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
+        "protocol": ("2024", "the BabyLM protocol: '2023', '2024' or '2025'", tuple(PROTOCOLS)),
+        "limit": (0, "pairs per paradigm/task; 0 = all", ">=0"),
+        "batch_tokens": (2048, "about this many tokens per forward pass (small batches stay in cache: faster on CPUs)", ">0"),
+        "out": ("", "JSON results file; empty = blimp_<protocol>.json next to the checkpoint"),
+    },
+}, RUNTIME_KEYS, {"runtime": {
+    # fp32 by default even on a GPU: bf16 logits round nearby sentence scores together and manufacture ties.
+    "dtype": ("float32", "'float32' or 'bfloat16' (autocast; the log-softmax stays fp32)", ("float32", "bfloat16")),
+    "compile": (False, "not used by evaluation", (False,)),
+}})
 
 
 # -----------------------------------------------------------------------------------------------
@@ -58,6 +75,8 @@ def read_tasks(folder):
     for fn in files:
         path = os.path.join(folder, fn)
         stem = fn.rsplit(".", 1)[0]
+        if not open(path, "rb").read(4096).strip():
+            raise InputError(f"{path}: empty file (expected one JSON pair per line); remove it or restore it")
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -78,7 +97,7 @@ def read_tasks(folder):
 
 
 def limit_tasks(tasks, limit):
-    return {k: v[:limit] for k, v in tasks.items()} if limit else tasks
+    return {k: v[:limit] for k, v in tasks.items()} if limit > 0 else tasks
 
 
 # -----------------------------------------------------------------------------------------------
@@ -95,7 +114,7 @@ def encode_sentence(enc, info, sentence, protocol):
 def score_one(model, ctx, ids, device):
     """Sum of log p(ids[i] | ctx, ids[:i]) for one sentence, unbatched: the reference."""
     x = torch.tensor([[ctx] + ids[:-1]], device=device)
-    logp = F.log_softmax(model(x)[0].float(), dim=-1)[0]
+    logp = F.log_softmax(model.logits(x).float(), dim=-1)[0]
     return logp[torch.arange(len(ids)), torch.tensor(ids, device=device)].sum().item()
 
 
@@ -110,7 +129,7 @@ def score_batch(model, items, pad_id, device):
         x[b, 0], x[b, 1 : len(ids)] = ctx, torch.tensor(ids[:-1])
         y[b, : len(ids)], mask[b, : len(ids)] = torch.tensor(ids), True
     x, y, mask = x.to(device), y.to(device), mask.to(device)
-    logp = F.log_softmax(model(x)[0].float(), dim=-1)  # (B, T, V), fp32 (eval.md pitfall P2)
+    logp = F.log_softmax(model.logits(x).float(), dim=-1)  # (B, T, V), in fp32 even under bf16 autocast
     token_logp = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     return (token_logp * mask).sum(-1).tolist()
 
@@ -118,9 +137,12 @@ def score_batch(model, items, pad_id, device):
 def score_sentences(model, enc, info, sentences, protocol, device, batch_tokens=2048, progress=True):
     """{sentence: score} for unique sentences, batched by length (about batch_tokens tokens per batch)."""
     items = {s: encode_sentence(enc, info, s, protocol) for s in set(sentences)}
+    longest = model.config.max_seq_len
     for s, (_, ids) in items.items():
         if not ids:
             raise InputError(f"an empty sentence cannot be scored: {s!r}")
+        if len(ids) > longest:
+            raise InputError(f"a sentence of {len(ids)} tokens is longer than the model's max_seq_len={longest}: {s[:60]!r}...")
     order = sorted(items, key=lambda s: (len(items[s][1]), s))  # similar lengths together: little padding
     scores, batch = {}, []
     bar = tqdm(total=len(order), desc=f"score ({protocol})", disable=not progress, mininterval=1)
@@ -187,31 +209,26 @@ def print_table(name, result):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Zero-shot BLiMP scoring (BabyLM protocol).")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--data", required=True, help="folder of BLiMP .jsonl files (e.g. ../shared/data/blimp_filtered)")
-    p.add_argument("--supplement", help="folder of the BLiMP supplement .jsonl files")
-    p.add_argument("--data_dir", help="prepared data folder with the tokenizer (default: the checkpoint's data_dir)")
-    p.add_argument("--protocol", default="2024", choices=sorted(PROTOCOLS))
-    p.add_argument("--limit", type=int, default=0, help="pairs per paradigm/task (0 = all)")
-    p.add_argument("--batch_tokens", type=int, default=2048, help="about this many tokens per forward pass (small batches stay in cache: faster on CPUs)")
-    p.add_argument("--out", help="JSON results file (default: next to the checkpoint)")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    argv = sys.argv[1:] if argv is None else argv
+    args = load_config(BLIMP_KEYS, argv or ["--help"], __doc__)
+    for key in ("ckpt", "data"):
+        if not getattr(args, key):
+            raise InputError(f"--{key}: required (see --help)")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"blimp_{args.protocol}.json")
+    check_writable(out)  # now, not after the whole evaluation
+    rt = runtime(args)
     tasks = limit_tasks(read_tasks(args.data), args.limit)
     supplement = limit_tasks(read_tasks(args.supplement), args.limit) if args.supplement else None
-    model, _, enc, info = load_model_and_tokenizer(args.ckpt, args.data_dir, device)
-    model.eval()  # fp32 weights and fp32 log-softmax: bf16 scoring manufactures ties (eval.md P2)
+    model, _, enc, info = load_model_and_tokenizer(args.ckpt, args.data_dir or None, rt.device)
+    model.eval()
 
-    results = {"ckpt": args.ckpt, "protocol": args.protocol, "limit": args.limit}
-    results["blimp"] = evaluate_set(model, enc, info, tasks, args.protocol, device, args.batch_tokens)
-    print_table("BLiMP", results["blimp"])
-    if supplement:
-        results["supplement"] = evaluate_set(model, enc, info, supplement, args.protocol, device, args.batch_tokens)
-        print_table("BLiMP supplement", results["supplement"])
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"blimp_{args.protocol}.json")
+    results = {"ckpt": args.ckpt, "protocol": args.protocol, "limit": args.limit, "dtype": rt.dtype}
+    with rt.autocast:
+        results["blimp"] = evaluate_set(model, enc, info, tasks, args.protocol, rt.device, args.batch_tokens)
+        print_table("BLiMP", results["blimp"])
+        if supplement:
+            results["supplement"] = evaluate_set(model, enc, info, supplement, args.protocol, rt.device, args.batch_tokens)
+            print_table("BLiMP supplement", results["supplement"])
     atomic_write(out, lambda f: json.dump(results, f, indent=1), mode="w")
     b = results["blimp"]
     line = f"BLiMP {b['score']:.1f} (strict {b['strict_score']:.1f}, {b['ties']} ties, {len(b['tasks'])} tasks, {b['pairs']} pairs)"
@@ -223,7 +240,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -10,9 +10,10 @@ Data layouts (--data): the BabyLM jsonl files (<task>.train.jsonl / <task>.valid
 mnli-mm mrpc multirc qnli qqp rte sst2 wsc; MNLI and QQP fall back to the 10k *.train.2025subsample.jsonl),
 the original SuperGLUE folders (CB/ COPA/ RTE/ WSC/ BoolQ/ MultiRC/ with train.jsonl and val.jsonl;
 WiC from WiC_dataset_original/), or GLUE's SST-2/ tsv files. Scores are computed on the validation file,
-as in every official BabyLM pipeline (../shared/reference/eval.md section 1).
+as in every official BabyLM pipeline.
 
-The protocol (eval.md sections 3 and 6, 2024):
+The protocol of the BabyLM 2024 evaluation pipeline (github.com/babylm/evaluation-pipeline-2024; GLUE: Wang
+et al., arXiv 1804.07461; SuperGLUE: Wang et al., arXiv 1905.00537):
 - inputs: the task's text template (MultiRC "Question: {q} Answer: {a}", WSC 'Does "{span2}" refer to
   "{span1}" in this passage?'); a pair is joined as <|endoftext|> " A" <|endoftext|> " B": our boundary
   token is the document separator the model was pretrained with, so two segments look like two
@@ -27,7 +28,6 @@ The protocol (eval.md sections 3 and 6, 2024):
   is their unweighted mean. MNLI-mm is the MNLI model (selected on matched) scored on mnli-mm.valid.
 """
 
-import argparse
 import copy
 import json
 import math
@@ -41,12 +41,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, atomic_write, unwrap
+from checkpoint import atomic_write, check_writable, unwrap
+from config import RUNTIME_KEYS, InputError, load_config, merge_keys, run_main, runtime
 from prepare_data import load_model_and_tokenizer
-from train_teacher import load_config
 
-HPARAMS = dict(lr=5e-5, batch_size=64, epochs=10, patience=3, weight_decay=0.0, seed=12, max_len=128, grad_clip=1.0,
-               task_overrides={})  # {task: {key: value}} from a --config file
+HPARAM_KEYS = {  # the BabyLM 2024 fine-tuning defaults
+    "lr": (5e-5, "AdamW learning rate, decayed linearly to 0, no warmup", ">0"),
+    "batch_size": (64, "examples per step", ">0"),
+    "epochs": (10, "at most this many epochs", ">0"),
+    "patience": (3, "stop after this many epochs without a gain of 0.001 on the selection metric", ">0"),
+    "weight_decay": (0.0, "AdamW weight decay", ">=0"),
+    "seed": (12, "classifier initialisation and batch order", ">=0"),
+    "max_len": (128, "tokens per input, cut longest-first (at least 3: two boundary tokens and one token)", ">0"),
+    "grad_clip": (1.0, "global gradient-norm clip; 0 = none", ">=0"),
+}
+SUPERGLUE_KEYS = merge_keys({
+    "evaluation": {
+        "ckpt": ("", "checkpoint to fine-tune (a copy; the file is not changed)"),
+        "task": ("", "a task name, or 'all' for every task whose files exist in --data"),
+        "data": ("", "glue_filtered, superglue or glue_original folder"),
+        "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
+        "out": ("", "JSON results file; empty = superglue_<data>_<task>.json next to the checkpoint"),
+    },
+    "fine-tuning": {**HPARAM_KEYS, "task_overrides": ({}, "{task: {key: value}} per-task settings (configs/superglue_babyllama2.py)")},
+}, RUNTIME_KEYS)
 
 # -----------------------------------------------------------------------------------------------
 # Tasks: where the files are, how an example becomes text, how many classes, which metric
@@ -206,6 +224,8 @@ def encode_pair(enc, info, a, b, max_len):
     ta = enc.encode_ordinary(" " + a)
     tb = enc.encode_ordinary(" " + b) if b is not None else None
     budget = max_len - (2 if tb is not None else 1)
+    if budget < (2 if tb is not None else 1):
+        raise InputError(f"max_len={max_len}: too short to hold the boundary tokens and a token of each segment")
     if tb is None:
         ta = ta[:budget]
     else:
@@ -245,7 +265,7 @@ class Classifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
 
     def forward(self, x, last):
-        h = self.llama.hidden_states(x)  # (B, T, dim); the LM output head is not used
+        h = self.llama(x)  # (B, T, dim) final hidden states; the LM output head is not used
         return self.head(h[torch.arange(len(x), device=x.device), last])  # (B, n_out)
 
 
@@ -301,7 +321,9 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
     t0 = time.perf_counter()
     for epoch in range(1, hp["epochs"] + 1):
         batches = length_batches(data["train"], hp["batch_size"], rng)
-        for idx in tqdm(batches, desc=f"{name} epoch {epoch}", disable=not progress, leave=False, mininterval=1):
+        bar = tqdm(batches, desc=f"{name} epoch {epoch}/{hp['epochs']}", disable=not progress, leave=False, mininterval=1)
+        loss_sum = 0.0
+        for idx in bar:
             batch = [data["train"][j] for j in idx]
             logits = batch_logits(model, batch, pad_id, device)
             loss = F.cross_entropy(logits.float(), torch.tensor([y for _, y in batch], device=device))
@@ -311,14 +333,19 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            loss_sum += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         pred = predict(model, data["valid"], pad_id, device)
         select, value = selection_score(pred, gold, 2 if data["choice"] else data["classes"]), metric(pred, gold)
-        history.append({"epoch": epoch, "metric": value, "selection": select})
+        train_loss = loss_sum / len(batches)
+        history.append({"epoch": epoch, "train_loss": train_loss, "metric": value, "selection": select})
         if select > best + 1e-3 * 100:  # the pipeline's 0.001 threshold, on a 0-1 scale; ours is x100
             best, best_epoch, bad_epochs = select, epoch, 0
             best_state, best_pred = {k: v.detach().clone() for k, v in model.state_dict().items()}, pred
         else:
             bad_epochs += 1
+        if progress:
+            tqdm.write(f"{name} epoch {epoch}: train loss {train_loss:.4f} | valid {data['metric']} {value:.1f} | best {best:.1f} (epoch {best_epoch})")
             if bad_epochs >= hp["patience"]:
                 break
     model.load_state_dict(best_state)  # the best epoch, restored (MNLI-mm below is scored with it)
@@ -342,35 +369,54 @@ def majority_baseline(data):
     return METRICS[data["metric"]]([top] * len(gold), gold)
 
 
+def check_rows(data, task, where):
+    """Labels in range and a usable validation set, before any fine-tuning."""
+    n = 2 if data["choice"] else data["classes"]
+    if not data["train"]:
+        raise InputError(f"{where}: {task} has no training examples")
+    for split in ("train", "valid"):
+        bad = [y for *_, y in data[split] if y not in range(n)]
+        if bad:
+            raise InputError(f"{where}: {task} {split} label {bad[0]!r}: expected 0..{n - 1}"
+                             + (" (an unlabelled test file?)" if bad[0] == -1 else ""))
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="(Super)GLUE fine-tuning (BabyLM 2024 protocol).")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--task", required=True, help="a task name, or 'all' for every task whose files exist")
-    p.add_argument("--data", required=True, help="glue_filtered, superglue or glue_original folder")
-    p.add_argument("--data_dir", help="prepared data folder with the tokenizer (default: the checkpoint's data_dir)")
-    p.add_argument("--config", help="a config file setting HPARAMS keys, e.g. per-task task_overrides")
-    p.add_argument("--out", help="JSON results file (default: next to the checkpoint)")
-    p.add_argument("--device", default="auto")
-    for key in ("lr", "batch_size", "epochs", "patience", "seed", "max_len"):
-        p.add_argument(f"--{key}", type=type(HPARAMS[key]))
-    args = p.parse_args(argv)
-    hp = vars(load_config(HPARAMS, [args.config] if args.config else []))
-    hp.update({k: getattr(args, k) for k in ("lr", "batch_size", "epochs", "patience", "seed", "max_len") if getattr(args, k) is not None})
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    argv = sys.argv[1:] if argv is None else argv
+    args = load_config(SUPERGLUE_KEYS, argv or ["--help"], __doc__)
+    for key in ("ckpt", "task", "data"):
+        if not getattr(args, key):
+            raise InputError(f"--{key}: required (see --help)")
+    hp = {k: getattr(args, k) for k in (*HPARAM_KEYS, "task_overrides")}
+    for t, overrides in hp["task_overrides"].items():
+        for k, v in overrides.items():
+            if k not in HPARAM_KEYS:
+                raise InputError(f"task_overrides[{t!r}]: unknown key {k!r}; expected one of {', '.join(HPARAM_KEYS)}")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"superglue_{os.path.basename(os.path.normpath(args.data))}_{args.task}.json")
+    check_writable(out)  # now, not after hours of fine-tuning
+    rt = runtime(args)
 
     tasks = task_names(args.data) if args.task == "all" else [args.task]
     if "mnli-mm" in tasks and "mnli" in tasks:
         tasks.remove("mnli-mm")  # produced by the MNLI run
     loaded = {}
     for t in tasks:
-        data, where = load_task(args.data, t)
+        try:
+            data, where = load_task(args.data, t)
+        except (KeyError, ValueError, TypeError) as e:
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"{args.data}: {t}: an example lacks a field or has an unknown label ({type(e).__name__}: {e})") from None
         if data is None:
             if args.task != "all":
                 raise InputError(where)
             print(f"note: {where}")
         else:
+            check_rows(data, t, where)
             loaded[t] = data
-    llama, _, enc, info = load_model_and_tokenizer(args.ckpt, args.data_dir, device)
+    if not loaded:
+        raise InputError(f"{args.data}: no task with both a training and a validation file")
+    llama, _, enc, info = load_model_and_tokenizer(args.ckpt, args.data_dir or None, rt.device)
 
     results = {}
     for t, data in loaded.items():
@@ -378,7 +424,8 @@ def main(argv=None):
         for split in ("train", "valid"):
             data[split] = encode_examples(enc, info, data[split], data["choice"], task_hp["max_len"])
         data["extra_valid"] = {k: encode_examples(enc, info, v, data["choice"], task_hp["max_len"]) for k, v in data["extra_valid"].items()}
-        res, extra = finetune(unwrap(llama), data, task_hp, info["pad_id"], device, name=t)
+        with rt.autocast:
+            res, extra = finetune(unwrap(llama), data, task_hp, info["pad_id"], rt.device, name=t)
         results["mnli" if t == "mnli-mm" else t] = res
         results.update(extra)
         print(f"{t}: {res['metric_name']} {res['metric']:.1f} (majority {res['majority_baseline']:.1f}) at epoch {res['best_epoch']}"
@@ -388,9 +435,8 @@ def main(argv=None):
     if args.task == "mnli-mm":
         results = {k: v for k, v in results.items() if k == "mnli-mm"} or results
     summary = {"ckpt": args.ckpt, "data": args.data, "tasks": results,
-               "score": sum(r["metric"] for r in results.values()) / max(len(results), 1),
-               "majority_score": sum(r["majority_baseline"] for r in results.values()) / max(len(results), 1)}
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"superglue_{os.path.basename(os.path.normpath(args.data))}_{args.task}.json")
+               "score": sum(r["metric"] for r in results.values()) / len(results),
+               "majority_score": sum(r["majority_baseline"] for r in results.values()) / len(results)}
     atomic_write(out, lambda f: json.dump(summary, f, indent=1), mode="w")
     print(f"\nwrote {out}\n{'task':<10}{'metric':>8}{'value':>8}{'majority':>10}")
     for t, r in results.items():
@@ -400,7 +446,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -28,17 +28,18 @@ must have increasing ids in merge order (true of tokenizers trained with Hugging
 Normalisers (e.g. NFKC) and add_prefix_space are not reproduced by tiktoken: the import says so.
 """
 
-import argparse
-import hashlib
 import json
 import os
+import shutil
 import struct
 import sys
 
 import torch
 
-from model import InputError, Llama, ModelConfig, atomic_write, model_checkpoint, save_checkpoint
-from prepare_data import load_model_and_tokenizer, read_ranks, write_ranks
+from checkpoint import atomic_write, model_checkpoint, save_checkpoint
+from config import InputError, load_config, run_main
+from model import Llama, ModelConfig
+from prepare_data import PAT_STR, load_model_and_tokenizer, replace_folder, tokenizer_sha256, write_ranks
 
 # -----------------------------------------------------------------------------------------------
 # Weight names: project <-> Hugging Face Llama
@@ -170,8 +171,7 @@ def tokenizer_json(ranks, info):
 
 
 def export(ckpt_path, out, data_dir=None):
-    model, ckpt, _, info = load_model_and_tokenizer(ckpt_path, data_dir)
-    data_dir = data_dir or ckpt["config"]["data_dir"]
+    model, ckpt, enc, info = load_model_and_tokenizer(ckpt_path, data_dir)
     cfg = model.config
     state = model.state_dict()
     tensors = {hf: state[ours] for ours, hf in hf_names(cfg.n_layers) if not (cfg.tie_embeddings and ours == "output.weight")}
@@ -187,7 +187,7 @@ def export(ckpt_path, out, data_dir=None):
     }
     dump = lambda name, obj: atomic_write(os.path.join(out, name), lambda f: json.dump(obj, f, indent=1, ensure_ascii=False), mode="w")
     dump("config.json", config)
-    ranks = read_ranks(os.path.join(data_dir, info["file"]))
+    ranks = enc._mergeable_ranks  # the BPE ranks of the tokenizer just loaded (and checked against its hash)
     dump("tokenizer.json", tokenizer_json(ranks, info))
     specials = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "mask_token": "<|mask|>"}
     dump("tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
@@ -243,7 +243,6 @@ def import_hf(folder, out):
     for p in (tok.get("pre_tokenizer") or {}).get("pretokenizers", [tok.get("pre_tokenizer") or {}]):
         if p.get("type") == "Split":
             pat = p["pattern"].get("Regex")
-    from prepare_data import PAT_STR
     notes = []
     if tok.get("normalizer"):
         notes.append(f"its normalizer ({tok['normalizer'].get('type')}) is not applied")
@@ -255,35 +254,50 @@ def import_hf(folder, out):
     os.makedirs(out, exist_ok=True)
     rank_file = os.path.join(out, "tokenizer.tiktoken")
     atomic_write(rank_file, lambda f: write_ranks(ranks, f))
-    h = hashlib.sha256(open(rank_file, "rb").read())
-    h.update(json.dumps([pat or PAT_STR, special]).encode())
-    info = {"name": os.path.basename(os.path.normpath(folder)), "file": "tokenizer.tiktoken", "vocab_size": cfg.vocab_size, "sha256": h.hexdigest(),
+    info = {"name": os.path.basename(os.path.normpath(folder)), "file": "tokenizer.tiktoken", "vocab_size": cfg.vocab_size,
+            "sha256": tokenizer_sha256(rank_file, pat or PAT_STR, special),
             "pat_str": pat or PAT_STR, "special_tokens": special, "bos_id": bos if bos is not None else eos, "eos_id": eos,
             "pad_id": pad if pad is not None else eos, "mask_id": special.get("<|mask|>", special.get("<mask>"))}
     atomic_write(os.path.join(out, "meta.json"), lambda f: json.dump({"tokenizer": info, "imported_from": folder}, f, indent=1), mode="w")
-    save_checkpoint(os.path.join(out, "ckpt.pt"), model_checkpoint(model, info, config={"data_dir": out}, step=0))
+    save_checkpoint(os.path.join(out, "ckpt.pt"), model_checkpoint(model, info, config={"data_dir": ""}, step=0))  # the tokenizer is beside it
     for note in notes:
         print(f"note: the imported tokenizer differs from {tok_path}: {note}")
     return os.path.join(out, "ckpt.pt")
 
 
+EXPORT_KEYS = {
+    "export or import": {
+        "ckpt": ("", "project checkpoint to export"),
+        "from_hf": ("", "Hugging Face model folder to import"),
+        "out": ("", "output folder (written whole: built beside it, then swapped in)"),
+        "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
+    },
+}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Export to / import from the Hugging Face Llama format.")
-    p.add_argument("--ckpt", help="project checkpoint to export")
-    p.add_argument("--from_hf", help="Hugging Face model folder to import")
-    p.add_argument("--out", required=True)
-    p.add_argument("--data_dir", help="tokenizer folder (default: the checkpoint's data_dir)")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = load_config(EXPORT_KEYS, argv or ["--help"], __doc__)
     if bool(args.ckpt) == bool(args.from_hf):
         raise InputError("give exactly one of --ckpt (export) and --from_hf (import)")
-    if args.ckpt:
-        print(f"wrote {export(args.ckpt, args.out, args.data_dir)}")
-    else:
-        print(f"wrote {import_hf(args.from_hf, args.out)}")
+    if not args.out.strip():
+        raise InputError("--out: required (an output folder)")
+    out = os.path.normpath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out={args.out}: exists and is not a folder")
+    partial = out + ".partial"  # an interrupted export never leaves a mix of an old and a new model
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        if args.ckpt:
+            export(args.ckpt, partial, args.data_dir or None)
+        else:
+            import_hf(args.from_hf, partial)
+        replace_folder(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -16,18 +16,15 @@ Notable features (all the published BabyLlama / BabyLlama-2 shapes are expressib
 
 References: Llama (arXiv 2302.13971), BabyLlama (arXiv 2308.02019), BabyLlama-2 (arXiv 2409.17312).
 The file imports only torch: training, distillation and evaluation scripts all build on it.
+The model returns final hidden states; whoever computes a loss applies the output head (`model.output`),
+so that distill.py can apply it chunk by chunk without ever holding (B, T, vocab) logits.
 """
 
-import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-class InputError(ValueError):
-    """A mistake in the user's input (file, key or value). Scripts print it as one line and exit."""
 
 
 # -----------------------------------------------------------------------------------------------
@@ -49,14 +46,19 @@ class ModelConfig:
     tie_embeddings: bool = False
 
     def __post_init__(self):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a positive number")
+        if self.n_kv_heads < 0 or self.hidden_dim < 0:
+            raise ValueError(f"n_kv_heads={self.n_kv_heads}, hidden_dim={self.hidden_dim}: expected >= 0 (0 = the default)")
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.dim % self.n_heads:
-            raise InputError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise InputError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
-            raise InputError(f"head_dim={self.dim // self.n_heads} must be even for RoPE")
+            raise ValueError(f"head_dim={self.dim // self.n_heads} must be even for RoPE")
 
     @property
     def head_dim(self):
@@ -184,39 +186,27 @@ class Llama(nn.Module):
         | tok_embeddings, output (if untied)      | N(0, 0.02)     |
         | wq, wk, wv, wo, w1, w2, w3              | N(0, 0.02)     |
         | attention_norm, ffn_norm, norm weights  | 1              |
-        The RoPE tables are recomputed, never learned."""
+        The RoPE tables are built in __init__ and never learned."""
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             else:
                 nn.init.normal_(p, mean=0.0, std=0.02)
-        if self.rope_cos.device.type != "meta":  # tables are filled again after to_empty() from meta
-            cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
-            self.rope_cos.copy_(cos)
-            self.rope_sin.copy_(sin)
 
-    def hidden_states(self, idx, causal=True):
-        """Final-norm hidden states (B, T, dim) of token ids idx (B, T)."""
+    def forward(self, idx, causal=True):
+        """Final-norm hidden states (B, T, dim) of token ids idx (B, T). Apply self.output for logits."""
         B, T = idx.shape
         if T > self.config.max_seq_len:
-            raise InputError(f"sequence length {T} exceeds the model's max_seq_len={self.config.max_seq_len}")
+            raise ValueError(f"sequence length {T} exceeds the model's max_seq_len={self.config.max_seq_len}")
         x = self.tok_embeddings(idx)  # (B, T, dim)
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for layer in self.layers:
             x = layer(x, cos, sin, causal)
         return self.norm(x)
 
-    def forward(self, idx, targets=None, causal=True, ignore_index=-1, head=True):
-        """Logits (B, T, vocab) and, with targets (B, T), the mean cross-entropy over non-ignored targets.
-        head=False returns the final hidden states (B, T, dim) instead, for losses that apply the output
-        head themselves (distill.py), while still going through a DDP wrapper's forward."""
-        if not head:
-            return self.hidden_states(idx, causal)
-        logits = self.output(self.hidden_states(idx, causal))
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=ignore_index)
-        return logits, loss
+    def logits(self, idx, causal=True):
+        """(B, T, vocab) next-token logits: for evaluation, where (B, T, vocab) fits in memory."""
+        return self.output(self(idx, causal))
 
     # ----- what a trainer needs -----
 
@@ -238,124 +228,10 @@ class Llama(nn.Module):
         attn = 4 * self.config.n_layers * self.config.dim * seq_len
         return (6 * n + 3 * attn) if backward else (2 * n + attn)
 
-    def configure_optimizer(self, lr, weight_decay, betas, eps, device_type):
+    def configure_optimizer(self, lr, weight_decay, betas, eps):
         """AdamW with decay on 2-D weights only (matrices and embeddings); norm gains are not decayed."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)  # fused: one kernel, also on CPU (3x faster here)
-
-
-# -----------------------------------------------------------------------------------------------
-# Throughput accounting
-
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
-GPU_PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "RTX 3090": 71e12, "RTX 4090": 165e12}
-
-
-def measure_matmul_flops(n=2048, dtype=torch.float32, device="cpu", reps=5):
-    """Achieved FLOP/s of an n x n matmul: the practical peak that MFU on this CPU is measured against."""
-    import time
-
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b  # warm up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-def peak_flops(device):
-    """Peak FLOP/s for MFU: the data-sheet number for known GPUs, a measured fp32 matmul otherwise."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value
-    return measure_matmul_flops(device=str(device))
-
-
-# -----------------------------------------------------------------------------------------------
-# Checkpoints: one format, one saver, one loader for every script
-#
-# A checkpoint is a dict saved with torch.save:
-#   model        : state_dict of the bare (uncompiled, unwrapped) model
-#   model_config : asdict(ModelConfig)
-#   tokenizer    : {"name", "vocab_size", "sha256"} of the tokenizer the model was trained with
-#   plus whatever the trainer adds (optimizer state, step, config, best validation loss, ...).
-
-
-def atomic_write(path, write, mode="wb"):
-    """write(f) into path + ".tmp" in the same folder, fsync, then rename over path. A process killed at any
-    moment leaves either the old or the new file, never half of one (and at worst a stale .tmp, which the
-    next write replaces). Every file this project writes goes through here."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path, ckpt):
-    atomic_write(path, lambda f: torch.save(ckpt, f))
-
-
-def model_checkpoint(model, tokenizer_info, **extra):
-    """The checkpoint dict for a (possibly compiled or DDP-wrapped) model."""
-    bare = unwrap(model)
-    return {"model": bare.state_dict(), "model_config": asdict(bare.config), "tokenizer": dict(tokenizer_info), **extra}
-
-
-def unwrap(model):
-    """The bare Llama inside torch.compile (._orig_mod) and DDP (.module) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
-def read_checkpoint(path, device="cpu"):
-    """The raw checkpoint dict, with a one-line error for a missing, truncated or foreign file."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, ...
-        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise InputError(f"{path}: not a checkpoint of this project (expected keys 'model' and 'model_config')")
-    return ckpt
-
-
-def load_checkpoint(path, device="cpu", tokenizer=None):
-    """(model, checkpoint dict). Strips torch.compile's '_orig_mod.' prefix, loads strictly, and,
-    if `tokenizer` info is given, refuses a model trained with a different tokenizer."""
-    ckpt = read_checkpoint(path, device)
-    if tokenizer is not None:
-        check_same_tokenizer(ckpt.get("tokenizer", {}), tokenizer, path, "the tokenizer in use")
-    cfg = ModelConfig(**ckpt["model_config"])
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
-    model = Llama(cfg).to(device)
-    model.load_state_dict(state, strict=True)
-    return model, ckpt
-
-
-def check_same_tokenizer(a, b, name_a, name_b):
-    """Logits of two models (or a model and data) are only comparable if they share one tokenizer."""
-    if a.get("vocab_size") != b.get("vocab_size") or a.get("sha256") != b.get("sha256"):
-        raise InputError(
-            f"{name_a} was made with tokenizer {a.get('name')!r} (vocab {a.get('vocab_size')}, "
-            f"sha256 {str(a.get('sha256'))[:12]}) but {name_b} uses {b.get('name')!r} "
-            f"(vocab {b.get('vocab_size')}, sha256 {str(b.get('sha256'))[:12]})"
-        )

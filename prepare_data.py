@@ -37,7 +37,6 @@ The tokenizer has three special tokens after the BPE ranks: <|endoftext|> (bound
 (padding, never trained on) and <|mask|> (the masked-LM objective of AntLM).
 """
 
-import argparse
 import base64
 import hashlib
 import heapq
@@ -46,6 +45,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import urllib.request
@@ -58,7 +58,8 @@ import tiktoken
 import tiktoken.load
 from tqdm import tqdm
 
-from model import InputError, atomic_write, check_same_tokenizer, load_checkpoint
+from checkpoint import atomic_write, check_same_tokenizer, load_checkpoint
+from config import InputError, load_config, run_main
 
 # The official BabyLM 2024 text release (strict-small train_10M plus dev) lives in OSF project ad7qg
 # (https://osf.io/ad7qg/). This URL asks OSF for a zip of the project's storage; the layout finder
@@ -337,9 +338,18 @@ def load_tokenizer(data_dir):
     meta_path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(meta_path):
         raise InputError(f"{meta_path}: not found (run prepare_data.py first)")
-    with open(meta_path) as f:
-        info = json.load(f)["tokenizer"]
-    ranks = read_ranks(os.path.join(data_dir, info["file"]))
+    try:
+        with open(meta_path) as f:
+            info = json.load(f)["tokenizer"]
+        ranks_path = os.path.join(data_dir, info["file"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise InputError(f"{meta_path}: damaged (not the JSON prepare_data.py writes); run prepare_data.py again") from None
+    if not os.path.isfile(ranks_path):
+        raise InputError(f"{ranks_path}: not found (run prepare_data.py again)")
+    # The hash in meta.json must be the file's: a tokenizer swapped under a model would score garbage silently.
+    if tokenizer_sha256(ranks_path, info["pat_str"], info["special_tokens"]) != info["sha256"]:
+        raise InputError(f"{ranks_path}: does not match the sha256 recorded in {meta_path} (run prepare_data.py again)")
+    ranks = read_ranks(ranks_path)
     enc = tiktoken.Encoding(info["name"], pat_str=info["pat_str"], mergeable_ranks=ranks,
                             special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
     return enc, info
@@ -349,20 +359,28 @@ def load_model_and_tokenizer(ckpt_path, data_dir=None, device="cpu"):
     """(model, checkpoint, tiktoken.Encoding, tokenizer info) for evaluation and export: the tokenizer comes
     from data_dir, or the data_dir the checkpoint was trained on, and must be the one the model was trained with."""
     ckpt_model, ckpt = load_checkpoint(ckpt_path, device)
-    data_dir = data_dir or ckpt.get("config", {}).get("data_dir")
-    if not data_dir:
-        raise InputError(f"{ckpt_path}: no data_dir recorded; pass --data_dir with the tokenizer")
+    if not data_dir:  # the folder the run recorded (absolute), else the checkpoint's own folder (an import)
+        recorded = ckpt.get("config", {}).get("data_dir") or ""
+        here = os.path.dirname(os.path.abspath(ckpt_path))
+        data_dir = next((d for d in (recorded, here) if d and os.path.isfile(os.path.join(d, "meta.json"))), None)
+        if data_dir is None:
+            raise InputError(f"{ckpt_path}: its tokenizer folder {recorded or '(none recorded)'} has no meta.json; pass --data_dir")
     enc, info = load_tokenizer(data_dir)
     check_same_tokenizer(ckpt["tokenizer"], info, ckpt_path, os.path.join(data_dir, "meta.json"))
     return ckpt_model, ckpt, enc, info
 
 
-def tokenizer_info(name, ranks_path, n_ranks, pat_str):
-    special = {tok: n_ranks + i for i, tok in enumerate(SPECIAL_TOKENS)}
+def tokenizer_sha256(ranks_path, pat_str, special):
+    """The tokenizer's identity: its ranks file, pre-tokenisation pattern and special tokens."""
     h = hashlib.sha256(open(ranks_path, "rb").read())
     h.update(json.dumps([pat_str, special]).encode())
+    return h.hexdigest()
+
+
+def tokenizer_info(name, ranks_path, n_ranks, pat_str):
+    special = {tok: n_ranks + i for i, tok in enumerate(SPECIAL_TOKENS)}
     return {"name": name, "file": os.path.basename(ranks_path), "vocab_size": n_ranks + len(special),
-            "sha256": h.hexdigest(), "pat_str": pat_str, "special_tokens": special,
+            "sha256": tokenizer_sha256(ranks_path, pat_str, special), "pat_str": pat_str, "special_tokens": special,
             "bos_id": special["<|endoftext|>"], "eos_id": special["<|endoftext|>"],
             "pad_id": special["<|pad|>"], "mask_id": special["<|mask|>"]}
 
@@ -427,7 +445,6 @@ def prepare(src, out, tokenizer="bpe", vocab_size=16000, min_frequency=2, gpt2_b
     t_train = time.perf_counter() - t0
     atomic_write(ranks_path, lambda f: write_ranks(ranks, f))
     info = tokenizer_info(name, ranks_path, len(ranks), PAT_STR)
-    assert info["vocab_size"] < 65536, "uint16 token files need vocab < 65,536"
     enc = tiktoken.Encoding(name, pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=info["special_tokens"])
 
     t0 = time.perf_counter()
@@ -464,27 +481,54 @@ def print_stats(meta, timing):
     print(f"time: tokenizer training {timing['tokenizer_train_s']:.1f}s, encoding {timing['encode_s']:.1f}s, total {timing['total_s']:.1f}s")
 
 
+PREPARE_KEYS = {
+    "input and output": {
+        "src": ("", "BabyLM folder or zip (2024 or 2023 layout); empty = download the official release"),
+        "out": ("", "output folder, e.g. data/mini (written whole: built beside it, then swapped in)"),
+    },
+    "tokenizer": {
+        "tokenizer": ("bpe", "'bpe' (trained here) or 'gpt2'", ("bpe", "gpt2")),
+        "vocab_size": (16000, "BPE vocabulary including the 3 special tokens (BabyLlama: 16,000)", ">0"),
+        "min_frequency": (2, "a merge must occur this often (BabyLlama: 2)", ">0"),
+        "gpt2_bpe": ("", "folder with GPT-2's vocab.bpe and encoder.json, for --tokenizer=gpt2 offline"),
+    },
+}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", help="BabyLM folder or zip (default: download the official release)")
-    p.add_argument("--out", required=True, help="output folder, e.g. data/mini")
-    p.add_argument("--tokenizer", default="bpe", help="'bpe' (trained here, default) or 'gpt2'")
-    p.add_argument("--vocab_size", type=int, default=16000, help="BPE vocabulary incl. 3 special tokens (BabyLlama: 16,000)")
-    p.add_argument("--min_frequency", type=int, default=2, help="a merge must occur this often (BabyLlama: 2)")
-    p.add_argument("--gpt2_bpe", help="folder with GPT-2's vocab.bpe and encoder.json, for --tokenizer gpt2 offline")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = load_config(PREPARE_KEYS, argv or ["--help"], __doc__)
+    if not args.out.strip():
+        raise InputError("--out: expected an output folder, e.g. --out data/mini")
+    out = os.path.normpath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out={args.out}: exists and is not a folder")
     src = args.src
-    if src is None:
-        src = os.path.join(args.out, "babylm_download.zip")
-        os.makedirs(args.out, exist_ok=True)
+    if not src:
+        src = out + ".download.zip"  # beside the output: a failed download leaves no empty data folder
         if not os.path.exists(src):
             download(src)
-    meta, timing = prepare(src, args.out, args.tokenizer, args.vocab_size, args.min_frequency, args.gpt2_bpe)
+    # Build in a sibling folder, then swap: an interrupted run leaves the old folder as it was.
+    partial = out + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        meta, timing = prepare(src, partial, args.tokenizer, args.vocab_size, args.min_frequency, args.gpt2_bpe or None)
+        replace_folder(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     print_stats(meta, timing)
+    print(f"wrote {out}")
+
+
+def replace_folder(new, dest):
+    """Put the folder `new` at `dest`, replacing what was there in two renames."""
+    old = dest + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(dest):
+        os.rename(dest, old)
+    os.rename(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

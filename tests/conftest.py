@@ -6,6 +6,11 @@ import random
 import sys
 
 import pytest
+import torch
+
+# One thread per in-process test: on a 2-core machine two threads fight over tiny matmuls (a 24x32 matmul
+# took 31 ms with 2 threads and 0.006 ms with 1). Subprocess tests set OMP_NUM_THREADS=1 themselves.
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -86,7 +91,8 @@ def student_argv(prepared, out, teachers, **kw):
 def random_ckpt(prepared, tmp_path):
     """A randomly initialised tiny model saved as a checkpoint that points at the prepared tokenizer."""
     import torch
-    from model import Llama, ModelConfig, model_checkpoint, save_checkpoint
+    from checkpoint import model_checkpoint, save_checkpoint
+    from model import Llama, ModelConfig
     from prepare_data import load_tokenizer
 
     _, info = load_tokenizer(prepared)
@@ -95,3 +101,11 @@ def random_ckpt(prepared, tmp_path):
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": prepared}))
     return path
+
+
+TIMING = ("ms_per_step", "tok_per_s", "mfu")
+
+
+def strip_timing(log):
+    """A log without its wall-clock fields: what must be equal between two runs of the same training."""
+    return [{k: v for k, v in e.items() if k not in TIMING} for e in log]

@@ -7,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_argv
-from model import InputError, Llama, ModelConfig
-from train_teacher import Objective, clm_loss, main, mask_tokens, parse_objective, read_log
+from checkpoint import read_log
+from config import InputError
+from conftest import strip_timing, tiny_argv
+from model import Llama, ModelConfig
+from train import CausalLM
+from train_teacher import AntLM, main, mask_tokens, parse_objective
 
 INFO = {"bos_id": 317, "mask_id": 319}
 
@@ -24,11 +27,13 @@ def test_schedule_parsing():
 
 
 def test_phase_at_each_step():
-    obj = Objective("clm:1,mlm:2,clm:0.5", steps_per_epoch=10, tok_info=INFO, probability=0.15, seed=0)
+    model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    obj = AntLM(model, "clm:1,mlm:2,clm:0.5", steps_per_epoch=10, tok_info=INFO, probability=0.15, seed=0)
     phases = [obj.phase(s) for s in range(40)]
     assert phases[:10] == ["clm"] * 10 and phases[10:30] == ["mlm"] * 20 and phases[30:35] == ["clm"] * 5
-    assert obj.total_epochs == 3.5
-    assert Objective("mlm", 10, INFO, 0.15, 0).phase(123) == "mlm"
+    assert obj.epochs == 3.5
+    assert AntLM(model, "mlm", 10, INFO, 0.15, 0).phase(123) == "mlm"
+    assert AntLM(model, "mlm", 10, INFO, 0.15, 0).epochs is None, "a single objective leaves the run length to epochs"
 
 
 def test_masking_statistics_on_a_large_batch():
@@ -57,8 +62,8 @@ def test_mlm_loss_covers_selected_positions_only():
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
     x = torch.randint(0, 300, (4, 16))
     xm, ym = mask_tokens(x, torch.roll(x, -1, 1), 0.3, 319, 317, torch.Generator().manual_seed(1))
-    loss, _ = clm_loss(model, xm, ym, causal=False)
-    logits = model(xm, causal=False)[0]
+    loss, _ = CausalLM(model).loss(model, xm, ym, causal=False)
+    logits = model.logits(xm, causal=False)
     keep = ym != -1
     expected = F.cross_entropy(logits[keep], ym[keep])
     torch.testing.assert_close(loss, expected)
@@ -67,13 +72,13 @@ def test_mlm_loss_covers_selected_positions_only():
 def test_mlm_phase_sees_the_future_clm_phase_does_not(prepared, tmp_path):
     torch.manual_seed(0)
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32)).eval()
-    obj = Objective("clm:1,mlm:1", steps_per_epoch=5, tok_info=INFO, probability=0.15, seed=0)
+    obj = AntLM(model, "clm:1,mlm:1", steps_per_epoch=5, tok_info=INFO, probability=0.15, seed=0)
     x = torch.randint(0, 300, (1, 12))
     later = x.clone()
     later[0, 9] = (later[0, 9] + 1) % 300
     for step, sees_future in ((2, False), (7, True)):
-        causal = obj.phase(step) == "clm"
-        a, b = model(x, causal=causal)[0], model(later, causal=causal)[0]
+        *_, causal = obj.batch(x, x, None, step, 0, 0)  # the attention the loop uses at this step
+        a, b = model.logits(x, causal=causal), model.logits(later, causal=causal)
         assert (not torch.allclose(a[0, 3], b[0, 3])) == sees_future
 
 
@@ -88,5 +93,4 @@ def test_antlm_run_switches_phases_and_resumes_across_a_boundary(prepared, tmp_p
     first_mlm = phases.index("mlm")
     main(tiny_argv(prepared, b, stop_at=first_mlm - 2, **args))  # stopped in CLM, resumed into MLM
     main(tiny_argv(prepared, b, resume=True, **args))
-    strip = lambda log: [{k: v for k, v in e.items() if k not in ("ms_per_step", "tok_per_s", "mfu")} for e in log]
-    assert strip(log_a) == strip(read_log(os.path.join(b, "log.jsonl")))
+    assert strip_timing(log_a) == strip_timing(read_log(os.path.join(b, "log.jsonl")))

@@ -1,63 +1,128 @@
-"""load_config: defaults < file < --key=value, unknown keys, types. Run: python -m pytest tests/test_config.py"""
+"""config.load_config: defaults < file < --key=value, unknown keys (with a suggestion), types, bounds, lists,
+config-file errors as FILE:LINE, --help listing every key. Run: python -m pytest tests/test_config.py"""
 
 import pytest
 
-from model import InputError
-from train_teacher import DEFAULTS, check_config, load_config
+from config import InputError, flat_defaults, load_config
+from distill import DISTILL_KEYS
+from train import check_train_config
+from train_teacher import TEACHER_KEYS
+
+DEFAULTS = flat_defaults(TEACHER_KEYS)
 
 
-def write(tmp_path, text):
-    path = tmp_path / "cfg.py"
-    path.write_text(text)
+def write(tmp_path, text, name="cfg.py"):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(path)
 
 
 def test_precedence_defaults_file_cli(tmp_path):
     path = write(tmp_path, "lr = 1e-3\nseed = 7\n# arithmetic is allowed\ndim = 2 * 64\n")
-    cfg = load_config(DEFAULTS, [path, "--seed=9", "--out_dir=out/x"])
-    assert cfg.lr == 1e-3 and cfg.seed == 9 and cfg.dim == 128 and cfg.out_dir == "out/x"
+    cfg = load_config(TEACHER_KEYS, [path, "--seed=9", "--out_dir=out/x", "--data_dir", "data/y"])
+    assert cfg.lr == 1e-3 and cfg.seed == 9 and cfg.dim == 128 and cfg.out_dir == "out/x" and cfg.data_dir == "data/y"
     assert cfg.weight_decay == DEFAULTS["weight_decay"]
-    assert DEFAULTS["seed"] == 1337, "loading must not mutate the defaults"
+    assert TEACHER_KEYS["optimisation"]["seed"][0] == 1337, "loading must not mutate the defaults"
 
 
-def test_unknown_key_in_file_names_file_and_key(tmp_path):
-    path = write(tmp_path, "learning_rate = 1e-3\n")
-    with pytest.raises(InputError, match=r"cfg.py: unknown config key 'learning_rate'"):
-        load_config(DEFAULTS, [path])
-
-
-def test_unknown_cli_key():
-    with pytest.raises(InputError, match="--lrr: unknown config key"):
-        load_config(DEFAULTS, ["--lrr=1"])
+def test_unknown_key_names_file_and_key_and_suggests_the_nearest(tmp_path):
+    with pytest.raises(InputError, match=r"cfg.py: unknown key 'learning_rat' \(did you mean 'learning_rate'|cfg.py: unknown key 'learning_rat'"):
+        load_config(TEACHER_KEYS, [write(tmp_path, "learning_rat = 1e-3\n")])
+    with pytest.raises(InputError, match=r"--max_iter: unknown key 'max_iter' \(did you mean 'max_iters'\?\)"):
+        load_config(TEACHER_KEYS, ["--max_iter=1"])
+    with pytest.raises(InputError, match=r"--zzzz: unknown key 'zzzz'; --help lists every key"):
+        load_config(TEACHER_KEYS, ["--zzzz=1"])
 
 
 def test_wrong_type_is_rejected(tmp_path):
     with pytest.raises(InputError, match="n_layers='four'"):
-        load_config(DEFAULTS, [write(tmp_path, "n_layers = 'four'\n")])
+        load_config(TEACHER_KEYS, [write(tmp_path, "n_layers = 'four'\n")])
     with pytest.raises(InputError, match="seed=1.5"):
-        load_config(DEFAULTS, ["--seed=1.5"])
+        load_config(TEACHER_KEYS, ["--seed=1.5"])
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--lr=-1", r"--lr: lr=-1.0: expected a number >0"),
+    ("--lr=0", r"expected a number >0"),
+    ("--min_lr=-0.01", r"min_lr=-0.01: expected a number >=0"),
+    ("--weight_decay=-1", r"weight_decay=-1.0: expected a number >=0"),
+    ("--eval_windows=0", r"eval_windows=0: expected a number >0"),
+    ("--eval_windows=-3", r"eval_windows=-3"),
+    ("--n_heads=0", r"n_heads=0"),
+    ("--n_kv_heads=-2", r"n_kv_heads=-2"),
+    ("--beta2=1.5", r"beta2=1.5: expected a number 0 to 1"),
+    ("--lr=nan", r"lr='nan' has type str"),
+    ("--nonfinite=ignore", r"nonfinite='ignore': expected one of 'stop', 'skip'"),
+    ("--dtype=fp16", r"dtype='fp16': expected one of"),
+])
+def test_bounds_and_choices(arg, message):
+    with pytest.raises(InputError, match=message):
+        load_config(TEACHER_KEYS, [arg])
+
+
+def test_accepted_values_pass():
+    cfg = load_config(TEACHER_KEYS, ["--lr=1e-9", "--min_lr=0", "--beta1=0", "--compile=auto", "--dtype=bfloat16", "--nonfinite=skip"])
+    assert cfg.min_lr == 0.0 and cfg.beta1 == 0.0 and cfg.compile == "auto" and cfg.dtype == "bfloat16"
 
 
 def test_int_to_float_and_bools():
-    cfg = load_config(DEFAULTS, ["--lr=1", "--resume=true", "--tie_embeddings=True", "--compile=False"])
+    cfg = load_config(TEACHER_KEYS, ["--lr=1", "--resume=true", "--tie_embeddings=True", "--compile=False"])
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
     assert cfg.resume is True and cfg.tie_embeddings is True and cfg.compile is False
     with pytest.raises(InputError):
-        load_config(DEFAULTS, ["--resume=1"])
+        load_config(TEACHER_KEYS, ["--resume=1"])
+
+
+def test_lists_take_python_or_comma_form():
+    a = load_config(DISTILL_KEYS, ["--teachers=a.pt,b.pt", "--teacher_weights=1,2"])
+    b = load_config(DISTILL_KEYS, ["--teachers=['a.pt', 'b.pt']", "--teacher_weights=[1, 2]"])
+    assert a.teachers == b.teachers == ["a.pt", "b.pt"] and a.teacher_weights == b.teacher_weights == [1, 2]
+    assert load_config(DISTILL_KEYS, ["--teachers=out/t1/ckpt.pt"]).teachers == ["out/t1/ckpt.pt"]
 
 
 def test_imports_in_a_config_file_are_ignored(tmp_path):
-    cfg = load_config(DEFAULTS, [write(tmp_path, "import math\nlr = math.sqrt(4e-6)\n")])
+    cfg = load_config(TEACHER_KEYS, [write(tmp_path, "import math\nlr = math.sqrt(4e-6)\n")])
     assert cfg.lr == pytest.approx(2e-3)
 
 
-def test_missing_config_file():
+@pytest.mark.parametrize("text, message", [
+    ("lr = 1e-3\nseed = (\n", r"cfg.py:2: "),
+    ("lr = 1e-3\n\nseed = undefined_name\n", r"cfg.py:3: NameError: name 'undefined_name' is not defined"),
+    ("x = 1\nlr = 1 / 0\n", r"cfg.py:2: ZeroDivisionError"),
+    (b"lr = 1e-3\n# caf\xe9\n", r"cfg.py:2: not UTF-8 text"),
+])
+def test_config_file_errors_name_the_line(tmp_path, text, message):
+    with pytest.raises(InputError, match=message):
+        load_config(TEACHER_KEYS, [write(tmp_path, text)])
+
+
+def test_missing_config_file_and_stray_arguments():
     with pytest.raises(InputError, match="nope.py: config file not found"):
-        load_config(DEFAULTS, ["nope.py"])
+        load_config(TEACHER_KEYS, ["nope.py"])
+    with pytest.raises(InputError, match="argument 'extra': expected --key=value"):
+        load_config(TEACHER_KEYS, ["--lr=1e-3", "extra"])
+    with pytest.raises(InputError, match="--lr: expected a value"):
+        load_config(TEACHER_KEYS, ["--lr"])
 
 
-def test_check_config_catches_warmup_and_seq_len():
+def test_help_lists_every_key_with_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_config(DISTILL_KEYS, ["-h"], doc="Title\n\n    python distill.py configs/x.py\n\nMore text.")
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "python distill.py configs/x.py" in text and "More text" not in text
+    for group in DISTILL_KEYS.values():
+        for key, spec in group.items():
+            line = next(l for l in text.splitlines() if l.strip().startswith(f"--{key} "))
+            assert repr(spec[0]) in line and spec[1] in line, line
+
+
+def test_check_train_config_catches_cross_key_mistakes():
     with pytest.raises(InputError, match="max_iters=10 is not larger than warmup_iters=600"):
-        check_config(load_config(DEFAULTS, ["--max_iters=10"]))
+        check_train_config(load_config(TEACHER_KEYS, ["--max_iters=10"]))
     with pytest.raises(InputError, match="seq_len=512 is longer than the model's max_seq_len=256"):
-        check_config(load_config(DEFAULTS, ["--seq_len=512"]))
+        check_train_config(load_config(TEACHER_KEYS, ["--seq_len=512"]))
+    with pytest.raises(InputError, match="dim=100 is not divisible by n_heads=8"):
+        check_train_config(load_config(TEACHER_KEYS, ["--dim=100"]))
+    with pytest.raises(InputError, match="min_lr=0.01 is larger than lr=0.001"):
+        check_train_config(load_config(TEACHER_KEYS, ["--lr=1e-3", "--min_lr=1e-2"]))

@@ -6,19 +6,15 @@ import os
 import pytest
 import torch
 
-from conftest import tiny_argv
-from model import InputError, load_checkpoint
-from train_teacher import DEFAULTS, EpochSampler, load_config, lr_at, main, read_log
-
-TIMING = ("ms_per_step", "tok_per_s", "mfu")
+from checkpoint import load_checkpoint, read_log
+from config import InputError, load_config
+from conftest import strip_timing, tiny_argv
+from train import EpochSampler, lr_at
+from train_teacher import TEACHER_KEYS, main
 
 
 def val_losses(out_dir):
     return [e["val_loss"] for e in read_log(os.path.join(out_dir, "log.jsonl")) if "val_loss" in e]
-
-
-def without_timing(log):
-    return [{k: v for k, v in e.items() if k not in TIMING} for e in log]
 
 
 def test_tiny_run_validation_loss_falls(prepared, tmp_path):
@@ -42,7 +38,7 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path):
     main(tiny_argv(prepared, b, max_iters=16, eval_interval=5, resume=True))
     log_a, log_b = read_log(os.path.join(a, "log.jsonl")), read_log(os.path.join(b, "log.jsonl"))
     assert [e["step"] for e in log_a if "loss" in e] == list(range(1, 17))
-    assert without_timing(log_a) == without_timing(log_b), "losses after resume differ from the uninterrupted run"
+    assert strip_timing(log_a) == strip_timing(log_b), "losses after resume differ from the uninterrupted run"
     wa, wb = (load_checkpoint(os.path.join(d, "last.pt"))[0].state_dict() for d in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ"
 
@@ -61,7 +57,7 @@ def test_epoch_sampler_covers_each_window_once_per_epoch_and_shards_ranks():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = load_config(DEFAULTS, ["--lr=1.0", "--min_lr=0.1", "--warmup_iters=10"])
+    cfg = load_config(TEACHER_KEYS, ["--lr=1.0", "--min_lr=0.1", "--warmup_iters=10"])
     assert lr_at(0, cfg, 110) == pytest.approx(0.1) and lr_at(9, cfg, 110) == pytest.approx(1.0)
     assert lr_at(60, cfg, 110) == pytest.approx(0.55) and lr_at(110, cfg, 110) == pytest.approx(0.1)
 
@@ -79,3 +75,58 @@ def test_checkpoint_from_another_tokenizer_is_refused_on_resume(prepared, tmp_pa
 def test_vocab_size_disagreeing_with_the_tokenizer(prepared, tmp_path):
     with pytest.raises(InputError, match="vocab_size=1000 but the tokenizer"):
         main(tiny_argv(prepared, str(tmp_path / "t"), vocab_size=1000))
+
+
+def test_an_out_dir_holding_a_run_is_protected(prepared, tmp_path):
+    out = str(tmp_path / "t")
+    args = dict(max_iters=4, eval_interval=2, warmup_iters=1)
+    main(tiny_argv(prepared, out, **args))
+    before = open(os.path.join(out, "log.jsonl")).read()
+    with pytest.raises(InputError, match="already holds a run: resume it with --resume=True, choose another --out_dir, or replace it with --overwrite=True"):
+        main(tiny_argv(prepared, out, **args))
+    assert open(os.path.join(out, "log.jsonl")).read() == before, "the refused start changed nothing"
+    main(tiny_argv(prepared, out, overwrite=True, **args, seed=5))
+    assert open(os.path.join(out, "log.jsonl")).read() != before
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(lr=1e-3), "lr 0.003 -> 0.001"),
+    (dict(batch_size=4, micro_batch_size=4), "batch_size 8 -> 4"),
+    (dict(seed=9), "seed 1337 -> 9"),
+    (dict(dim=64), "dim 32 -> 64"),
+    (dict(max_iters=40), "max_iters 8 -> 40"),
+])
+def test_resume_refuses_a_changed_config(prepared, tmp_path, change, message):
+    out = str(tmp_path / "t")
+    args = dict(max_iters=8, eval_interval=2, warmup_iters=1)
+    main(tiny_argv(prepared, out, stop_at=2, **args))
+    with pytest.raises(InputError, match=f"last.pt was written with another config: {message}"):
+        main(tiny_argv(prepared, out, resume=True, **{**args, **change}))
+    main(tiny_argv(prepared, out, resume=True, log_interval=3, stop_at=0, **args))  # these may change
+
+
+def test_a_torn_last_log_line_is_dropped(prepared, tmp_path, capsys):
+    out = str(tmp_path / "t")
+    args = dict(max_iters=8, eval_interval=2, warmup_iters=1)
+    main(tiny_argv(prepared, out, stop_at=4, **args))
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write('{"step": 5, "loss": 1.2')  # a kill or a full disk in the middle of an append
+    main(tiny_argv(prepared, out, resume=True, **args))
+    assert "dropped a torn last line" in capsys.readouterr().err
+    assert [e["step"] for e in read_log(os.path.join(out, "log.jsonl")) if "loss" in e] == list(range(1, 9))
+
+
+def test_one_run_per_out_dir(prepared, tmp_path):
+    import subprocess, sys
+    out = str(tmp_path / "t")
+    os.makedirs(out)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        open(os.path.join(out, "run.lock"), "w").write(str(holder.pid))
+        with pytest.raises(InputError, match=f"is in use by another run \\(pid {holder.pid}"):
+            main(tiny_argv(prepared, out, max_iters=4, eval_interval=2, warmup_iters=1))
+    finally:
+        holder.kill()
+        holder.wait()
+    main(tiny_argv(prepared, out, max_iters=4, eval_interval=2, warmup_iters=1))  # a dead holder's lock is taken over
+    assert not os.path.exists(os.path.join(out, "run.lock")), "released at the end"

@@ -1,0 +1,154 @@
+"""
+What a run leaves on disk, and how every script reads it back: one checkpoint format, one loader,
+one way to write a file, one log format.
+
+A checkpoint is a dict of tensors and plain Python values saved with torch.save:
+    model        : state_dict of the bare (uncompiled, unwrapped) model
+    model_config : asdict(ModelConfig)
+    tokenizer    : {"name", "vocab_size", "sha256", ...} of the tokenizer the model was trained with
+    plus whatever the trainer adds (optimizer state, step, config, best validation loss, ...).
+It is read with torch.load(weights_only=True): a checkpoint received from someone else cannot run code.
+
+Every file goes through atomic_write (a temporary file, fsync, rename), so a process killed at any moment
+leaves the old file or the new one, never half of one. log.jsonl holds one JSON object per logged step or
+evaluation; a torn last line (a kill or a full disk during an append) is dropped with a warning.
+"""
+
+import json
+import os
+import sys
+from dataclasses import asdict
+
+import torch
+
+from config import InputError
+from model import Llama, ModelConfig
+
+
+def atomic_write(path, write, mode="wb"):
+    """write(f) into path + ".tmp" in the same folder, fsync, then rename over path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder: one line, and no half-written temporary file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise InputError(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def check_writable(path):
+    """Refuse, before any work, an output file path that cannot be written (a folder, under a file, read-only)."""
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder; expected a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"{path}: {existing} is not writable")
+
+
+def unwrap(model):
+    """The bare Llama inside torch.compile (._orig_mod) and DDP (.module) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def model_checkpoint(model, tokenizer_info, **extra):
+    """The checkpoint dict for a (possibly compiled or DDP-wrapped) model."""
+    bare = unwrap(model)
+    return {"model": bare.state_dict(), "model_config": asdict(bare.config), "tokenizer": dict(tokenizer_info), **extra}
+
+
+def save_checkpoint(path, ckpt):
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def read_checkpoint(path, device="cpu"):
+    """The raw checkpoint dict, with a one-line error for a missing, truncated or foreign file."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, a pickled object that is not a tensor or plain value
+        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise InputError(f"{path}: not a checkpoint of this project (expected keys 'model' and 'model_config')")
+    return ckpt
+
+
+def load_checkpoint(path, device="cpu", tokenizer=None):
+    """(model, checkpoint dict). Strips torch.compile's '_orig_mod.' and DDP's 'module.' prefixes, loads
+    strictly, and, if `tokenizer` info is given, refuses a model trained with a different tokenizer."""
+    ckpt = read_checkpoint(path, device)
+    if tokenizer is not None:
+        check_same_tokenizer(ckpt.get("tokenizer", {}), tokenizer, path, "the tokenizer in use")
+    try:
+        model = Llama(ModelConfig(**ckpt["model_config"])).to(device)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path}: bad model_config ({e})") from None
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+    model.load_state_dict(state, strict=True)
+    return model, ckpt
+
+
+def check_same_tokenizer(a, b, name_a, name_b):
+    """Logits of two models (or a model and data) are only comparable if they share one tokenizer."""
+    if a.get("vocab_size") != b.get("vocab_size") or a.get("sha256") != b.get("sha256"):
+        raise InputError(
+            f"{name_a} was made with tokenizer {a.get('name')!r} (vocab {a.get('vocab_size')}, "
+            f"sha256 {str(a.get('sha256'))[:12]}) but {name_b} uses {b.get('name')!r} "
+            f"(vocab {b.get('vocab_size')}, sha256 {str(b.get('sha256'))[:12]})"
+        )
+
+
+# -----------------------------------------------------------------------------------------------
+# log.jsonl
+
+
+def read_log(path):
+    """The entries of a log.jsonl; a torn last line (kill or full disk mid-append) is dropped with a warning."""
+    if not os.path.isfile(path):
+        return []
+    entries = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                print(f"warning: {path}: dropped a torn last line", file=sys.stderr)
+                break
+            raise InputError(f"{path}:{i + 1}: not a JSON line (the log is damaged; move it away to start afresh)") from None
+    return entries
+
+
+def write_log(path, entries):
+    atomic_write(path, lambda f: f.writelines(json.dumps(e) + "\n" for e in entries), mode="w")
+
+
+def append_log(path, entry):
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    except OSError as e:
+        raise InputError(f"{path}: cannot append to the log ({e.strerror or e})") from None

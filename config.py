@@ -1,0 +1,209 @@
+"""
+How every script of the project is configured, and where it runs.
+
+Configuration, nanoGPT's "configurator" made strict. A script declares its keys in groups, each key with
+a default, a one-line meaning and, where it matters, the values it accepts. A run's values come from
+
+    the defaults  <  a config file (plain Python: every name it assigns must be a key)  <  --key=value
+
+    python train_teacher.py configs/tiny_teacher1.py --lr=1e-3 --out_dir=out/x   # file, then overrides
+    python eval_blimp.py --ckpt out/x/ckpt.pt --data ../shared/data/blimp_filtered  # "--key value" works too
+    python train_teacher.py --help                                                 # every key, grouped
+
+Values are read as Python literals (1e-3, True, ['a.pt', 'b.pt']) or else as bare strings (out/x); a list
+key also takes comma-separated values (--teachers=a.pt,b.pt). Types are checked against the default,
+numbers against their bounds, and an unknown key suggests the nearest known one, all before any work.
+Config files are executed Python, as in nanoGPT: run only config files you trust.
+
+runtime(cfg) is the one place where the CPU and the CUDA paths differ: device, bf16 autocast, pin
+memory, torch.compile and the DDP backend. Everything else runs the same code on both.
+"""
+
+import ast
+import difflib
+import math
+import os
+import sys
+import traceback
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+
+
+class InputError(ValueError):
+    """A mistake in the user's input (file, key or value). Scripts print it as one line and exit."""
+
+
+def run_main(main):
+    """Run a script's main(): a mistake in the input is one line `error: ...` (exit 1), Ctrl-C one line (exit 130)."""
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# -----------------------------------------------------------------------------------------------
+# Keys: {group: {key: (default, meaning) or (default, meaning, accepted)}}
+#
+# `accepted` is a tuple of allowed values, or a bound: ">0", ">=0" or "0..1" (inclusive).
+
+RUNTIME_KEYS = {
+    "runtime": {
+        "device": ("auto", "'auto' (a GPU when there is one), 'cpu' or 'cuda'", ("auto", "cpu", "cuda")),
+        "dtype": ("auto", "'auto' (bfloat16 autocast on a GPU, float32 on a CPU), 'float32' or 'bfloat16'", ("auto", "float32", "bfloat16")),
+        "compile": ("auto", "torch.compile the step: 'auto' (on a GPU only: ~30-80 s per compile on a CPU), True, False", ("auto", True, False)),
+    },
+}
+
+
+def flat_defaults(keys):
+    return {k: spec[0] for group in keys.values() for k, spec in group.items()}
+
+
+def merge_keys(*key_sets):
+    """Groups of several key tables, later ones overriding the defaults of earlier ones."""
+    out = {}
+    for keys in key_sets:
+        for group, entries in keys.items():
+            out.setdefault(group, {}).update(entries)
+    return out
+
+
+def usage(doc, keys):
+    """The script's docstring up to its first blank line after the commands, then every key by group."""
+    head = "\n\n".join(doc.strip().split("\n\n")[:2])  # the title and the commands
+    lines = [head, "", "keys (--key=value; a config file may set any of them):"]
+    for group, entries in keys.items():
+        lines.append(f"  {group}:")
+        for key, spec in entries.items():
+            default, meaning = spec[0], spec[1]
+            lines.append(f"    --{key:<20} {type(default).__name__:<6} default {default!r:<22} {meaning}")
+    return "\n".join(lines)
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text  # a bare string such as out/t1
+
+
+def _convert(key, value, default, accepted, where):
+    """value, converted to the type of `default` where that is safe, else an InputError naming key and value."""
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [_literal(v) for v in value.split(",") if v.strip()]  # --teachers=a.pt,b.pt
+        elif isinstance(value, tuple):
+            value = list(value)  # --teacher_weights=1,2 reads as a tuple
+    elif isinstance(value, str) and value.lower() in ("true", "false") and (isinstance(default, bool) or True in (accepted or ())):
+        value = value.lower() == "true"
+    elif isinstance(default, float) and type(value) is int:
+        value = float(value)
+    ok_type = type(value) is type(default) or (isinstance(accepted, tuple) and value in accepted and type(value) in map(type, accepted))
+    if not ok_type:
+        raise InputError(f"{where}: {key}={value!r} has type {type(value).__name__}, expected {type(default).__name__}")
+    if isinstance(accepted, tuple) and value not in accepted:
+        raise InputError(f"{where}: {key}={value!r}: expected one of {', '.join(map(repr, accepted))}")
+    if isinstance(accepted, str):
+        bad = (isinstance(value, float) and not math.isfinite(value)) or {
+            ">0": value <= 0, ">=0": value < 0, "0..1": not 0 <= value <= 1}[accepted]
+        if bad:
+            raise InputError(f"{where}: {key}={value!r}: expected a number {accepted.replace('..', ' to ')}")
+    return value
+
+
+def _unknown(key, known, where):
+    near = difflib.get_close_matches(key, known, n=1)
+    return InputError(f"{where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + "; --help lists every key")
+
+
+def read_config_file(path):
+    """{name: value} assigned by a Python config file; its errors as one line FILE:LINE: ..."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: config file not found")
+    raw = open(path, "rb").read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#x})") from None
+    namespace = {}
+    try:
+        exec(compile(text, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise InputError(f"{path}:{e.lineno}: {e.msg}") from None
+    except Exception as e:  # NameError, ZeroDivisionError, ... : the line of the config file that raised it
+        line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == path), "?")
+        raise InputError(f"{path}:{line}: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and type(v).__name__ not in ("module", "function", "type")}
+
+
+def load_config(keys, argv, doc=""):
+    """A SimpleNamespace of every key: defaults < config file (argv[0] when it is not a flag) < overrides.
+    -h/--help prints the usage and every key, then exits; so does an empty argv when `doc` asks for arguments."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage(doc, keys))
+        sys.exit(0)
+    specs = {k: spec for group in keys.values() for k, spec in group.items()}
+    cfg = {k: spec[0] for k, spec in specs.items()}
+    args = list(argv)
+    if args and not args[0].startswith("-"):
+        path = args.pop(0)
+        for key, value in read_config_file(path).items():
+            if key not in specs:
+                raise _unknown(key, specs, path)
+            cfg[key] = _convert(key, value, specs[key][0], (specs[key] + (None,))[2], path)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--") or arg == "--":
+            raise InputError(f"argument {arg!r}: expected --key=value (or a config file first)")
+        key, has_value, text = arg[2:].partition("=")
+        if not has_value:  # "--key value"
+            if not args or args[0].startswith("--"):
+                raise InputError(f"--{key}: expected a value, as --{key}=VALUE")
+            text = args.pop(0)
+        if key not in specs:
+            raise _unknown(key, specs, f"--{key}")
+        cfg[key] = _convert(key, _literal(text), specs[key][0], (specs[key] + (None,))[2], f"--{key}")
+    return SimpleNamespace(**cfg)
+
+
+# -----------------------------------------------------------------------------------------------
+# Runtime: the one small place where the CPU and the CUDA paths differ
+
+
+def runtime(cfg):
+    """device, dtype, autocast context, compile flag and DDP ranks for this process."""
+    ddp = "RANK" in os.environ
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device='cuda' but no GPU is visible")
+    rank, local_rank, world = 0, 0, 1
+    if ddp:
+        missing = [k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE") if k not in os.environ]
+        if missing:
+            raise InputError(f"RANK is set but {', '.join(missing)} is not: launch with torchrun, or unset RANK")
+        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # bf16 autocast on a GPU; plain fp32 on a CPU, where bf16 matmuls can be ~100x slower.
+    dtype = ("bfloat16" if cuda else "float32") if cfg.dtype == "auto" else cfg.dtype
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    compile_ = cuda if cfg.compile == "auto" else cfg.compile
+    return SimpleNamespace(device=device, dtype=dtype, autocast=autocast, compile=compile_, pin_memory=cuda,
+                           ddp=ddp, rank=rank, world=world, master=rank == 0)
+
+
+def print0(*args, **kwargs):
+    """print on the first process only (every process of a torchrun job runs the same script)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs)

@@ -1,0 +1,497 @@
+"""
+The training loop shared by train_teacher.py and distill.py: what every run does, whatever it learns.
+
+    python train_teacher.py configs/tiny_teacher1.py      # a teacher: this loop with the causal-LM objective
+    python distill.py configs/tiny_student.py             # a student: this loop with the distillation objective
+
+(This file has no command of its own; `python train_teacher.py --help` lists every key it reads.)
+
+Top to bottom:
+1. TRAIN_KEYS: every key of a training run, with its default and meaning.
+2. Data: train.bin is cut into non-overlapping windows of seq_len + 1 tokens (inputs and shifted targets).
+   Each epoch visits every window once, in a fresh order drawn from (seed, epoch). Batch contents are a
+   pure function of the step number, so resuming needs no data-loader state. (BabyLlama's final models were
+   also trained on fixed windows without random offsets: Timiryasov & Tastet, arXiv 2308.02019.)
+3. The objective: CausalLM below is the plain one (next-token cross-entropy). An objective makes the
+   loss inputs of a batch (batch) and the loss (loss); AntLM (train_teacher.py) and distillation
+   (distill.py) are objectives too, so the loop itself has no branch for either.
+4. train(): AdamW (decay on 2-D weights), linear warmup then cosine decay, gradient accumulation (DDP
+   syncs on the last micro-step only), clipping, a validation loss on fixed windows every eval_interval
+   steps, checkpoints (ckpt.pt when validation improves, then last.pt), and a clean stop on Ctrl-C or
+   SIGTERM (preemption) that saves last.pt first.
+
+Global batch = batch_size sequences per optimizer step, whatever the number of processes:
+grad_accum = batch_size / (micro_batch_size * world_size).
+"""
+
+import atexit
+import math
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from checkpoint import append_log, atomic_write, check_same_tokenizer, model_checkpoint, read_checkpoint, read_log, save_checkpoint, unwrap, write_log
+from config import RUNTIME_KEYS, InputError, merge_keys, print0
+from model import ModelConfig
+from prepare_data import read_bin
+
+TRAIN_KEYS = merge_keys({
+    "data and output": {
+        "data_dir": ("data/babylm10m", "prepared data folder (prepare_data.py --out)"),
+        "out_dir": ("out/teacher", "where ckpt.pt (best validation), last.pt (latest) and log.jsonl go"),
+        "resume": (False, "continue the run in out_dir from its last.pt (same config; see README)"),
+        "overwrite": (False, "start afresh in an out_dir that already holds a run, replacing it"),
+    },
+    "model (see model.ModelConfig)": {
+        "vocab_size": (0, "0 = the tokenizer's vocabulary size", ">=0"),
+        "dim": (512, "width of the residual stream", ">0"),
+        "n_layers": (8, "transformer blocks", ">0"),
+        "n_heads": (8, "query heads; head_dim = dim / n_heads", ">0"),
+        "n_kv_heads": (0, "key/value heads (grouped-query attention); 0 = n_heads", ">=0"),
+        "hidden_dim": (0, "SwiGLU width; 0 = Llama's rule (8/3 dim rounded up to multiple_of)", ">=0"),
+        "multiple_of": (256, "rounding of the Llama SwiGLU rule", ">0"),
+        "norm_eps": (1e-6, "RMSNorm epsilon (the released BabyLlama checkpoints: 1e-6)", ">0"),
+        "rope_theta": (10000.0, "RoPE base", ">0"),
+        "max_seq_len": (256, "longest sequence the RoPE tables cover (BabyLlama: 2 x seq_len)", ">0"),
+        "tie_embeddings": (False, "share the input embedding and the output head"),
+    },
+    "optimisation": {
+        "seq_len": (128, "tokens per training window (both papers: 128)", ">0"),
+        "batch_size": (128, "sequences per optimizer step, all processes together (BabyLlama-2: 128)", ">0"),
+        "micro_batch_size": (32, "sequences per forward pass per process (memory, not the recipe)", ">0"),
+        "epochs": (8.0, "passes over the training windows, used when max_iters is 0 (BabyLlama-2: 8)", ">0"),
+        "max_iters": (0, "optimizer steps; 0 = epochs x steps per epoch", ">=0"),
+        "lr": (7e-4, "peak learning rate (BabyLlama-2's sweep: 7e-4)", ">0"),
+        "min_lr": (0.0, "learning rate at the end of the cosine (HF Trainer: 0)", ">=0"),
+        "warmup_iters": (600, "linear warmup steps (BabyLlama-2: 600)", ">=0"),
+        "weight_decay": (5.0, "decoupled AdamW decay on 2-D weights (BabyLlama-2's sweep chose 5.0)", ">=0"),
+        "beta1": (0.9, "AdamW beta1 (HF default)", "0..1"),
+        "beta2": (0.999, "AdamW beta2 (HF default)", "0..1"),
+        "adam_eps": (1e-8, "AdamW epsilon (HF default)", ">0"),
+        "grad_clip": (1.0, "clip the global gradient norm to this; 0 = no clipping (HF default 1.0)", ">=0"),
+        "seed": (1337, "initialisation, data order and masks all follow from it", ">=0"),
+        "nonfinite": ("stop", "a non-finite loss or gradient: 'stop' (keep the last good checkpoint) or 'skip' the step", ("stop", "skip")),
+    },
+    "evaluation and logging": {
+        "eval_interval": (200, "steps between validation losses and checkpoints", ">0"),
+        "eval_windows": (1024, "validation windows, spread evenly over val.bin (the same for every model)", ">0"),
+        "log_interval": (10, "steps between log lines", ">0"),
+        "stop_at": (0, "save last.pt and exit after this step (a time-limited job); 0 = never", ">=0"),
+    },
+}, RUNTIME_KEYS)
+
+# Keys that may differ between a run and its resumption: they change where and how it is computed or
+# logged, not what is learned. Anything else (the data, the model, the schedule, the seed, the batch)
+# would make the resumed steps differ from the run that wrote last.pt, so resume refuses it.
+RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "micro_batch_size", "device", "compile"}
+
+
+def check_train_config(cfg):
+    """Mistakes that involve several keys, caught before any work."""
+    if cfg.max_iters and cfg.max_iters <= cfg.warmup_iters:
+        raise InputError(f"max_iters={cfg.max_iters} is not larger than warmup_iters={cfg.warmup_iters}")
+    if cfg.seq_len > cfg.max_seq_len:
+        raise InputError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}")
+    if cfg.min_lr > cfg.lr:
+        raise InputError(f"min_lr={cfg.min_lr} is larger than lr={cfg.lr}")
+    if not cfg.out_dir.strip():
+        raise InputError("out_dir is empty")
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise InputError(f"out_dir={cfg.out_dir}: exists and is not a folder")
+    try:
+        ModelConfig(**model_fields(cfg, vocab_size=cfg.vocab_size or 1))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    cfg.data_dir = os.path.abspath(cfg.data_dir)  # recorded in checkpoints: evaluation may run from elsewhere
+
+
+def model_fields(cfg, vocab_size):
+    return dict(vocab_size=vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                hidden_dim=cfg.hidden_dim, multiple_of=cfg.multiple_of, norm_eps=cfg.norm_eps,
+                rope_theta=cfg.rope_theta, max_seq_len=cfg.max_seq_len, tie_embeddings=cfg.tie_embeddings)
+
+
+def model_config(cfg, tok_info):
+    vocab = cfg.vocab_size or tok_info["vocab_size"]
+    if vocab != tok_info["vocab_size"]:
+        raise InputError(f"vocab_size={cfg.vocab_size} but the tokenizer in {cfg.data_dir} has {tok_info['vocab_size']} tokens")
+    return ModelConfig(**model_fields(cfg, vocab))
+
+
+# -----------------------------------------------------------------------------------------------
+# Data: fixed windows, a fresh order per epoch, batches as a pure function of the step
+
+
+class Windows:
+    """Non-overlapping windows of seq_len + 1 tokens over a token file: x = w[:-1], y = w[1:]."""
+
+    def __init__(self, path, seq_len):
+        self.tokens, self.seq_len = read_bin(path), seq_len
+        self.n = (len(self.tokens) - 1) // seq_len
+        if self.n < 1:
+            raise InputError(f"{path}: {len(self.tokens)} tokens is less than one window of seq_len+1={seq_len + 1}")
+
+    def get(self, idx, device, pin_memory=False):
+        rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in idx.tolist()])
+        w = torch.from_numpy(rows.astype(np.int64))  # (B, seq_len + 1)
+        if pin_memory:  # page-locked host memory: the copy to the GPU overlaps with compute
+            w = w.pin_memory().to(device, non_blocking=True)
+        return w[:, :-1].to(device), w[:, 1:].to(device)
+
+
+class EpochSampler:
+    """Which windows make up (step, micro-step, rank): every epoch is a permutation seeded by (seed, epoch),
+    cut into global batches; each process takes its own micro-batches of each global batch."""
+
+    def __init__(self, n_windows, batch_size, micro_batch_size, world, seed):
+        self.n, self.batch, self.micro, self.world, self.seed = n_windows, batch_size, micro_batch_size, world, seed
+        self.steps_per_epoch = n_windows // batch_size
+        if self.steps_per_epoch < 1:
+            raise InputError(f"batch_size={batch_size} is more than the {n_windows} training windows")
+        self._epoch, self._perm = None, None
+
+    def indices(self, step, micro_step, rank):
+        epoch = step // self.steps_per_epoch
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        start = (step % self.steps_per_epoch) * self.batch + (micro_step * self.world + rank) * self.micro
+        return self._perm[start : start + self.micro]
+
+
+def eval_indices(n_windows, n_eval):
+    """A fixed, evenly spread set of validation windows (the same for every model and run)."""
+    if n_eval >= n_windows:
+        return torch.arange(n_windows)
+    return torch.linspace(0, n_windows - 1, n_eval).round().long()
+
+
+@torch.no_grad()
+def evaluate(model, windows, idx, batch_size, rt):
+    """Mean next-token cross-entropy (nats/token) of a bare model on the windows idx. Under DDP each
+    process takes a share and the sums are all-reduced: every rank runs it, none waits on another."""
+    was_training = model.training
+    model.eval()
+    mine = idx[rt.rank :: rt.world]
+    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    for i in range(0, len(mine), batch_size):
+        x, y = windows.get(mine[i : i + batch_size], rt.device)
+        with rt.autocast:
+            logits = model.logits(x)
+        total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+        total[1] += y.numel()
+    if rt.ddp:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+def lr_at(step, cfg, max_iters):
+    """Linear warmup to cfg.lr over warmup_iters, then cosine decay to min_lr at max_iters."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    progress = min(1.0, (step - cfg.warmup_iters) / max(1, max_iters - cfg.warmup_iters))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+# -----------------------------------------------------------------------------------------------
+# The plain objective. Others subclass it and change what they need.
+
+
+class CausalLM:
+    """Next-token cross-entropy: what a teacher or a baseline learns.
+
+    batch(x, y, idx, step, micro, rank) -> the loss inputs of one micro-batch (idx: its window indices)
+    loss(model, *inputs) -> (loss, {name: scalar tensor to log}); compiled when rt.compile, so it must not
+        take the step number (a Python int argument would recompile at every step)
+    log_fields(step), eval_fields(), checkpoint_fields() -> dicts added to the log and the checkpoints
+    """
+
+    epochs = None  # an objective with a schedule of its own (AntLM) sets the run length in epochs
+
+    def __init__(self, model):
+        self.flops_per_token = model.flops_per_token
+
+    def batch(self, x, y, idx, step, micro, rank):
+        return x, y
+
+    def loss(self, model, x, y, causal=True):
+        """Targets of -1 are ignored (the unselected positions of a masked-LM batch)."""
+        logits = unwrap(model).output(model(x, causal))  # through the DDP wrapper's forward, then the head
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1), {}
+
+    def log_fields(self, step):
+        return {}
+
+    def eval_fields(self):
+        return {}
+
+    def checkpoint_fields(self):
+        return {}
+
+
+# -----------------------------------------------------------------------------------------------
+# Starting, resuming, stopping
+
+
+def start_run(cfg, tok_info, device):
+    """The checkpoint to resume from (cfg.resume) or None for a fresh start, after every check that
+    protects an existing run: one run per out_dir, no silent overwrite, no resume with a changed config."""
+    last = os.path.join(cfg.out_dir, "last.pt")
+    has_run = os.path.isfile(last) or os.path.isfile(os.path.join(cfg.out_dir, "log.jsonl"))
+    if not cfg.resume:
+        if has_run and not cfg.overwrite:
+            raise InputError(f"{cfg.out_dir} already holds a run: resume it with --resume=True, "
+                             "choose another --out_dir, or replace it with --overwrite=True")
+        return None
+    if not os.path.isfile(last):
+        raise InputError(f"{last}: nothing to resume from (run without --resume=True to start)")
+    try:
+        ckpt = read_checkpoint(last, device)
+    except InputError as e:
+        best = os.path.join(cfg.out_dir, "ckpt.pt")
+        hint = f"; {best} (best validation) may still be good: copy it to last.pt to resume from it" if os.path.isfile(best) else ""
+        raise InputError(f"{e}{hint}") from None
+    check_same_tokenizer(ckpt["tokenizer"], tok_info, last, f"the data in {cfg.data_dir}")
+    old = ckpt.get("config", {})
+    changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in vars(cfg).items() if k in old and k not in RESUMABLE_KEYS and old[k] != v]
+    if changed:
+        raise InputError(f"{last} was written with another config: {'; '.join(changed)} (only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume)")
+    return ckpt
+
+
+def open_run(cfg, rt, tok_info):
+    """Take out_dir for this run (rank 0) and return the checkpoint to resume from, or None."""
+    start = start_run(cfg, tok_info, rt.device)
+    if rt.ddp:  # every rank has looked at out_dir before rank 0 changes it
+        dist.barrier()
+    if rt.master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        atexit.register(release_lock, lock_out_dir(cfg.out_dir))
+        for name in os.listdir(cfg.out_dir):  # a run killed mid-write leaves a *.tmp beside the intact file
+            if name.endswith(".tmp") or (start is None and name in ("last.pt", "ckpt.pt", "log.jsonl")):  # --overwrite=True
+                os.remove(os.path.join(cfg.out_dir, name))
+    return start
+
+
+def lock_out_dir(out_dir):
+    """One run per out_dir: a lock file naming the holder's pid; a dead holder's lock is taken over."""
+    path = os.path.join(out_dir, "run.lock")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return path
+        except FileExistsError:
+            try:
+                pid = int(open(path).read().strip() or 0)
+                if pid == os.getpid():  # this process's own earlier run (in-process tests, notebooks)
+                    raise ProcessLookupError
+                os.kill(pid, 0)  # raises if no such process
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                os.remove(path) if os.path.exists(path) else None  # stale: its process is gone
+                continue
+            except PermissionError:
+                pass  # alive, owned by someone else
+            raise InputError(f"{out_dir} is in use by another run (pid {pid}, {path}); wait for it or choose another out_dir") from None
+    raise InputError(f"{path}: cannot take the lock")
+
+
+def release_lock(path):
+    if os.path.isfile(path) and open(path).read() == str(os.getpid()):
+        os.remove(path)
+
+
+class StopSignal:
+    """Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and torchrun send on preemption) set a flag;
+    the loop saves last.pt at the next step boundary and exits. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def __call__(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print0(f"\n{signal.Signals(signum).name}: finishing this step, saving last.pt, then exiting (Ctrl-C again to abort)")
+
+
+def measure_matmul_flops(n=2048, device="cpu", reps=5):
+    """Achieved FLOP/s of an n x n fp32 matmul: the practical peak that MFU on this machine is measured against."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
+GPU_PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "RTX 3090": 71e12, "RTX 4090": 165e12}
+
+
+def peak_flops(device):
+    """Peak FLOP/s for MFU: the data-sheet number for known GPUs, a measured fp32 matmul otherwise."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return value
+    return measure_matmul_flops(device=str(device))
+
+
+# -----------------------------------------------------------------------------------------------
+# The training loop
+
+
+def train(cfg, rt, model, objective, train_w, tok_info, start=None):
+    """Train `model` (bare Llama, on rt.device) on the windows train_w with `objective`, resuming from the
+    checkpoint dict `start` (its weights already loaded) if given. Returns a summary dict."""
+    val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
+    val_idx = eval_indices(val_w.n, cfg.eval_windows)
+    micro_per_step = cfg.micro_batch_size * rt.world
+    if cfg.batch_size % micro_per_step:
+        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size*world_size={micro_per_step}")
+    grad_accum = cfg.batch_size // micro_per_step
+    sampler = EpochSampler(train_w.n, cfg.batch_size, cfg.micro_batch_size, rt.world, cfg.seed)
+    max_iters = cfg.max_iters or max(1, round((objective.epochs or cfg.epochs) * sampler.steps_per_epoch))
+    if max_iters <= cfg.warmup_iters:
+        raise InputError(f"the run has {max_iters} steps, not more than warmup_iters={cfg.warmup_iters}")
+
+    optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps)
+    step, best_val = 0, float("inf")
+    if start is not None:
+        optimizer.load_state_dict(start["optimizer"])
+        step, best_val = start["step"], start["best_val_loss"]
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+    if rt.master:  # the log of a resumed run is cut back to its checkpoint: it then equals an uninterrupted run's
+        write_log(log_path, [e for e in read_log(log_path) if start is not None and e["step"] <= step])
+
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.ddp else model
+    loss_fn = torch.compile(objective.loss) if rt.compile else objective.loss
+    peak = peak_flops(rt.device) * rt.world
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+
+    def save(name, val_loss):
+        if rt.master:
+            ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, best_val_loss=best_val,
+                                    val_loss=val_loss, config=vars(cfg), **objective.checkpoint_fields())
+            save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
+        if rt.ddp:
+            dist.barrier()
+
+    stop = StopSignal()
+    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    print0(f"{model.num_params():,} parameters | {max_iters} steps ({sampler.steps_per_epoch} per epoch) | "
+           f"global batch {cfg.batch_size} x {cfg.seq_len} tokens, grad_accum {grad_accum}, world {rt.world} | "
+           f"device {rt.device} {rt.dtype}, compile {rt.compile}")
+    bar = tqdm(total=max_iters, initial=step, desc="train", disable=not rt.master, mininterval=1, dynamic_ncols=True)
+    t_run = time.perf_counter()
+    t0, t0_step = time.perf_counter(), step
+    try:
+        while step < max_iters:
+            lr = lr_at(step, cfg, max_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum, logs_sum = 0.0, {}
+            for micro in range(grad_accum):
+                idx = sampler.indices(step, micro, rt.rank)
+                x, y = train_w.get(idx, rt.device, rt.pin_memory)
+                inputs = objective.batch(x, y, idx, step, micro, rt.rank)
+                if rt.ddp:  # all-reduce gradients on the last micro-step only
+                    ddp_model.require_backward_grad_sync = micro == grad_accum - 1
+                with rt.autocast:
+                    loss, logs = loss_fn(ddp_model, *inputs)
+                (loss / grad_accum).backward()
+                loss_sum = loss_sum + loss.detach() / grad_accum
+                for k, v in logs.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + v.detach() / grad_accum
+            # clip_grad_norm_ also returns the norm: a non-finite gradient is caught even when the loss is finite
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            # One tensor, one all-reduce and one host sync per step: loss and logs (means over the global batch,
+            # as in one process), the gradient norm (already global under DDP), and the stop request of any rank.
+            stats = torch.stack([loss_sum, *logs_sum.values(), grad_norm.to(loss_sum.device), torch.tensor(float(stop.signum), device=loss_sum.device)]).float()
+            if rt.ddp:
+                dist.all_reduce(stats)
+                stats /= rt.world
+            *values, norm, stop_value = stats.tolist()
+            stop_requested = stop_value > 0 or step + 1 == cfg.stop_at
+            if all(map(math.isfinite, values + [norm])):  # never step with a NaN: the weights stay good
+                optimizer.step()
+            elif cfg.nonfinite == "stop":
+                raise FloatingPointError(f"non-finite loss or gradient at step {step}; the last good checkpoint is "
+                                         f"{os.path.join(cfg.out_dir, 'last.pt')} (--nonfinite=skip skips such steps)")
+            else:
+                print0(f"step {step}: non-finite loss or gradient, step skipped")
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_interval == 0 or step == max_iters:
+                dt = (time.perf_counter() - t0) / (step - t0_step)
+                tok_s = tokens_per_step / dt
+                if objective.flops_per_token(cfg.seq_len) * tok_s > peak:  # the first reading was low (a busy machine)
+                    peak = max(peak, peak_flops(rt.device) * rt.world)
+                named = dict(zip(["loss", *logs_sum], values))
+                entry = {"step": step, **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
+                         "tok_per_s": tok_s, "mfu": objective.flops_per_token(cfg.seq_len) * tok_s / peak}
+                if rt.master:
+                    append_log(log_path, entry)
+                    bar.write(f"step {step} | " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
+                                                          if k not in ("step", "lr", "ms_per_step", "tok_per_s", "mfu"))
+                              + f" | lr {lr:.2e} | {entry['ms_per_step']:.0f} ms/step | {tok_s:,.0f} tok/s | MFU {100 * entry['mfu']:.1f}%")
+                t0, t0_step = time.perf_counter(), step
+            if step % cfg.eval_interval == 0 or step == max_iters:
+                val = evaluate(model, val_w, val_idx, cfg.micro_batch_size, rt)
+                if not math.isfinite(val):
+                    raise FloatingPointError(f"non-finite validation loss at step {step}; the last good checkpoint is "
+                                             f"{os.path.join(cfg.out_dir, 'last.pt')}")
+                entry = {"step": step, "val_loss": val, **objective.eval_fields()}
+                improved, best_val = val < best_val, min(best_val, val)
+                if rt.master:
+                    append_log(log_path, entry)
+                # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes
+                # both again, so the best checkpoint is never left behind by a resumed run.
+                if improved:
+                    save("ckpt.pt", val)
+                save("last.pt", val)
+                if rt.master:
+                    bar.write(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items())
+                              + f" | best val_loss {best_val:.4f}")
+                t0, t0_step = time.perf_counter(), step  # evaluation time is not training time
+            if stop_requested and step < max_iters:
+                save("last.pt", None)
+                bar.close()
+                print0(f"saved {os.path.join(cfg.out_dir, 'last.pt')} at step {step}; resume with --resume=True")
+                break
+    finally:
+        bar.close()
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
+        if rt.master:
+            release_lock(os.path.join(cfg.out_dir, "run.lock"))
+    return {"best_val_loss": best_val, "steps": step, "max_iters": max_iters, "seconds": time.perf_counter() - t_run,
+            "signal": stop.signum}
+
+
+def finish(summary, what, out_dir):
+    """The last line of a run; a run stopped by a signal exits with 128 + its number, so `a && b` stops too."""
+    if summary["steps"] < summary["max_iters"]:
+        best = f"best val_loss {summary['best_val_loss']:.4f}" if math.isfinite(summary["best_val_loss"]) else "no evaluation yet"
+        print0(f"stopped at step {summary['steps']} of {summary['max_iters']} ({best}); checkpoints in {out_dir}")
+        if summary["signal"]:
+            raise SystemExit(128 + summary["signal"])
+        return
+    print0(f"done: {summary['steps']} steps in {summary['seconds']:.0f}s, best {what} val_loss {summary['best_val_loss']:.4f}, "
+           f"checkpoints in {out_dir}")
