@@ -21,7 +21,8 @@ import sweep  # noqa: E402
 SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
 
 # A stand-in for train_teacher.py: val_loss = lr + |step - 4| / 10, lowest at step 4 (not the last step, so "best"
-# and "last" differ). FAKE_DIE_AT=k: SIGKILL itself right after saving step k. FAKE_SLEEP: seconds per step.
+# and "last" differ). FAKE_DIE_AT=k: SIGKILL itself right after saving step k. FAKE_SLEEP: seconds per step;
+# FAKE_QUIET: print nothing.
 FAKE = r'''
 import json, os, sys, time
 cfg = {"lr": 0.1, "seed": 1, "max_iters": 6, "out_dir": "out", "resume": False}
@@ -40,7 +41,8 @@ log = [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))] if cfg["resu
 log = [e for e in log if e["step"] <= step]   # like the trainer: the log of a resumed run = an uninterrupted one
 for s in range(step + 1, cfg["max_iters"] + 1):
     time.sleep(float(os.environ.get("FAKE_SLEEP", 0)))
-    print("step", s, flush=True)
+    if not os.environ.get("FAKE_QUIET"):
+        print("step", s, flush=True)
     log.append({"step": s, "val_loss": cfg["lr"] + abs(s - 4) / 10})
     with open(os.path.join(out, "log.jsonl"), "w") as f:
         f.writelines(json.dumps(e) + "\n" for e in log)
@@ -150,7 +152,7 @@ def test_sigkill_of_the_sweep_kills_its_run_and_a_rerun_resumes(fake, tmp_path):
     out = str(tmp_path / "sw")
     args = [sys.executable, SWEEP, fake, "--grid", "lr=0.1,0.2", "--out", out]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "FAKE_SLEEP": "0.25"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "FAKE_SLEEP": "0.4", "FAKE_QUIET": "1"})
     first = os.path.join(out, "lr=0.1")
     deadline = time.time() + 30
     while time.time() < deadline:  # wait for the first run's step-2 checkpoint
@@ -165,6 +167,8 @@ def test_sigkill_of_the_sweep_kills_its_run_and_a_rerun_resumes(fake, tmp_path):
     while not _gone(pid) and time.time() < deadline:
         time.sleep(0.05)
     assert _gone(pid), "the run outlived the sweep"
+    # it died with the sweep, not at its next write to the closed pipe (it writes nothing) nor at its end
+    assert sweep.read_json(os.path.join(first, "last.pt"))["step"] < 6
     assert not os.path.exists(os.path.join(out, "lr=0.2"))  # the second run never started
 
     r = run_sweep(fake, "--grid", "lr=0.1,0.2", "--out", out)
@@ -340,3 +344,12 @@ def test_verdict_says_whether_zero_is_excluded():
     assert "excludes zero (A is higher)" in stats.verdict(yes)
     assert "includes zero" in stats.verdict(no) and "excludes zero (B is higher)" in stats.verdict(below)
     assert stats.verdict(yes, "student - baseline").startswith("student - baseline = +1.2, 95% CI [+0.3, +2]")
+
+
+def test_welch_interval_by_hand_and_every_window_can_be_drawn():
+    # equal sizes and variances: Welch's degrees of freedom are exactly 2 (n - 1) = 4, t(0.975, 4) = 2.7764
+    ci = stats.seeds_diff_ci([1.0, 2.0, 3.0], [5.0, 6.0, 7.0])
+    assert ci.diff == -4.0 and ci.hi - ci.diff == pytest.approx(2.7764 * math.sqrt(2 / 3), abs=1e-3)
+    # only the last window differs: the resamples must be able to draw it
+    ci = stats.ce_diff_ci([0, 0, 0, 0, 1.0], [0, 0, 0, 0, 0.0], n_boot=4000)
+    assert ci.diff == 0.2 and ci.lo == 0.0 and ci.hi >= 0.6
