@@ -379,7 +379,12 @@ def execute(run, env, runner, label):
         if runner.interrupts:
             break
         if stage == "train":  # a killed run continues from its last checkpoint
-            argv = run["argv"] + (["--resume=True"] if os.path.isfile(os.path.join(out_dir, "last.pt")) else [])
+            if os.path.isfile(os.path.join(out_dir, "last.pt")):
+                argv = run["argv"] + ["--resume=True"]
+            elif os.path.isfile(os.path.join(out_dir, "log.jsonl")):  # killed before its first checkpoint: start afresh
+                argv = run["argv"] + ["--overwrite=True"]
+            else:
+                argv = run["argv"]
         else:
             argv = run["then"]
         t0 = time.time()
