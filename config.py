@@ -40,7 +40,7 @@ def run_main(main):
     """Run a script's main(): a mistake in the input is one line `error: ...` (exit 1), Ctrl-C one line (exit 130)."""
     try:
         main()
-    except InputError as e:
+    except (InputError, FloatingPointError) as e:  # FloatingPointError: a non-finite loss stopped training
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

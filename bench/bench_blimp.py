@@ -19,7 +19,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from eval_blimp import encode_sentence, read_tasks, score_one, score_sentences  # noqa: E402
-from model import Llama, ModelConfig, measure_matmul_flops  # noqa: E402
+from model import Llama, ModelConfig  # noqa: E402
+from train import measure_matmul_flops  # noqa: E402
 from prepare_data import load_tokenizer  # noqa: E402
 
 SIZES = {

@@ -28,8 +28,9 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from distill import make_distill_loss  # noqa: E402
-from model import Llama, ModelConfig, measure_matmul_flops  # noqa: E402
+from distill import Distillation  # noqa: E402
+from model import Llama, ModelConfig  # noqa: E402
+from train import measure_matmul_flops  # noqa: E402
 
 SIZES = {
     "58m": dict(vocab_size=16000, dim=512, n_layers=16, n_heads=8, hidden_dim=1024),  # configs/babyllama_58m.py
@@ -39,8 +40,8 @@ SIZES = {
 
 def reference_loss(student, teachers, x, y, alpha, T):
     with torch.no_grad():
-        teacher_logits = torch.stack([t(x)[0] for t in teachers]).mean(0)  # (B, T, V) for each teacher, then mean
-    logits = student(x)[0]
+        teacher_logits = torch.stack([t.logits(x) for t in teachers]).mean(0)  # (B, T, V) for each teacher, then mean
+    logits = student.logits(x)
     ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
     kl = F.kl_div(F.log_softmax(logits / T, dim=-1), F.softmax(teacher_logits / T, dim=-1), reduction="batchmean")
     return alpha * ce + (1 - alpha) * T**2 * kl
@@ -51,12 +52,12 @@ def run_variant(variant, size, batch, seq_len, steps, warmup):
     mcfg = ModelConfig(**SIZES[size], max_seq_len=max(256, seq_len))
     student = Llama(mcfg)
     teachers = [Llama(mcfg).eval().requires_grad_(False) for _ in range(2)]
-    opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8, "cpu")
-    cfg = SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=0)
+    opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8)
+    cfg = SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=0, teachers=["t1", "t2"])
     if variant == "reference":
         fn = lambda s, x, y: reference_loss(s, teachers, x, y, 0.5, 2.0)
     else:
-        ours = make_distill_loss(teachers, [0.5, 0.5], cfg)
+        ours = Distillation(student, teachers, [0.5, 0.5], cfg).loss
         if variant.startswith("compiled"):
             ours = torch.compile(ours, mode="max-autotune-no-cudagraphs" if variant == "compiled-autotune" else None)
         fn = lambda s, x, y: ours(s, x, y)[0]

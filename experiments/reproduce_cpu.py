@@ -37,8 +37,9 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 import torch  # noqa: E402
 
-from model import load_checkpoint  # noqa: E402
-from train_teacher import Windows, eval_indices, evaluate, read_log, runtime, load_config, DEFAULTS  # noqa: E402
+from checkpoint import load_checkpoint, read_log  # noqa: E402
+from config import load_config, runtime  # noqa: E402
+from train import TRAIN_KEYS, Windows, eval_indices, evaluate  # noqa: E402
 
 TEACHER = dict(dim=192, n_layers=6, n_heads=6, n_kv_heads=2, hidden_dim=512)
 STUDENT = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384)
@@ -104,7 +105,7 @@ def commands(args, work, data, steps_per_epoch):
 
 def test_ce(ckpt_path, data_dir, windows):
     model, ckpt = load_checkpoint(ckpt_path)
-    cfg = load_config(DEFAULTS, ["--device=cpu", "--compile=False"])
+    cfg = load_config(TRAIN_KEYS, ["--device=cpu", "--compile=False"])
     w = Windows(os.path.join(data_dir, "test.bin"), ckpt["config"]["seq_len"])
     return evaluate(model, w, eval_indices(w.n, windows), 32, runtime(cfg))
 

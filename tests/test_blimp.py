@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from conftest import shared_path
 from eval_blimp import evaluate_set, limit_tasks, main, pair_results, read_tasks, score_one, score_sentences, summarize
-from model import InputError, Llama, ModelConfig
+from config import InputError
+from model import Llama, ModelConfig
 from prepare_data import load_model_and_tokenizer, load_tokenizer
 
 # A byte-level tokenizer (one token per character) with the project's three special tokens.

@@ -17,9 +17,13 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, student_argv, tiny_argv
-from model import load_checkpoint, model_checkpoint, read_checkpoint, save_checkpoint, Llama, ModelConfig
-from train_teacher import clm_loss, load_config, DEFAULTS, check_config, runtime, train, read_log
+from checkpoint import load_checkpoint, model_checkpoint, read_checkpoint, read_log, save_checkpoint
+from config import load_config, runtime
+from conftest import ROOT, strip_timing, student_argv, tiny_argv
+from model import Llama, ModelConfig
+from prepare_data import load_tokenizer
+from train import CausalLM, Windows, check_train_config, model_config, train
+from train_teacher import TEACHER_KEYS
 
 # The child process slows every checkpoint write down (a sleep between writing the temporary file and
 # renaming it), so that the test can kill it mid-write on purpose. Nothing else changes.
@@ -35,16 +39,11 @@ import runpy
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TIMING = ("ms_per_step", "tok_per_s", "mfu")
 
 
 def launch(script, args):
     return subprocess.Popen([sys.executable, "-c", DRIVER, os.path.join(ROOT, script), *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def strip(log):
-    return [{k: v for k, v in e.items() if k not in TIMING} for e in log]
 
 
 def writing(out):
@@ -85,7 +84,7 @@ def run_plain(script, args):
 
 
 def assert_same_run(a, b):
-    assert strip(read_log(os.path.join(a, "log.jsonl"))) == strip(read_log(os.path.join(b, "log.jsonl")))
+    assert strip_timing(read_log(os.path.join(a, "log.jsonl"))) == strip_timing(read_log(os.path.join(b, "log.jsonl")))
     wa, wb = (load_checkpoint(os.path.join(d, "last.pt"))[0].state_dict() for d in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ from the uninterrupted run"
 
@@ -116,50 +115,64 @@ def test_ctrl_c_saves_and_exits_cleanly(prepared, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "resume with --resume=True" in stdout and "Traceback" not in stderr
+    assert proc.returncode == 130, stderr[-2000:]  # 128 + SIGINT: `train && distill` does not carry on
+    assert "\nsaved " in stdout and "resume with --resume=True" in stdout and "Traceback" not in stderr
     step = read_checkpoint(os.path.join(out, "last.pt"))["step"]
     assert 3 <= step < 3000
 
 
-def nan_after(n_calls):
-    calls = []
+class NaNAt(CausalLM):
+    """The causal-LM objective with a NaN loss on the given calls (1-based)."""
 
-    def loss_fn(model, x, y):
-        calls.append(1)
-        loss, logs = clm_loss(model, x, y)
-        return (loss * float("nan") if len(calls) > n_calls else loss), logs
-    return loss_fn
+    def __init__(self, model, bad_calls, where="loss"):
+        super().__init__(model)
+        self.bad, self.calls, self.where = set(bad_calls), 0, where
+
+    def loss(self, model, x, y, causal=True):
+        self.calls += 1
+        loss, logs = super().loss(model, x, y, causal)
+        if self.calls in self.bad and self.where == "loss":
+            return loss * float("nan"), logs
+        if self.calls in self.bad:  # a finite loss whose gradient is not: d/dw of (w * inf) * 0
+            w = next(model.parameters())
+            return loss + (w.flatten()[0] * float("inf")) * 0.0, logs
+        return loss, logs
 
 
 def tiny_run(prepared, out, **kw):
-    cfg = load_config(DEFAULTS, tiny_argv(prepared, out, **kw))
-    check_config(cfg)
-    from prepare_data import load_tokenizer
+    cfg = load_config(TEACHER_KEYS, tiny_argv(prepared, out, **kw))
+    check_train_config(cfg)
     _, info = load_tokenizer(prepared)
     torch.manual_seed(0)
-    from train_teacher import model_config
-    return cfg, runtime(cfg), Llama(model_config(cfg, info)), info
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    return cfg, runtime(cfg), Llama(model_config(cfg, info)), info, Windows(os.path.join(prepared, "train.bin"), cfg.seq_len)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path):
-    cfg, rt, model, info = tiny_run(prepared, str(tmp_path / "t"), max_iters=20, eval_interval=4)
-    with pytest.raises(FloatingPointError, match="non-finite loss at step 9; the last good checkpoint is .*last.pt"):
-        train(cfg, rt, model, nan_after(9), info, 1.0)
+    cfg, rt, model, info, windows = tiny_run(prepared, str(tmp_path / "t"), max_iters=20, eval_interval=4)
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 9; the last good checkpoint is .*last.pt"):
+        train(cfg, rt, model, NaNAt(model, range(10, 100)), windows, info)
     ckpt = read_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
     assert ckpt["step"] == 8 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_non_finite_loss_can_skip_the_step(prepared, tmp_path):
-    cfg, rt, model, info = tiny_run(prepared, str(tmp_path / "t"), max_iters=6, eval_interval=3, nonfinite="skip")
-    calls = []
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_non_finite_step_can_be_skipped_without_losing_steps(prepared, tmp_path, where):
+    # the 4th step is bad, and so is the last one (step 6, an evaluation step and the stop_at step)
+    cfg, rt, model, info, windows = tiny_run(prepared, str(tmp_path / "t"), max_iters=8, eval_interval=3, nonfinite="skip", stop_at=6)
+    summary = train(cfg, rt, model, NaNAt(model, [4, 6], where), windows, info)
+    assert summary["steps"] == 6, "stop_at is honoured on a skipped step"
+    ckpt = read_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
+    assert ckpt["step"] == 6, "last.pt is not left behind"
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values()) and all(torch.isfinite(p).all() for p in model.parameters())
 
-    def loss_fn(m, x, y):  # only the 4th step is bad
-        calls.append(1)
-        loss, logs = clm_loss(m, x, y)
-        return (loss * float("nan") if len(calls) == 4 else loss), logs
-    summary = train(cfg, rt, model, loss_fn, info, 1.0)
-    assert summary["steps"] == 6 and all(torch.isfinite(p).all() for p in model.parameters())
+
+def test_non_finite_gradient_with_a_finite_loss_stops_before_writing_weights(prepared, tmp_path):
+    cfg, rt, model, info, windows = tiny_run(prepared, str(tmp_path / "t"), max_iters=20, eval_interval=4)
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 7"):
+        train(cfg, rt, model, NaNAt(model, [8], "gradient"), windows, info)
+    ckpt = read_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
 # -----------------------------------------------------------------------------------------------
@@ -197,9 +210,9 @@ def bad_inputs(base, prepared, teachers):
         ("empty corpus folder", "prepare_data.py", ["--src", corpus("empty", lambda p: p.write_text("")), "--out", out], "files are all empty", out),
         ("non-UTF-8 text", "prepare_data.py", ["--src", corpus("latin1", lambda p: p.write_bytes(b"caf\xe9\n")), "--out", out], "a.train: not valid UTF-8", out),
         ("odd-sized .bin", "train_teacher.py", tiny_argv(str(odd), out), "train.bin: size", out),
-        ("unknown key in a config file", "train_teacher.py", [str(cfg_file), *t()], "typo.py: unknown config key 'learnig_rate'", out),
+        ("unknown key in a config file", "train_teacher.py", [str(cfg_file), *t()], "typo.py: unknown key 'learnig_rate'", out),
         ("wrong type", "train_teacher.py", t(lr="fast"), "lr='fast' has type str, expected float", out),
-        ("override of a key that does not exist", "train_teacher.py", t() + ["--dropout=0.1"], "--dropout: unknown config key", out),
+        ("override of a key that does not exist", "train_teacher.py", t() + ["--dropout=0.1"], "--dropout: unknown key 'dropout'", out),
         ("max_iters below warmup", "train_teacher.py", t(max_iters=5, warmup_iters=10), "max_iters=5 is not larger than warmup_iters=10", out),
         ("seq_len over max_seq_len", "train_teacher.py", t(seq_len=300), "seq_len=300 is longer than the model's max_seq_len=256", out),
         ("AntLM schedule typo", "train_teacher.py", t(objective="clm:4,mlmm:16"), "objective='clm:4,mlmm:16'", out),
@@ -225,4 +238,3 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing_behind(prepared, tiny_
             failures.append(f"{name}: exit {result.returncode}, stderr {lines[-3:]}, files left {left}")
         shutil.rmtree(out, ignore_errors=True)
     assert not failures, "\n".join(failures)
-    assert len(cases) == 17

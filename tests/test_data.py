@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path, write_corpus
-from model import InputError
+from config import InputError
 from prepare_data import (clean_lines, count_pretokens, encode_docs, load_tokenizer, prepare, read_bin,
                           split_train_val, train_bpe)
 

@@ -13,7 +13,8 @@ import torch
 
 from conftest import shared_path
 from export_hf import export, import_hf, read_safetensors
-from model import Llama, ModelConfig, load_checkpoint, model_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from model import Llama, ModelConfig
 from prepare_data import load_tokenizer, prepare
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
@@ -60,7 +61,7 @@ def test_exported_logits_equal_the_project_model(real_tokenizer, tmp_path, varia
     enc, _ = load_tokenizer(real_tokenizer)
     ids = torch.tensor([enc.encode_ordinary(" ".join(real_lines()[:40]))[:200]])
     with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, model(ids)[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hf(ids).logits, model.logits(ids), atol=1e-4, rtol=1e-4)
     assert hf.config.tie_word_embeddings == variant.get("tie_embeddings", False)
 
 
@@ -109,5 +110,5 @@ def test_older_transformers_loads_the_export(real_tokenizer, tmp_path):
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["ids"] == ids, f"transformers {got['version']} tokenizes differently"
     with torch.no_grad():
-        expected = model(torch.tensor([ids]))[0][0, -1]
+        expected = model.logits(torch.tensor([ids]))[0, -1]
     torch.testing.assert_close(torch.tensor(got["last"]), expected, atol=1e-4, rtol=1e-4)

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from conftest import ROOT
-from model import Attention, InputError, Llama, ModelConfig, RMSNorm, apply_rope, load_checkpoint, model_checkpoint, rope_tables, save_checkpoint
-from train_teacher import DEFAULTS, load_config, model_config
+from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from config import InputError
+from model import Attention, Llama, ModelConfig, RMSNorm, apply_rope, rope_tables
+from config import load_config
+from distill import DISTILL_KEYS
+from train import model_config
+from train_teacher import TEACHER_KEYS
 
 TINY = ModelConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, max_seq_len=16)
 
@@ -26,8 +31,8 @@ def test_causal_logits_ignore_the_future():
     for t in range(11):
         changed = idx.clone()
         changed[:, t + 1] = (changed[:, t + 1] + 1) % 97
-        a, _ = model(idx)
-        b, _ = model(changed)
+        a = model.logits(idx)
+        b = model.logits(changed)
         assert torch.equal(a[:, : t + 1], b[:, : t + 1]), f"logits at <= {t} changed when token {t + 1} changed"
         assert not torch.allclose(a[:, t + 1], b[:, t + 1])
 
@@ -37,8 +42,8 @@ def test_bidirectional_mode_sees_the_future():
     idx = torch.randint(0, 97, (2, 12))
     changed = idx.clone()
     changed[:, 7] = (changed[:, 7] + 1) % 97
-    a, _ = model(idx, causal=False)
-    b, _ = model(changed, causal=False)
+    a = model.logits(idx, causal=False)
+    b = model.logits(changed, causal=False)
     assert not torch.allclose(a[:, 3], b[:, 3]), "with causal=False, position 3 must depend on token 7"
 
 
@@ -106,8 +111,7 @@ def test_swiglu_hidden_rule():
     ("teacher2.py", 345_355_200),
 ])
 def test_published_parameter_counts(config, expected):
-    import distill
-    cfg = load_config(distill.DEFAULTS if config in ("student.py", "babyllama_58m.py") else DEFAULTS,
+    cfg = load_config(DISTILL_KEYS if config in ("student.py", "babyllama_58m.py") else TEACHER_KEYS,
                       [os.path.join(ROOT, "configs", config)])
     with torch.device("meta"):
         model = Llama(model_config(cfg, {"vocab_size": 16000}))
@@ -130,7 +134,7 @@ def test_checkpoint_roundtrip_strips_compile_prefix_and_checks_tokenizer(tmp_pat
     assert os.listdir(tmp_path) == ["ckpt.pt"], "no temporary file may be left behind"
     loaded, meta = load_checkpoint(path, tokenizer=tok)
     idx = torch.randint(0, 97, (1, 8))
-    assert torch.equal(loaded.eval()(idx)[0], model(idx)[0]) and meta["step"] == 3
+    assert torch.equal(loaded.eval().logits(idx), model.logits(idx)) and meta["step"] == 3
     with pytest.raises(InputError, match="tokenizer"):
         load_checkpoint(path, tokenizer={"name": "gpt2", "vocab_size": 50259, "sha256": "def"})
 
@@ -144,5 +148,5 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
 
 
 def test_sequence_longer_than_max_seq_len_is_refused():
-    with pytest.raises(InputError, match="max_seq_len"):
+    with pytest.raises(ValueError, match="max_seq_len"):
         tiny_model()(torch.zeros(1, 17, dtype=torch.long))

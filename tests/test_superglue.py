@@ -10,7 +10,8 @@ import torch
 
 from conftest import shared_path
 from eval_superglue import (Classifier, accuracy, binary_f1, encode_pair, load_task, main, mcc, pad_batch, task_names)
-from model import InputError, Llama, ModelConfig
+from config import InputError
+from model import Llama, ModelConfig
 from prepare_data import load_tokenizer
 
 
