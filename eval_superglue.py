@@ -4,7 +4,7 @@ Stage 4b: (Super)GLUE fine-tuning of any checkpoint, with the BabyLM 2024 protoc
     python eval_superglue.py --ckpt out/tiny_student/ckpt.pt --task rte --data ../shared/data/glue_filtered
     python eval_superglue.py --ckpt out/student/ckpt.pt --task all --data ../shared/data/glue_filtered
     python eval_superglue.py --ckpt out/student/ckpt.pt --task cb --data ../shared/data/superglue
-    python eval_superglue.py --ckpt ... --task all --data ... --config configs/superglue_babyllama2.py  # per-task settings
+    python eval_superglue.py --ckpt ... --task all --data ...  # with configs/superglue_babyllama2.py first: per-task settings
 
 Data layouts (--data): the BabyLM jsonl files (<task>.train.jsonl / <task>.valid.jsonl: boolq cola mnli
 mnli-mm mrpc multirc qnli qqp rte sst2 wsc; MNLI and QQP fall back to the 10k *.train.2025subsample.jsonl),

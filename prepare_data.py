@@ -29,7 +29,7 @@ is written as   <|endoftext|> + encode(" " + line).   Why:
     token before every document, followed by a space-prefixed first word, trains exactly the context the
     evaluation conditions on, so P(sentence | <|endoftext|>) is a meaningful sentence probability.
     (BabyLlama never put its <s> into the training stream, so its harness conditioned on an untrained
-    embedding; see ../shared/reference/babyllama.md, pitfall 8.)
+    embedding: the official BabyLlama repository, github.com/timinar/BabyLlama.)
   - One token serves as BOS and EOS (as GPT-2's <|endoftext|>), so the 2023 protocol (condition on EOS)
     and the 2024 protocol (condition on BOS) see the same, trained, context.
   - Newlines between documents are dropped: the boundary token carries that information.
@@ -149,7 +149,7 @@ def download(dest):
 
 
 # -----------------------------------------------------------------------------------------------
-# Cleaning, per source (after BabyLlama's mrclean.py, restated; see babyllama.md section 2.5)
+# Cleaning, per source (after mrclean.py of the official BabyLlama repository, github.com/timinar/BabyLlama, restated)
 #
 # All sources: strip each line, drop empty lines (every remaining line is one document).
 # Deviation from mrclean, on purpose: mrclean deletes blank-line separators without leaving whitespace,

@@ -1,5 +1,5 @@
-# BabyLlama-2's per-task fine-tuning settings (from the authors' sweeps; babyllama.md section 3.5).
-#   python eval_superglue.py --ckpt out/student/ckpt.pt --task all --data path/to/glue_filtered --config configs/superglue_babyllama2.py
+# BabyLlama-2's per-task fine-tuning settings (from the authors' sweeps; BabyLlama-2, arXiv 2409.17312, appendix).
+#   python eval_superglue.py configs/superglue_babyllama2.py --ckpt out/student/ckpt.pt --task all --data path/to/glue_filtered
 # Keys not set here keep the BabyLM 2024 defaults (lr 5e-5, batch 64, 10 epochs, patience 3, seed 12).
 # The sweeps' schedulers (cosine/constant) and warmup are not reproduced: every task decays linearly.
 task_overrides = {

@@ -18,7 +18,7 @@ epochs = 8.0  # ~9.5M words x ~1.45 tokens/word / 16,384 = ~840 steps per epoch,
 lr = 7e-4
 min_lr = 0.0  # cosine to zero, as the HF Trainer
 warmup_iters = 600
-weight_decay = 5.0  # the sweep's high-weight-decay region (babyllama.md 3.4)
+weight_decay = 5.0  # BabyLlama-2's hyperparameter sweep settled in a high-weight-decay region (arXiv 2409.17312)
 grad_clip = 1.0
 eval_interval = 200
 eval_windows = 8192  # the whole validation split (~5,500 windows) is used when it is smaller

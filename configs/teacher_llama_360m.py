@@ -1,4 +1,4 @@
-# BabyLlama's Llama-360M teacher (arXiv 2308.02019; babyllama.md 2.2-2.3, the YAML setting).
+# BabyLlama's Llama-360M teacher (arXiv 2308.02019; the YAML config of github.com/timinar/BabyLlama).
 #   torchrun --nproc_per_node=8 train_teacher.py configs/teacher_llama_360m.py
 data_dir = "data/babylm10m"
 out_dir = "out/teacher_llama_360m"

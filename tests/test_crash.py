@@ -54,8 +54,8 @@ def kill_and_resume(script, args, out, kills, rng):
     """Run to completion through `kills` SIGKILLs; every other kill waits for a checkpoint write."""
     during_write = 0
     for k in range(kills):
-        resume = os.path.isfile(os.path.join(out, "last.pt"))
-        proc = launch(script, args + [f"--resume={resume}"])
+        resume = os.path.isfile(os.path.join(out, "last.pt"))  # else a kill came before the first checkpoint
+        proc = launch(script, args + ["--resume=True" if resume else "--overwrite=True"])
         log_path, n0 = os.path.join(out, "log.jsonl"), len(read_log(os.path.join(out, "log.jsonl")))
         deadline = time.time() + 120
         if k % 2 == 0:  # mid-write: as soon as a temporary checkpoint file appears
@@ -104,6 +104,49 @@ def test_sigkill_at_random_moments_and_mid_write_then_resume(prepared, tiny_teac
     assert_same_run(ref, killed)
     assert mid_write >= 4, f"only {mid_write} of the 11 kills hit a checkpoint write"
     print(f"11 SIGKILLs ({mid_write} during a checkpoint write): final weights and losses bit-identical")
+
+
+# The child process SIGKILLs itself right after its k-th checkpoint file is renamed into place, i.e. between
+# two checkpoint writes (ckpt.pt, then last.pt) or just after both.
+KILL_AFTER_RENAME = """
+import os, signal, sys
+_replace, count, k = os.replace, [0], int(os.environ["KILL_AFTER_RENAMES"])
+def replace_then_die(src, dst, *a, **kw):
+    _replace(src, dst, *a, **kw)
+    if str(dst).endswith(".pt"):
+        count[0] += 1
+        if count[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace_then_die
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+import runpy
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_kill_after_each_checkpoint_rename_resumes_to_the_same_files(prepared, tiny_teachers, tmp_path):
+    """Launch i dies right after its i-th checkpoint rename, so the kills walk through every rename of the run
+    (ckpt.pt of an evaluation, then its last.pt, then the next ones); the files at the end equal an
+    uninterrupted run's: ckpt.pt (what distillation, evaluation and export read), last.pt and the log."""
+    for script, argv in (("train_teacher.py", lambda out: tiny_argv(prepared, out, max_iters=8, eval_interval=2, warmup_iters=1, log_interval=1)),
+                         ("distill.py", lambda out: student_argv(prepared, out, tiny_teachers, max_iters=6, eval_interval=2, warmup_iters=1, log_interval=1))):
+        ref, killed = str(tmp_path / f"{script}_ref"), str(tmp_path / f"{script}_killed")
+        run_plain(script, argv(ref))
+        kills = 0
+        for i in range(1, 20):
+            resume = os.path.isfile(os.path.join(killed, "last.pt"))
+            result = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAME, os.path.join(ROOT, script), *argv(killed),
+                                     "--resume=True" if resume else "--overwrite=True"], cwd=ROOT, env={**ENV, "KILL_AFTER_RENAMES": str(i)},
+                                    capture_output=True, text=True, timeout=300)
+            if result.returncode == 0:
+                break
+            assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+            kills += 1
+        assert kills >= 3, f"{script}: only {kills} kills"
+        assert_same_run(ref, killed)
+        wa, wb = (load_checkpoint(os.path.join(d, "ckpt.pt"))[0].state_dict() for d in (ref, killed))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{script}: ckpt.pt differs from the uninterrupted run's"
 
 
 @pytest.mark.slow
