@@ -384,14 +384,6 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
     peak = peak_flops(rt.device) * rt.world
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
-    def save(name, val_loss):
-        if rt.master:
-            ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, best_val_loss=best_val,
-                                    val_loss=val_loss, config=vars(cfg), **objective.checkpoint_fields())
-            save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
-        if rt.ddp:
-            dist.barrier()
-
     stop = StopSignal()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     print0(f"{model.num_params():,} parameters | {max_iters} steps ({sampler.steps_per_epoch} per epoch) | "
@@ -405,30 +397,8 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
             lr = lr_at(step, cfg, max_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum, logs_sum = 0.0, {}
-            for micro in range(grad_accum):
-                idx = sampler.indices(step, micro, rt.rank)
-                x, y = train_w.get(idx, rt.device, rt.pin_memory)
-                inputs = objective.batch(x, y, idx, step, micro, rt.rank)
-                if rt.ddp:  # all-reduce gradients on the last micro-step only
-                    ddp_model.require_backward_grad_sync = micro == grad_accum - 1
-                with rt.autocast:
-                    loss, logs = loss_fn(ddp_model, *inputs)
-                (loss / grad_accum).backward()
-                loss_sum = loss_sum + loss.detach() / grad_accum
-                for k, v in logs.items():
-                    logs_sum[k] = logs_sum.get(k, 0.0) + v.detach() / grad_accum
-            # clip_grad_norm_ also returns the norm: a non-finite gradient is caught even when the loss is finite
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            # One tensor, one all-reduce and one host sync per step: loss and logs (means over the global batch,
-            # as in one process), the gradient norm (already global under DDP), and the stop request of any rank.
-            stats = torch.stack([loss_sum, *logs_sum.values(), grad_norm.to(loss_sum.device), torch.tensor(float(stop.signum), device=loss_sum.device)]).float()
-            if rt.ddp:
-                dist.all_reduce(stats)
-                stats /= rt.world
-            *values, norm, stop_value = stats.tolist()
-            stop_requested = stop_value > 0 or step + 1 == cfg.stop_at
-            if all(map(math.isfinite, values + [norm])):  # never step with a NaN: the weights stay good
+            named, norm, stop_requested = forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, sampler, step, grad_accum, stop)
+            if all(map(math.isfinite, [*named.values(), norm])):  # never step with a NaN: the weights stay good
                 optimizer.step()
             elif cfg.nonfinite == "stop":
                 raise FloatingPointError(f"non-finite loss or gradient at step {step}; the last good checkpoint is "
@@ -443,14 +413,11 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
                 tok_s = tokens_per_step / dt
                 if objective.flops_per_token(cfg.seq_len) * tok_s > peak:  # the first reading was low (a busy machine)
                     peak = max(peak, peak_flops(rt.device) * rt.world)
-                named = dict(zip(["loss", *logs_sum], values))
                 entry = {"step": step, **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
                          "tok_per_s": tok_s, "mfu": objective.flops_per_token(cfg.seq_len) * tok_s / peak}
                 if rt.master:
                     append_log(log_path, entry)
-                    bar.write(f"step {step} | " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
-                                                          if k not in ("step", "lr", "ms_per_step", "tok_per_s", "mfu"))
-                              + f" | lr {lr:.2e} | {entry['ms_per_step']:.0f} ms/step | {tok_s:,.0f} tok/s | MFU {100 * entry['mfu']:.1f}%")
+                    bar.write(format_entry(entry))
                 t0, t0_step = time.perf_counter(), step
             if step % cfg.eval_interval == 0 or step == max_iters:
                 val = evaluate(model, val_w, val_idx, cfg.micro_batch_size, rt)
@@ -464,14 +431,13 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
                 # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes
                 # both again, so the best checkpoint is never left behind by a resumed run.
                 if improved:
-                    save("ckpt.pt", val)
-                save("last.pt", val)
+                    save_run("ckpt.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
+                save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
                 if rt.master:
-                    bar.write(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items())
-                              + f" | best val_loss {best_val:.4f}")
+                    bar.write(format_entry({**entry, "best val_loss": best_val}))
                 t0, t0_step = time.perf_counter(), step  # evaluation time is not training time
             if stop_requested and step < max_iters:
-                save("last.pt", None)
+                save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, None)
                 bar.close()
                 print0(f"saved {os.path.join(cfg.out_dir, 'last.pt')} at step {step}; resume with --resume=True")
                 break
@@ -483,6 +449,51 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
             release_lock(os.path.join(cfg.out_dir, "run.lock"))
     return {"best_val_loss": best_val, "steps": step, "max_iters": max_iters, "seconds": time.perf_counter() - t_run,
             "signal": stop.signum}
+
+
+def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, sampler, step, grad_accum, stop):
+    """Gradients of one optimizer step over grad_accum micro-batches, clipped. Returns the logged means
+    ({"loss": ..., **logs}), the gradient norm, and whether any rank asked to stop (a signal, or stop_at)."""
+    loss_sum, logs_sum = 0.0, {}
+    for micro in range(grad_accum):
+        idx = sampler.indices(step, micro, rt.rank)
+        x, y = train_w.get(idx, rt.device, rt.pin_memory)
+        inputs = objective.batch(x, y, idx, step, micro, rt.rank)
+        if rt.ddp:  # all-reduce gradients on the last micro-step only
+            ddp_model.require_backward_grad_sync = micro == grad_accum - 1
+        with rt.autocast:
+            loss, logs = loss_fn(ddp_model, *inputs)
+        (loss / grad_accum).backward()
+        loss_sum = loss_sum + loss.detach() / grad_accum
+        for k, v in logs.items():
+            logs_sum[k] = logs_sum.get(k, 0.0) + v.detach() / grad_accum
+    # clip_grad_norm_ also returns the norm: a non-finite gradient is caught even when the loss is finite
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    # One tensor, one all-reduce and one host sync per step: loss and logs (means over the global batch, as in
+    # one process), the gradient norm (already global under DDP), and the stop request of any rank.
+    stats = torch.stack([loss_sum, *logs_sum.values(), grad_norm.to(loss_sum.device), torch.tensor(float(stop.signum), device=loss_sum.device)]).float()
+    if rt.ddp:
+        dist.all_reduce(stats)
+        stats /= rt.world
+    *values, norm, stop_value = stats.tolist()
+    return dict(zip(["loss", *logs_sum], values)), norm, stop_value > 0 or step + 1 == cfg.stop_at
+
+
+def save_run(name, cfg, rt, model, optimizer, objective, tok_info, step, best_val, val_loss):
+    """ckpt.pt or last.pt of the run: everything resume needs (rank 0 writes, every rank waits)."""
+    if rt.master:
+        ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, best_val_loss=best_val,
+                                val_loss=val_loss, config=vars(cfg), **objective.checkpoint_fields())
+        save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
+    if rt.ddp:
+        dist.barrier()
+
+
+def format_entry(entry):
+    """One log line for the terminal: losses first, then the schedule and the speed."""
+    speed = {"lr": "lr {:.2e}", "ms_per_step": "{:.0f} ms/step", "tok_per_s": "{:,.0f} tok/s", "mfu": "MFU {:.1%}"}
+    parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k not in speed]
+    return " | ".join(parts + [fmt.format(entry[k]) for k, fmt in speed.items() if k in entry])
 
 
 def finish(summary, what, out_dir):
