@@ -108,9 +108,10 @@ def sparse_target(log_p, k, method, u=None, proposal_temperature=1.0):
         w = vals.exp()
         return ids, w / w.sum(-1, keepdim=True)
     log_r = log_p if proposal_temperature == 1.0 else F.log_softmax(log_p / proposal_temperature, dim=-1)
-    # Inverse-CDF sampling in float64 (a float32 cumsum over 16k terms would shift the tail's mass):
+    # Inverse-CDF sampling, the running sum in float64 (a float32 cumsum over 16k terms would shift the
+    # tail's intervals by ~1e-7, the size of a tail token's probability; the exp itself is fine in float32).
     # draw = the first v with cdf_v > u * total. Tokens with r_v = 0 have cdf_v = cdf_{v-1}: never drawn.
-    cdf = log_r.double().exp().cumsum(-1)
+    cdf = log_r.exp().double().cumsum(-1)
     draws = torch.searchsorted(cdf, (u.double() * cdf[:, -1:]).contiguous(), right=True).clamp_(max=V - 1)
     draws = draws.sort(dim=-1).values
     new = torch.ones_like(draws, dtype=torch.bool)
@@ -333,8 +334,7 @@ def compute_block(teachers, weights, windows, lo, hi, header, rt, chunk=256):
     out_ids, out_w, out_plogp = torch.empty(N, k, dtype=torch.int64), torch.empty(N, k), torch.empty(N)
     for i in range(0, N, chunk):
         log_p = ensemble_log_probs([th[i : i + chunk] @ t.output.weight.t() for th, t in zip(t_h, teachers)], weights, T, header["ensemble"])
-        p = log_p.exp()
-        out_plogp[i : i + chunk] = torch.where(p > 0, p * log_p, 0.0).sum(-1).cpu()
+        out_plogp[i : i + chunk] = (log_p.exp() * log_p).sum(-1).cpu()  # log_p is finite (a log-softmax): no 0 * inf
         ids, w = sparse_target(log_p.cpu(), k, header["method"], None if u is None else u[i : i + chunk], header["proposal_temperature"] or 1.0)
         out_ids[i : i + chunk], out_w[i : i + chunk] = ids, w
     n = hi - lo
