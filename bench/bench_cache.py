@@ -1,15 +1,18 @@
 """Benchmark of cached distillation (teacher_cache.py) against plain CE training and live distillation.
 
-    python bench/bench_cache.py            # 58M student, two 58M teachers, batch 8 x 128, CPU (~4 minutes)
-    python bench/bench_cache.py --small    # tiny sizes, a quick check (~30 s)
+    OMP_NUM_THREADS=1 python bench/bench_cache.py           # 58M student, two 58M teachers, batch 8 x 128 (~5 min)
+    OMP_NUM_THREADS=1 python bench/bench_cache.py --small   # tiny sizes, a quick check (~1 min)
+(One thread: on a shared 2-core machine two OpenMP threads stall whenever another process holds a core.)
 
-Each variant runs in its own process (so its peak RSS is its own), the same student, batch and optimizer:
+Variants (same student init, batch and AdamW):
     ce       plain next-token CE (train_teacher.clm_loss: full (B, T, V) logits, F.cross_entropy)
     live     distill.make_distill_loss: two teacher forwards + the fused head/CE/KL (loss_chunk 256), eager
+    cached   teacher_cache.make_cached_loss with TeacherCache.get from the memory-mapped cache (the read is
+             inside the timed step)
     build    teacher_cache.build_cache over a few blocks of windows: seconds per window of the one-off pass
-    cached   teacher_cache.make_cached_loss with TeacherCache.get from the memory-mapped cache just built
-             (the read is inside the timed step); no teacher in the process
-Speeds are medians of the timed steps. The 8-epoch projection for a corpus of --corpus_tokens tokens:
+Speeds: the three step variants run interleaved step by step in one process (the machine is shared: load
+from other processes then slows all of them alike), medians of the timed steps. Peak RSS: each variant
+alone in its own process for two steps (the cached one without any teacher in memory). The 8-epoch projection for a corpus of --corpus_tokens tokens:
     live   = 8 x tokens / live tok/s
     cached = tokens x build s/token + 8 x tokens / cached tok/s
 Targets (the issue): cached >= 0.9x CE step speed, end-to-end >= 1.4x faster than live, cached peak RSS
@@ -73,45 +76,72 @@ def windows_of(args, vocab):
     return Windows(path, args.seq_len)
 
 
+def step_fn(variant, args, student, windows, cfg, teachers=None):
+    """One training step (loss, backward, AdamW) of a variant, as a function of the batch's window indices."""
+    opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8, "cpu")
+    if variant == "ce":
+        loss_of = lambda idx: clm_loss(student, *windows.get(idx, RT.device))[0]
+    elif variant == "live":
+        live = make_distill_loss(teachers, [0.5, 0.5], cfg)
+        loss_of = lambda idx: live(student, *windows.get(idx, RT.device))[0]
+    else:
+        cache = TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n))
+        cached = make_cached_loss(cfg)
+        loss_of = lambda idx: cached(student, *windows.get(idx, RT.device), *cache.get(idx))[0]
+
+    def step(idx):
+        loss = loss_of(idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
 def run_variant(args):
     mcfg, student = models(args)
     windows = windows_of(args, mcfg.vocab_size)
     cfg = loss_cfg(args)
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gen = torch.Generator().manual_seed(0)
+    batch = lambda: torch.randperm(windows.n, generator=gen)[: args.batch]
     if args._variant == "build":
         teachers = teachers_of(mcfg)
         stamps = [time.perf_counter()]
         build_cache(teachers, [0.5, 0.5], windows, cfg, os.path.join(args.work, "cache"), RT, header=header_of(args, windows.n),
                     on_block=lambda b: stamps.append(time.perf_counter()))
         per_block = sorted(np.diff(stamps)[1:] if len(stamps) > 2 else np.diff(stamps))  # the first block warms up
-        return {"variant": "build", "s_per_window": per_block[len(per_block) // 2] / args.batch,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8, "cpu")
-    gen = torch.Generator().manual_seed(0)
-    if args._variant == "ce":
-        fn = lambda idx: clm_loss(student, *windows.get(idx, RT.device))[0]
-        flops = student.flops_per_token(args.seq_len)
-    elif args._variant == "live":
-        teachers = teachers_of(mcfg)
-        live = make_distill_loss(teachers, [0.5, 0.5], cfg)
-        fn = lambda idx: live(student, *windows.get(idx, RT.device))[0]
-        flops = student.flops_per_token(args.seq_len) + sum(t.flops_per_token(args.seq_len, backward=False) for t in teachers)
-    else:
-        cache = TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n))
-        cached = make_cached_loss(cfg)
-        fn = lambda idx: cached(student, *windows.get(idx, RT.device), *cache.get(idx))[0]
-        flops = student.flops_per_token(args.seq_len)
-    times = []
+        return {"s_per_window": per_block[len(per_block) // 2] / args.batch, "peak_rss_mb": rss()}
+    if args._variant.startswith("mem-"):  # peak memory of one variant alone: a couple of steps
+        variant = args._variant[4:]
+        step = step_fn(variant, args, student, windows, cfg, teachers_of(mcfg) if variant == "live" else None)
+        for _ in range(2):
+            step(batch())
+        return {"peak_rss_mb": rss()}
+    # speed: the three variants interleaved step by step in one process, so that load from other
+    # processes on a shared machine slows all of them alike; each its own student copy and optimizer
+    teachers = teachers_of(mcfg)
+    steps = {}
+    for variant in ("ce", "live", "cached"):
+        copy = Llama(mcfg)
+        copy.load_state_dict(student.state_dict())
+        steps[variant] = step_fn(variant, args, copy, windows, cfg, teachers)
+    times = {v: [] for v in steps}
     for i in range(args.warmup + args.steps):
-        idx = torch.randperm(windows.n, generator=gen)[: args.batch]
-        t0 = time.perf_counter()
-        loss = fn(idx)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    dt = sorted(times[args.warmup :])[len(times[args.warmup :]) // 2]
-    return {"variant": args._variant, "ms_per_step": 1000 * dt, "tok_per_s": args.batch * args.seq_len / dt, "flops_per_token": flops,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "loss": loss.item()}
+        idx = batch()
+        for variant, step in steps.items():
+            t0 = time.perf_counter()
+            step(idx)
+            if i >= args.warmup:
+                times[variant].append(time.perf_counter() - t0)
+    flops = {"ce": student.flops_per_token(args.seq_len), "cached": student.flops_per_token(args.seq_len),
+             "live": student.flops_per_token(args.seq_len) + sum(t.flops_per_token(args.seq_len, backward=False) for t in teachers)}
+    out = {}
+    for variant, ts in times.items():
+        dt = sorted(ts)[len(ts) // 2]
+        out[variant] = {"ms_per_step": 1000 * dt, "tok_per_s": args.batch * args.seq_len / dt, "flops_per_token": flops[variant]}
+    return out
 
 
 def main():
@@ -141,13 +171,15 @@ def main():
           f"{args.steps} timed steps (median)")
     rows = {}
     with tempfile.TemporaryDirectory() as work:
-        for variant in ("ce", "live", "build", "cached"):
+        for variant in ("build", "speed", "mem-ce", "mem-live", "mem-cached"):
             cmd = [sys.executable, __file__, f"--_variant={variant}", f"--work={work}", f"--windows={args.windows}", f"--size={args.size}",
                    f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"error: variant {variant} failed:\n{out.stderr[-2000:]}")
             rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("ce", "live", "cached"):
+        rows[name] = {**rows["speed"][name], "peak_rss_mb": rows[f"mem-{name}"]["peak_rss_mb"]}
     peak = max(peak, measure_matmul_flops())  # the machine's rate drifts; take the better of two readings
     ce = rows["ce"]
     print(f"{'variant':<8}{'ms/step':>10}{'tok/s':>9}{'vs CE':>8}{'MFU':>7}{'peak RSS MB':>13}{'vs CE':>8}")

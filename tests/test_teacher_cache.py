@@ -159,6 +159,14 @@ def test_sampled_target_is_unbiased_sums_to_one_and_fills_unique_slots():
     assert len(first.unique()) == len(first)  # unique ids
 
 
+def test_topk_keeps_the_most_likely_tokens_renormalised():
+    log_p = torch.log_softmax(torch.randn(5, 30) * 2, -1)
+    ids, w = sparse_target(log_p, 4, "topk")
+    p = log_p.exp()
+    torch.testing.assert_close(ids, p.topk(4, -1).indices)
+    torch.testing.assert_close(w, p.gather(1, ids) / p.gather(1, ids).sum(-1, keepdim=True))  # sums to 1
+
+
 # -----------------------------------------------------------------------------------------------
 # The header: a changed teacher, temperature or k is refused in one line
 
