@@ -200,7 +200,7 @@ def cache_bytes_of(path):
     return {name: open(os.path.join(path, name), "rb").read() for name in ("ids.u16", "weights.f32", "plogp.f32")}
 
 
-def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_path):
+def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_path, capsys):
     cfg, weights = cfg_of(setup, ensemble="probs"), [0.5, 0.5]  # 20 windows in blocks of 6: 4 blocks, the last short
     whole = str(tmp_path / "whole")
     build_cache(setup.teachers, weights, setup.windows, cfg, whole, RT)
@@ -227,17 +227,61 @@ def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_
     assert not os.path.exists(resumed + ".partial")
     assert cache_bytes_of(resumed) == reference
 
-    # two ranks (simulated one after the other): each builds blocks rank::2, the last one finalises
+    # four ranks (simulated one after the other): rank r builds blocks r, r + 4, ... only, and the cache
+    # is finalised by rank 0 once all blocks are there, not a block earlier
     sharded = str(tmp_path / "sharded")
-    assert build_cache(setup.teachers, weights, setup.windows, cfg, sharded, RT, rank=1, world=2) is None
-    assert not os.path.exists(sharded)
-    assert build_cache(setup.teachers, weights, setup.windows, cfg, sharded, RT, rank=0, world=2) is not None
+    for rank in (3, 1, 2, 0):
+        built = []
+        result = build_cache(setup.teachers, weights, setup.windows, cfg, sharded, RT, rank=rank, world=4, on_block=built.append)
+        assert built == [rank]
+        assert (result is None) == (rank != 0) and os.path.exists(sharded) == (rank == 0)
     assert cache_bytes_of(sharded) == reference
+    # the size is announced before the build: 16 slots x (2 + 4) bytes + 4 bytes of entropy a token
+    assert "20 windows x 16 tokens x k=16 (sampled) = 0.000 GB, 100 bytes/token" in capsys.readouterr().out
 
     # another block size changes the units of progress, not the result (draws are seeded per window)
     other = str(tmp_path / "other_blocks")
     build_cache(setup.teachers, weights, setup.windows, cfg_of(setup, ensemble="probs", cache_block=7), other, RT)
     assert cache_bytes_of(other) == reference
+
+
+KILLED_BUILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from contextlib import nullcontext
+from types import SimpleNamespace
+import torch
+from model import load_checkpoint
+from teacher_cache import CACHE_DEFAULTS, build_cache
+from train_teacher import Windows
+torch.set_num_threads(1)
+teachers = [load_checkpoint(p)[0].eval().requires_grad_(False) for p in {paths!r}]
+windows = Windows(os.path.join({data!r}, "train.bin"), {seq})
+windows.n = {n}
+cfg = SimpleNamespace(**{cfg!r})
+rt = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1)
+build_cache(teachers, [0.5, 0.5], windows, cfg, {path!r}, rt, on_block=lambda b: b == 2 and os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_build_killed_by_sigkill_resumes_to_the_same_bytes(setup, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cfg, weights = cfg_of(setup, ensemble="logits", temperature=1.0), [0.5, 0.5]
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    build_cache(setup.teachers, weights, setup.windows, cfg, whole, RT)
+    script = KILLED_BUILD.format(root=ROOT, paths=setup.paths, data=setup.data, seq=SEQ, n=N_WINDOWS, cfg=vars(cfg), path=killed)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert not os.path.exists(killed) and os.path.isdir(killed + ".partial")
+    resumed = []
+    build_cache(setup.teachers, weights, setup.windows, cfg, killed, RT, on_block=resumed.append)
+    assert resumed == [3]  # blocks 0-2 were committed before the kill and are not recomputed
+    assert cache_bytes_of(killed) == cache_bytes_of(whole)
 
 
 def test_command_line_errors_are_one_line(setup):
