@@ -426,6 +426,8 @@ def build_cache(teachers, weights, windows, cfg, path, rt, header=None, rank=Non
         dist.barrier()  # wait for rank 0 to finalise
         return header
     if len(_done_blocks(part)) < n_blocks:
+        if ddp:  # every rank has passed the barrier after its blocks: a missing block is a bug, not a wait
+            raise RuntimeError(f"{part}: {n_blocks - len(_done_blocks(part))} blocks missing after all ranks finished")
         print(f"teacher cache: rank {rank} done, {n_blocks - len(_done_blocks(part))} blocks left to other ranks")
         return None
     atomic_write(os.path.join(part, "header.json"), lambda f: f.write(json.dumps(header, indent=1) + "\n"), mode="w")

@@ -289,3 +289,27 @@ def test_command_line_errors_are_one_line(setup):
         main([f"--data_dir={setup.data}", f"--teachers={setup.paths!r}", "--device=cpu"])
     with pytest.raises(InputError, match="cache_method='top'"):
         cache_header(cfg_of(setup, cache_method="top"), [0.5, 0.5], setup.windows)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_build_the_same_cache_as_one_process(setup, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [f"--data_dir={setup.data}", f"--teachers={setup.paths!r}", "--seq_len=16", "--max_seq_len=16", "--device=cpu",
+            "--ensemble=probs", "--cache_block=64"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    main(args + [f"--teacher_cache={one}"])
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+           os.path.join(ROOT, "teacher_cache.py"), *args, f"--teacher_cache={two}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "teacher cache ready" in result.stdout
+    assert cache_bytes_of(two) == cache_bytes_of(one)
+    assert not os.path.exists(two + ".partial")
