@@ -313,3 +313,22 @@ def test_torchrun_two_ranks_build_the_same_cache_as_one_process(setup, tmp_path)
     assert "teacher cache ready" in result.stdout
     assert cache_bytes_of(two) == cache_bytes_of(one)
     assert not os.path.exists(two + ".partial")
+
+
+@pytest.mark.slow
+def test_compiled_cached_step_equals_eager_step(setup):
+    cfg = cfg_of(setup, loss_chunk=0)
+    student = tiny(0, setup.vocab)
+    x, y = torch.randint(0, setup.vocab, (2, 2, SEQ))
+    ids, w = sparse_target(torch.log_softmax(torch.randn(2 * SEQ, setup.vocab), -1), 16, "sampled", torch.rand(2 * SEQ, 16))
+    batch = (ids.view(2, SEQ, 16), w.view(2, SEQ, 16), -torch.rand(2, SEQ))
+    fn = make_cached_loss(cfg)
+    eager, _ = fn(student, x, y, *batch)
+    eager.backward()
+    g_eager = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad(set_to_none=True)
+    compiled, _ = torch.compile(fn)(student, x, y, *batch)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    for g, p in zip(g_eager, student.parameters()):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
