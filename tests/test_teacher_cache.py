@@ -1,7 +1,8 @@
 """teacher_cache.py: the cached step equals the live step (k = V), the sampled estimator is unbiased (and
 top-k is not), the fused sparse loss equals autograd of the plain formula, the header check, and an
-interrupted (or rank-sharded) build equals an uninterrupted one bit for bit.
-Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_teacher_cache.py"""
+interrupted (raised, or SIGKILLed) or rank-sharded build equals an uninterrupted one bit for bit.
+Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_teacher_cache.py   (~20 s; -m "not slow" skips the
+torchrun and torch.compile tests, ~7 s)"""
 
 import os
 from contextlib import nullcontext
