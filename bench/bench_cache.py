@@ -1,0 +1,206 @@
+"""Benchmark of cached distillation (teacher_cache.py) against plain CE training and live distillation.
+
+    OMP_NUM_THREADS=1 python bench/bench_cache.py           # 58M student, two 58M teachers, batch 8 x 128 (~5 min)
+    OMP_NUM_THREADS=1 python bench/bench_cache.py --small   # tiny sizes, a quick check (~1 min)
+(One thread: on a shared 2-core machine two OpenMP threads stall whenever another process holds a core.)
+
+Variants (same student init, batch and AdamW):
+    ce       plain next-token CE (train_teacher.clm_loss: full (B, T, V) logits, F.cross_entropy)
+    live     distill.make_distill_loss: two teacher forwards + the fused head/CE/KL (loss_chunk 256), eager
+    cached   teacher_cache.make_cached_loss with TeacherCache.get from the memory-mapped cache (the read is
+             inside the timed step)
+    build    teacher_cache.build_cache over a few blocks of windows: seconds per window of the one-off pass
+Speeds: the three step variants run interleaved step by step in one process (the machine is shared: load
+from other processes then slows all of them alike), medians of the timed steps. Peak RSS: each variant
+alone in its own process for two steps (the cached one without any teacher in memory). The 8-epoch projection for a corpus of --corpus_tokens tokens:
+    live   = 8 x tokens / live tok/s
+    cached = tokens x build s/token + 8 x tokens / cached tok/s
+Targets (the issue): cached >= 0.9x CE step speed, end-to-end >= 1.4x faster than live, cached peak RSS
+<= 1.1x the CE step's. MFU against the fp32 2048 x 2048 matmul rate measured in the same run.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench_distill import SIZES  # noqa: E402
+from distill import make_distill_loss  # noqa: E402
+from model import Llama, ModelConfig, measure_matmul_flops  # noqa: E402
+from teacher_cache import CACHE_DEFAULTS, TeacherCache, build_cache, cache_bytes, make_cached_loss  # noqa: E402
+from train_teacher import Windows, clm_loss  # noqa: E402
+
+RT = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1, dtype="float32", master=True, ddp=False)
+
+
+def loss_cfg(args):
+    return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=256,
+                           **{**CACHE_DEFAULTS, "cache_k": args.k, "cache_block": args.batch})
+
+
+def header_of(args, n_windows):
+    """A cache header for synthetic data (the real one hashes files: teacher_cache.cache_header)."""
+    return {"format": "bench", "teacher_sha256": [], "teacher_weights": [0.5, 0.5], "tokenizer": {}, "train_sha256": "", "train_tokens": 0,
+            "seq_len": args.seq_len, "n_windows": n_windows, "temperature": 2.0, "ensemble": "logits", "method": "sampled",
+            "k": args.k, "proposal_temperature": 1.0, "seed": 0, "info": {}}
+
+
+def models(args):
+    torch.manual_seed(0)
+    mcfg = ModelConfig(**SIZES[args.size], max_seq_len=max(256, args.seq_len))
+    return mcfg, Llama(mcfg)
+
+
+def teachers_of(mcfg):
+    return [Llama(mcfg).eval().requires_grad_(False) for _ in range(2)]
+
+
+def windows_of(args, vocab):
+    """Random tokens in a train.bin in the work folder, cut into windows like the trainer does."""
+    path = os.path.join(args.work, "train.bin")
+    if not os.path.isfile(path):
+        rng = np.random.default_rng(0)
+        rng.integers(0, vocab, args.windows * args.seq_len + 1, dtype=np.uint16).tofile(path)
+    return Windows(path, args.seq_len)
+
+
+def step_fn(variant, args, student, windows, cfg, teachers=None):
+    """One training step (loss, backward, AdamW) of a variant, as a function of the batch's window indices."""
+    opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8, "cpu")
+    if variant == "ce":
+        loss_of = lambda idx: clm_loss(student, *windows.get(idx, RT.device))[0]
+    elif variant == "live":
+        live = make_distill_loss(teachers, [0.5, 0.5], cfg)
+        loss_of = lambda idx: live(student, *windows.get(idx, RT.device))[0]
+    else:
+        cache = TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n))
+        cached = make_cached_loss(cfg)
+        loss_of = lambda idx: cached(student, *windows.get(idx, RT.device), *cache.get(idx))[0]
+
+    def step(idx):
+        loss = loss_of(idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def run_variant(args):
+    mcfg, student = models(args)
+    windows = windows_of(args, mcfg.vocab_size)
+    cfg = loss_cfg(args)
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gen = torch.Generator().manual_seed(0)
+    batch = lambda: torch.randperm(windows.n, generator=gen)[: args.batch]
+    if args._variant == "build":
+        teachers = teachers_of(mcfg)
+        stamps = [time.perf_counter()]
+        build_cache(teachers, [0.5, 0.5], windows, cfg, os.path.join(args.work, "cache"), RT, header=header_of(args, windows.n),
+                    on_block=lambda b: stamps.append(time.perf_counter()))
+        per_block = sorted(np.diff(stamps)[1:] if len(stamps) > 2 else np.diff(stamps))  # the first block warms up
+        return {"s_per_window": per_block[len(per_block) // 2] / args.batch, "peak_rss_mb": rss()}
+    if args._variant.startswith("mem-"):  # peak memory of one variant alone: a couple of steps
+        variant = args._variant[4:]
+        step = step_fn(variant, args, student, windows, cfg, teachers_of(mcfg) if variant == "live" else None)
+        for _ in range(2):
+            step(batch())
+        return {"peak_rss_mb": rss()}
+    # speed: the three variants interleaved step by step in one process, so that load from other
+    # processes on a shared machine slows all of them alike; each its own student copy and optimizer
+    teachers = teachers_of(mcfg)
+    steps = {}
+    for variant in ("ce", "live", "cached"):
+        copy = Llama(mcfg)
+        copy.load_state_dict(student.state_dict())
+        steps[variant] = step_fn(variant, args, copy, windows, cfg, teachers)
+    times = {v: [] for v in steps}
+    for i in range(args.warmup + args.steps):
+        idx = batch()
+        for variant, step in steps.items():
+            t0 = time.perf_counter()
+            step(idx)
+            if i >= args.warmup:
+                times[variant].append(time.perf_counter() - t0)
+    flops = {"ce": student.flops_per_token(args.seq_len), "cached": student.flops_per_token(args.seq_len),
+             "live": student.flops_per_token(args.seq_len) + sum(t.flops_per_token(args.seq_len, backward=False) for t in teachers)}
+    out = {}
+    for variant, ts in times.items():
+        dt = sorted(ts)[len(ts) // 2]
+        out[variant] = {"ms_per_step": 1000 * dt, "tok_per_s": args.batch * args.seq_len / dt, "flops_per_token": flops[variant]}
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--small", action="store_true", help="tiny sizes, few steps: a quick check")
+    p.add_argument("--size", default="58m", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--k", type=int, default=CACHE_DEFAULTS["cache_k"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--build_blocks", type=int, default=3, help="blocks of --batch windows in the timed build")
+    p.add_argument("--corpus_tokens", type=float, default=13e6, help="for the 8-epoch projection (BabyLM 10M words ~ 13M tokens)")
+    p.add_argument("--_variant", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    p.add_argument("--windows", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._variant:  # child process: one variant, result as JSON on the last line
+        print(json.dumps(run_variant(args)))
+        return
+    if args.small:
+        args.size, args.steps, args.warmup, args.build_blocks = "tiny", 5, 2, 3
+    args.windows = max(args.build_blocks * args.batch, args.batch * 4)
+    peak = measure_matmul_flops()
+    print(f"fp32 2048x2048 matmul: {peak / 1e9:.1f} GFLOP/s | torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"size {args.size}, batch {args.batch} x {args.seq_len}, two teachers of the student's size, T=2, k={args.k} sampled, "
+          f"{args.steps} timed steps (median)")
+    rows = {}
+    with tempfile.TemporaryDirectory() as work:
+        for variant in ("build", "speed", "mem-ce", "mem-live", "mem-cached"):
+            cmd = [sys.executable, __file__, f"--_variant={variant}", f"--work={work}", f"--windows={args.windows}", f"--size={args.size}",
+                   f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"error: variant {variant} failed:\n{out.stderr[-2000:]}")
+            rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("ce", "live", "cached"):
+        rows[name] = {**rows["speed"][name], "peak_rss_mb": rows[f"mem-{name}"]["peak_rss_mb"]}
+    peak = max(peak, measure_matmul_flops())  # the machine's rate drifts; take the better of two readings
+    ce = rows["ce"]
+    print(f"{'variant':<8}{'ms/step':>10}{'tok/s':>9}{'vs CE':>8}{'MFU':>7}{'peak RSS MB':>13}{'vs CE':>8}")
+    for name in ("ce", "live", "cached"):
+        r = rows[name]
+        mfu = r["flops_per_token"] * r["tok_per_s"] / peak
+        print(f"{name:<8}{r['ms_per_step']:>10.0f}{r['tok_per_s']:>9.1f}{r['tok_per_s'] / ce['tok_per_s']:>7.2f}x{100 * mfu:>6.1f}%"
+              f"{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] / ce['peak_rss_mb']:>7.2f}x")
+    build_s_tok = rows["build"]["s_per_window"] / args.seq_len
+    bytes_tok = cache_bytes(header_of(args, 1)) / args.seq_len
+    print(f"cache build: {1000 * rows['build']['s_per_window']:.0f} ms/window ({1 / build_s_tok:,.0f} tok/s, peak RSS {rows['build']['peak_rss_mb']:.0f} MB); "
+          f"cache size {bytes_tok:.0f} bytes/token = {bytes_tok:.0f} MB per million tokens at k={args.k}")
+    n = args.corpus_tokens
+    live_s = 8 * n / rows["live"]["tok_per_s"]
+    cached_s = n * build_s_tok + 8 * n / rows["cached"]["tok_per_s"]
+    print(f"8 epochs of {n / 1e6:.1f}M tokens: live {live_s / 3600:.1f} h, cached {cached_s / 3600:.1f} h "
+          f"(build {n * build_s_tok / 3600:.1f} h + train {(cached_s - n * build_s_tok) / 3600:.1f} h): {live_s / cached_s:.2f}x faster end to end; "
+          f"cache {n * bytes_tok / 1e9:.2f} GB")
+    print(f"targets: cached step {rows['cached']['tok_per_s'] / ce['tok_per_s']:.2f}x CE (>= 0.9), end to end {live_s / cached_s:.2f}x (>= 1.4), "
+          f"cached peak RSS {rows['cached']['peak_rss_mb'] / ce['peak_rss_mb']:.2f}x CE (<= 1.1)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""teacher_cache.py: the cached step equals the live step (k = V), the sampled estimator is unbiased (and
+top-k is not), the fused sparse loss equals autograd of the plain formula, the header check, and an
+interrupted (raised, or SIGKILLed) or rank-sharded build equals an uninterrupted one bit for bit.
+Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_teacher_cache.py   (~20 s; -m "not slow" skips the
+torchrun and torch.compile tests, ~7 s)"""
+
+import os
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill import ensemble_log_probs, make_distill_loss
+from model import InputError, Llama, ModelConfig, model_checkpoint, save_checkpoint
+from prepare_data import load_tokenizer
+from teacher_cache import (CACHE_DEFAULTS, FusedSparseHeadLoss, TeacherCache, build_cache, cache_header, main,
+                           make_cached_loss, sparse_target)
+from train_teacher import EpochSampler, Windows
+
+torch.set_num_threads(1)
+RT = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1, dtype="float32", master=True, ddp=False)
+SEQ, N_WINDOWS = 16, 20
+
+
+def tiny(seed, vocab, dim=16):
+    torch.manual_seed(seed)
+    return Llama(ModelConfig(vocab_size=vocab, dim=dim, n_layers=1, n_heads=2, hidden_dim=32, max_seq_len=SEQ))
+
+
+@pytest.fixture(scope="module")
+def setup(prepared, tmp_path_factory):
+    """Two random tiny teachers saved as checkpoints of the prepared tokenizer, and the training windows."""
+    _, info = load_tokenizer(prepared)
+    base = tmp_path_factory.mktemp("cache_teachers")
+    teachers, paths = [], []
+    for seed, dim in ((1, 16), (2, 24)):
+        t = tiny(seed, info["vocab_size"], dim)
+        with torch.no_grad():  # sharper than N(0, 0.02) logits, so top-k and sampling differ visibly
+            t.output.weight.mul_(100)
+        paths.append(str(base / f"t{seed}.pt"))
+        save_checkpoint(paths[-1], model_checkpoint(t, info))
+        teachers.append(t.eval().requires_grad_(False))
+    windows = Windows(os.path.join(prepared, "train.bin"), SEQ)
+    windows.n = N_WINDOWS  # a prefix of the windows keeps the builds at milliseconds
+    return SimpleNamespace(data=prepared, vocab=info["vocab_size"], teachers=teachers, paths=paths, windows=windows)
+
+
+def cfg_of(s, **kw):
+    base = dict(data_dir=s.data, teachers=s.paths, alpha=0.4, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=7)
+    return SimpleNamespace(**{**base, **CACHE_DEFAULTS, "cache_block": 6, **kw})
+
+
+# -----------------------------------------------------------------------------------------------
+# Exactness: with every token stored, the cached step is the live step
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0])
+@pytest.mark.parametrize("reduction", ["paper", "mean"])
+@pytest.mark.parametrize("ensemble", ["logits", "probs"])
+def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, reduction, T):
+    cfg = cfg_of(setup, ensemble=ensemble, kl_reduction=reduction, temperature=T, cache_method="topk", cache_k=setup.vocab)
+    weights = [0.3, 0.7]
+    build_cache(setup.teachers, weights, setup.windows, cfg, str(tmp_path / "c"), RT)
+    cache = TeacherCache(str(tmp_path / "c"), expect=cache_header(cfg, weights, setup.windows))
+    idx = EpochSampler(N_WINDOWS, 4, 4, 1, seed=5).indices(step=1, micro_step=0, rank=0)  # what the loop draws
+    x, y = setup.windows.get(idx, RT.device)
+    student = tiny(0, setup.vocab)
+    live, live_logs = make_distill_loss(setup.teachers, weights, cfg)(student, x, y)
+    live.backward()
+    g_live = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad(set_to_none=True)
+    cached, cached_logs = make_cached_loss(cfg)(student, x, y, *cache.get(idx))
+    cached.backward()
+    torch.testing.assert_close(cached, live, rtol=1e-5, atol=1e-6)
+    for key in ("ce", "kl"):
+        torch.testing.assert_close(cached_logs[key], live_logs[key], rtol=1e-5, atol=1e-6)
+    for (name, p), g in zip(student.named_parameters(), g_live):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7), name
+
+
+# -----------------------------------------------------------------------------------------------
+# The fused function is the plain formula
+
+
+def plain_sparse_loss(h, W, y, ids, w, plogp, alpha, T, kl_denom):
+    """alpha CE + (1 - alpha) T^2 KL_hat / denom, KL_hat = sum p log p - (p_hat . s)/T + logsumexp(s/T), autograd."""
+    s = h.reshape(-1, h.shape[-1]) @ W.t()
+    N = s.shape[0]
+    ce = F.cross_entropy(s, y.reshape(-1))
+    kl_sum = plogp.sum() - (w.reshape(N, -1) * s.gather(1, ids.reshape(N, -1))).sum() / T + torch.logsumexp(s / T, -1).sum()
+    return alpha * ce + (1 - alpha) * T**2 * kl_sum / kl_denom
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0])
+@pytest.mark.parametrize("reduction", ["paper", "mean"])
+def test_fused_sparse_loss_equals_plain_autograd(T, reduction):
+    torch.manual_seed(0)
+    B, L, d, V, k = 3, 5, 8, 13, 4
+    h, W = torch.randn(B, L, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
+    y, ids = torch.randint(0, V, (B, L)), torch.randint(0, V, (B, L, k))  # duplicate ids included
+    w, plogp = torch.rand(B, L, k, dtype=torch.float64), -torch.rand(B, L, dtype=torch.float64)  # sum(w) != 1
+    denom = B if reduction == "paper" else B * L
+    h1, W1 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    fused, ce, kl = FusedSparseHeadLoss.apply(h1, W1, y, ids, w, plogp, 0.3, T, denom, 4)
+    (2.0 * fused).backward()  # a non-unit upstream gradient
+    h2, W2 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    plain = plain_sparse_loss(h2, W2, y, ids, w, plogp, 0.3, T, denom)
+    (2.0 * plain).backward()
+    torch.testing.assert_close(fused.double(), plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(W1.grad, W2.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ce.double(), F.cross_entropy((h @ W.t()).reshape(-1, V), y.reshape(-1)), rtol=1e-6, atol=1e-6)
+
+
+# -----------------------------------------------------------------------------------------------
+# Unbiasedness of the sampled estimator (and the bias of top-k), measured on the whole step's gradient
+
+
+def test_sampled_gradient_is_unbiased_and_topk_is_biased():
+    torch.manual_seed(0)
+    N, d, V, k, T, alpha, M = 6, 8, 40, 4, 2.0, 0.5, 1500
+    h, W = torch.randn(N, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
+    y = torch.randint(0, V, (N,))
+    z1, z2 = torch.randn(N, V) * 2, torch.randn(N, V) * 2
+    for ensemble in ("logits", "probs"):
+        log_p = ensemble_log_probs([z1, z2], [0.5, 0.5], T, ensemble)
+
+        def grad_W(ids, w):
+            Wr = W.clone().requires_grad_()
+            FusedSparseHeadLoss.apply(h, Wr, y, ids, w.double(), None, alpha, T, N, N)[0].backward()
+            return Wr.grad
+
+        exact = grad_W(*sparse_target(log_p, V, "topk"))
+        for tau in (1.0, 2.0):  # draws from p itself, and from a flatter proposal with weights p / r
+            g = torch.Generator().manual_seed(1)
+            draws = torch.stack([grad_W(*sparse_target(log_p, k, "sampled", torch.rand(N, k, generator=g), tau)) for _ in range(M)])
+            mean, se = draws.mean(0), draws.std(0) / M**0.5
+            z = (mean - exact).abs() / se.clamp_min(1e-12)
+            assert z.max() < 5.0, (ensemble, tau, z.max())  # 320 coordinates: |z| > 5 has probability ~2e-4 in all
+            assert ((mean - exact).norm() / exact.norm()) < 0.05
+        topk = grad_W(*sparse_target(log_p, k, "topk"))
+        z_topk = (topk - exact).abs() / se.clamp_min(1e-12)
+        assert z_topk.max() > 20.0, z_topk.max()  # top-k's error is many standard errors of the sampled mean
+
+
+def test_sampled_target_is_unbiased_sums_to_one_and_fills_unique_slots():
+    log_p = torch.log_softmax(torch.randn(3, 30) * 2, -1)
+    u = torch.rand(20000, 3, 8, generator=torch.Generator().manual_seed(0))
+    ids, w = sparse_target(log_p.repeat(20000, 1), 8, "sampled", u.view(-1, 8))
+    p_hat = torch.zeros(60000, 30).scatter_add_(1, ids, w).view(20000, 3, 30)
+    torch.testing.assert_close(w.sum(-1), torch.ones(60000))  # r = p: counts / k
+    se = p_hat.std(0) / 20000**0.5
+    assert ((p_hat.mean(0) - log_p.exp()).abs() / se.clamp_min(1e-9)).max() < 5.0
+    nonzero = w > 0
+    assert torch.all(nonzero[:, :-1] | ~nonzero[:, 1:])  # the used slots come first
+    first = ids[0][nonzero[0]]
+    assert len(first.unique()) == len(first)  # unique ids
+
+
+def test_topk_keeps_the_most_likely_tokens_renormalised():
+    log_p = torch.log_softmax(torch.randn(5, 30) * 2, -1)
+    ids, w = sparse_target(log_p, 4, "topk")
+    p = log_p.exp()
+    torch.testing.assert_close(ids, p.topk(4, -1).indices)
+    torch.testing.assert_close(w, p.gather(1, ids) / p.gather(1, ids).sum(-1, keepdim=True))  # sums to 1
+
+
+# -----------------------------------------------------------------------------------------------
+# The header: a changed teacher, temperature or k is refused in one line
+
+
+def test_header_catches_a_changed_teacher_temperature_and_k(setup, tmp_path):
+    cfg = cfg_of(setup)
+    path = str(tmp_path / "c")
+    build_cache(setup.teachers, [0.5, 0.5], setup.windows, cfg, path, RT)
+    TeacherCache(path, expect=cache_header(cfg, [0.5, 0.5], setup.windows))  # same run: fine
+    changed = str(tmp_path / "t2b.pt")
+    model = tiny(3, setup.vocab, 24)
+    save_checkpoint(changed, model_checkpoint(model, load_tokenizer(setup.data)[1]))
+    old_sha = cache_header(cfg, [0.5, 0.5], setup.windows)["teacher_sha256"][1][:12]
+    with pytest.raises(InputError, match=rf"^{path}: teacher cache built for another run: teacher_sha256\[1\]: {old_sha} -> [0-9a-f]{{12}} \(delete"):
+        TeacherCache(path, expect=cache_header(cfg_of(setup, teachers=[setup.paths[0], changed]), [0.5, 0.5], setup.windows))
+    with pytest.raises(InputError, match=r"temperature: 2.0 -> 1.0"):
+        TeacherCache(path, expect=cache_header(cfg_of(setup, temperature=1.0), [0.5, 0.5], setup.windows))
+    with pytest.raises(InputError, match=r": k: 16 -> 8 "):
+        build_cache(setup.teachers, [0.5, 0.5], setup.windows, cfg_of(setup, cache_k=8), path, RT)
+    with pytest.raises(InputError, match=r"method: sampled -> topk"):
+        TeacherCache(path, expect=cache_header(cfg_of(setup, cache_method="topk"), [0.5, 0.5], setup.windows))
+    with pytest.raises(InputError, match=r"no teacher cache here"):
+        TeacherCache(str(tmp_path / "nope"))
+
+
+# -----------------------------------------------------------------------------------------------
+# Atomic, resumable, rank-sharded builds
+
+
+def cache_bytes_of(path):
+    return {name: open(os.path.join(path, name), "rb").read() for name in ("ids.u16", "weights.f32", "plogp.f32")}
+
+
+def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_path, capsys):
+    cfg, weights = cfg_of(setup, ensemble="probs"), [0.5, 0.5]  # 20 windows in blocks of 6: 4 blocks, the last short
+    whole = str(tmp_path / "whole")
+    build_cache(setup.teachers, weights, setup.windows, cfg, whole, RT)
+    reference = cache_bytes_of(whole)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(b):
+        if b == 1:
+            raise Killed
+
+    resumed = str(tmp_path / "resumed")
+    with pytest.raises(Killed):
+        build_cache(setup.teachers, weights, setup.windows, cfg, resumed, RT, on_block=kill_after_two)
+    assert not os.path.exists(resumed) and os.path.isdir(resumed + ".partial")  # nothing half-built is visible
+    with pytest.raises(InputError, match="a build was interrupted"):
+        TeacherCache(resumed)
+    ids = np.memmap(os.path.join(resumed + ".partial", "ids.u16"), dtype=np.uint16, mode="r+")
+    ids[-100:] = 7  # a block that was being written when the process died: garbage, not recorded as done
+    ids.flush()
+    del ids
+    build_cache(setup.teachers, weights, setup.windows, cfg, resumed, RT)
+    assert not os.path.exists(resumed + ".partial")
+    assert cache_bytes_of(resumed) == reference
+
+    # four ranks (simulated one after the other): rank r builds blocks r, r + 4, ... only, and the cache
+    # is finalised by rank 0 once all blocks are there, not a block earlier
+    sharded = str(tmp_path / "sharded")
+    for rank in (3, 1, 2, 0):
+        built = []
+        result = build_cache(setup.teachers, weights, setup.windows, cfg, sharded, RT, rank=rank, world=4, on_block=built.append)
+        assert built == [rank]
+        assert (result is None) == (rank != 0) and os.path.exists(sharded) == (rank == 0)
+    assert cache_bytes_of(sharded) == reference
+    # the size is announced before the build: 16 slots x (2 + 4) bytes + 4 bytes of entropy a token
+    assert "20 windows x 16 tokens x k=16 (sampled) = 0.000 GB, 100 bytes/token" in capsys.readouterr().out
+
+    # another block size changes the units of progress, not the result (draws are seeded per window)
+    other = str(tmp_path / "other_blocks")
+    build_cache(setup.teachers, weights, setup.windows, cfg_of(setup, ensemble="probs", cache_block=7), other, RT)
+    assert cache_bytes_of(other) == reference
+
+
+KILLED_BUILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from contextlib import nullcontext
+from types import SimpleNamespace
+import torch
+from model import load_checkpoint
+from teacher_cache import CACHE_DEFAULTS, build_cache
+from train_teacher import Windows
+torch.set_num_threads(1)
+teachers = [load_checkpoint(p)[0].eval().requires_grad_(False) for p in {paths!r}]
+windows = Windows(os.path.join({data!r}, "train.bin"), {seq})
+windows.n = {n}
+cfg = SimpleNamespace(**{cfg!r})
+rt = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1)
+build_cache(teachers, [0.5, 0.5], windows, cfg, {path!r}, rt, on_block=lambda b: b == 2 and os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_build_killed_by_sigkill_resumes_to_the_same_bytes(setup, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cfg, weights = cfg_of(setup, ensemble="logits", temperature=1.0), [0.5, 0.5]
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    build_cache(setup.teachers, weights, setup.windows, cfg, whole, RT)
+    script = KILLED_BUILD.format(root=ROOT, paths=setup.paths, data=setup.data, seq=SEQ, n=N_WINDOWS, cfg=vars(cfg), path=killed)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert not os.path.exists(killed) and os.path.isdir(killed + ".partial")
+    resumed = []
+    build_cache(setup.teachers, weights, setup.windows, cfg, killed, RT, on_block=resumed.append)
+    assert resumed == [3]  # blocks 0-2 were committed before the kill and are not recomputed
+    assert cache_bytes_of(killed) == cache_bytes_of(whole)
+
+
+def test_command_line_errors_are_one_line(setup):
+    with pytest.raises(InputError, match="teacher_cache: give the cache directory"):
+        main([f"--data_dir={setup.data}", f"--teachers={setup.paths!r}", "--device=cpu"])
+    with pytest.raises(InputError, match="cache_method='top'"):
+        cache_header(cfg_of(setup, cache_method="top"), [0.5, 0.5], setup.windows)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_build_the_same_cache_as_one_process(setup, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [f"--data_dir={setup.data}", f"--teachers={setup.paths!r}", "--seq_len=16", "--max_seq_len=16", "--device=cpu",
+            "--ensemble=probs", "--cache_block=64"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    main(args + [f"--teacher_cache={one}"])
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+           os.path.join(ROOT, "teacher_cache.py"), *args, f"--teacher_cache={two}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "teacher cache ready" in result.stdout
+    assert cache_bytes_of(two) == cache_bytes_of(one)
+    assert not os.path.exists(two + ".partial")
+
+
+@pytest.mark.slow
+def test_compiled_cached_step_equals_eager_step(setup):
+    cfg = cfg_of(setup, loss_chunk=0)
+    student = tiny(0, setup.vocab)
+    x, y = torch.randint(0, setup.vocab, (2, 2, SEQ))
+    ids, w = sparse_target(torch.log_softmax(torch.randn(2 * SEQ, setup.vocab), -1), 16, "sampled", torch.rand(2 * SEQ, 16))
+    batch = (ids.view(2, SEQ, 16), w.view(2, SEQ, 16), -torch.rand(2, SEQ))
+    fn = make_cached_loss(cfg)
+    eager, _ = fn(student, x, y, *batch)
+    eager.backward()
+    g_eager = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad(set_to_none=True)
+    compiled, _ = torch.compile(fn)(student, x, y, *batch)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    for g, p in zip(g_eager, student.parameters()):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
