@@ -31,6 +31,9 @@ kl, the per-token KL(p || q).
 Two implementations of one loss: distill_loss() is the formula as written above, on full (B, T, V) logits;
 FusedHeadLoss, which training runs, applies the output heads chunk by chunk and computes the gradient in
 the forward pass, so that no (B, T, V) tensor ever exists (tests check the two agree in value and gradient).
+With teacher_cache=DIR the teachers run once, over every training window, and the student then learns from
+a stored sparse estimate of p (teacher_cache.py: k sampled tokens with importance weights, an unbiased
+estimate of the distillation gradient; or top-k, the biased baseline): CachedDistillation below.
 Teachers are frozen, in eval mode, and cast to bf16 when the run uses bf16 autocast. The loop is train.py's
 (the same optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds teacher replicas).
 """
@@ -39,6 +42,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +50,7 @@ from checkpoint import check_same_tokenizer, load_checkpoint, unwrap
 from config import InputError, load_config, merge_keys, print0, run_main, runtime
 from model import Llama, ModelConfig
 from prepare_data import load_tokenizer
+from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, open_run, train
 
 DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
@@ -59,7 +64,7 @@ DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
         "kl_reduction": ("paper", "'paper' (KL summed over positions / batch, as published) or 'mean' (per token)", ("paper", "mean")),
         "loss_chunk": (256, "positions per chunk of the fused head + loss (0 = all at once); larger on GPUs", ">=0"),
     },
-})
+}, CACHE_KEYS)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -166,6 +171,100 @@ class Distillation(CausalLM):
         return {"teacher_val_loss": self.teacher_val, "teachers": self.paths}
 
 
+# -----------------------------------------------------------------------------------------------
+# The teachers run once: a cached sparse target (teacher_cache.py) and the loss that reads it
+
+
+@torch.no_grad()
+def teacher_block(teachers, windows, lo, hi, header, rt, chunk=256):
+    """What the cache stores for windows lo..hi-1: (ids (n, L, k) uint16, weights (n, L, k) float32,
+    plogp (n, L) float32), from one pass of the teachers (teacher_cache.build_cache calls it per block)."""
+    L, k, T = header["seq_len"], header["k"], header["temperature"]
+    x, _ = windows.get(torch.arange(lo, hi), rt.device)
+    with rt.autocast:
+        t_h = [t(x).reshape((hi - lo) * L, -1) for t in teachers]  # (n L, dim_k) final hidden states
+    u = None
+    if header["method"] == "sampled":  # the uniforms of window i depend on (seed, i) only
+        g = torch.Generator()
+        u = torch.cat([torch.rand(L * k, generator=g.manual_seed(header["seed"] * 1_000_003 + i)) for i in range(lo, hi)]).view(-1, k)
+    N = (hi - lo) * L
+    out_ids, out_w, out_plogp = torch.empty(N, k, dtype=torch.int64), torch.empty(N, k), torch.empty(N)
+    for i in range(0, N, chunk):
+        log_p = ensemble_log_probs([th[i : i + chunk] @ t.output.weight.t() for th, t in zip(t_h, teachers)], header["teacher_weights"], T, header["ensemble"])
+        out_plogp[i : i + chunk] = (log_p.exp() * log_p).sum(-1).cpu()  # log_p is finite (a log-softmax): no 0 * inf
+        ids, w = sparse_target(log_p.cpu(), k, header["method"], None if u is None else u[i : i + chunk], header["proposal_temperature"] or 1.0)
+        out_ids[i : i + chunk], out_w[i : i + chunk] = ids, w
+    n = hi - lo
+    return out_ids.view(n, L, k).numpy().astype(np.uint16), out_w.view(n, L, k).numpy(), out_plogp.view(n, L).numpy()
+
+
+class FusedSparseHeadLoss(torch.autograd.Function):
+    """FusedHeadLoss with the teachers replaced by a stored sparse target (ids, weights) = p_hat per position.
+
+    For one position with student logits s, label y, sparse target p_hat and its stored sum_v p log p:
+        KL_hat     = sum_v p log p - (p_hat . s) / T + logsumexp(s / T)     (unbiased for KL(p || q_T))
+        d loss / d s = a_ce (softmax(s) - onehot(y)) + a_kl (softmax(s / T) - p_hat),
+        a_ce = alpha / N,   a_kl = (1 - alpha) T^2 / T / kl_denominator   (B: "paper", N = B L: "mean").
+    p_hat . s needs only the k stored slots (a gather); the (chunk, V) softmax is the only dense work, as in
+    FusedHeadLoss. Duplicate or padded slots (id 0, weight 0) are harmless: the scatter adds."""
+
+    @staticmethod
+    def forward(ctx, h, W, y, ids, wts, plogp, alpha, temperature, kl_denom, chunk):
+        N = y.numel()
+        h2, y2 = h.reshape(N, -1), y.reshape(N)  # (N, dim), (N,)
+        ids2, w2 = ids.reshape(N, -1), wts.reshape(N, -1).float()  # (N, k) each
+        a_ce, a_kl = alpha / N, (1 - alpha) * temperature / kl_denom
+        grad_h, grad_W = torch.empty_like(h2), torch.zeros_like(W)
+        ce_sum = torch.zeros((), device=h.device)
+        kl_sum = plogp.float().sum()
+        for i in range(0, N, chunk):
+            hc, yc, ic, wc = h2[i : i + chunk], y2[i : i + chunk], ids2[i : i + chunk], w2[i : i + chunk]
+            s = (hc @ W.t()).float()  # (chunk, V) student logits
+            lse_t = torch.logsumexp(s / temperature, dim=-1)
+            log_q = s / temperature - lse_t[:, None]
+            kl_sum += lse_t.sum() - (wc * s.gather(1, ic)).sum() / temperature
+            log_s = log_q if temperature == 1.0 else F.log_softmax(s, dim=-1)
+            ce_sum -= log_s.gather(1, yc[:, None]).sum()
+            g = log_q.exp().mul_(a_kl)  # a_kl * softmax(s/T) (not in place: log_s may be log_q)
+            g.scatter_add_(1, ic, wc * -a_kl)  # - a_kl * p_hat
+            g.add_(log_s.exp(), alpha=a_ce)  # + a_ce * softmax(s)
+            g[torch.arange(len(yc), device=g.device), yc] -= a_ce  # - a_ce * onehot(y)
+            grad_h[i : i + chunk] = (g @ W.to(g.dtype)).to(grad_h.dtype)
+            grad_W += (g.t() @ hc.to(g.dtype)).to(grad_W.dtype)
+        ctx.save_for_backward(grad_h.view_as(h), grad_W)
+        ce, kl_term = ce_sum / N, temperature**2 * kl_sum / kl_denom
+        loss = alpha * ce + (1 - alpha) * kl_term
+        kl = kl_sum / N
+        ctx.mark_non_differentiable(ce, kl_term, kl)
+        return loss, ce, kl_term, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_ce, grad_kl_term, grad_kl):
+        grad_h, grad_W = ctx.saved_tensors
+        return grad_h * grad_loss, grad_W * grad_loss, None, None, None, None, None, None, None, None
+
+
+class CachedDistillation(Distillation):
+    """The student's objective with a teacher cache: each batch's targets are read by window index."""
+
+    def __init__(self, student, cache, cfg, teacher_val=None):
+        super().__init__(student, [], [], cfg, teacher_val)
+        self.cache = cache
+        self.flops_per_token = student.flops_per_token  # no teacher forward any more
+
+    def batch(self, x, y, idx, step, micro, rank):
+        ids, weights, plogp = self.cache.get(idx)
+        return x, y, ids.to(x.device), weights.to(x.device), plogp.to(x.device)
+
+    def loss(self, student, x, y, ids, weights, plogp):
+        h = student(x)  # (B, L, dim): through the (DDP) wrapper's forward
+        B, L = y.shape
+        W = unwrap(student).output.weight
+        loss, ce, kl_term, kl = FusedSparseHeadLoss.apply(h, W, y, ids, weights, plogp, self.alpha, self.temperature,
+                                                          B if self.kl_reduction == "paper" else B * L, self.chunk or B * L)
+        return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
+
+
 def load_teachers(paths, tok_info, data_dir, rt):
     """Frozen, eval-mode teachers on rt.device, all with the data's tokenizer (one-line error otherwise)."""
     if not paths:
@@ -214,7 +313,16 @@ def main(argv=None):
     teacher_val = {f"teacher{k + 1}_val_loss": evaluate(t, val_w, val_idx, cfg.micro_batch_size, rt) for k, t in enumerate(teachers)}
     print0(" | ".join(f"{k} {v:.4f}" for k, v in teacher_val.items()))
 
-    objective = Distillation(student, teachers, weights, cfg, teacher_val)
+    if cfg.teacher_cache:  # the teachers run once, here, and never again
+        header = cache_header(cfg, weights, train_w)
+        build_cache(lambda lo, hi: teacher_block(teachers, train_w, lo, hi, header, rt, cfg.loss_chunk or 256), header, cfg.teacher_cache, rt, cfg.cache_block)
+        if cfg.cache_only:
+            print0(f"teacher cache ready in {cfg.teacher_cache}")
+            return None
+        del teachers
+        objective = CachedDistillation(student, TeacherCache(cfg.teacher_cache, expect=header), cfg, teacher_val)
+    else:
+        objective = Distillation(student, teachers, weights, cfg, teacher_val)
     summary = train(cfg, rt, student, objective, train_w, tok_info, start=start)
     finish(summary, "student ", cfg.out_dir)
     print0("teachers: " + ", ".join(f"{v:.4f}" for v in teacher_val.values()))

@@ -2,14 +2,16 @@
 A teacher cache for distillation: the ensemble target of every training window, computed once and stored
 as a sparse, unbiased estimate, then read in every epoch instead of running the teachers.
 
-    python teacher_cache.py configs/tiny_student.py --teacher_cache=out/tiny_cache                 # build once
-    python teacher_cache.py configs/babyllama_58m.py --teacher_cache=out/cache58m --cache_k=16 --cache_method=sampled
-    torchrun --nproc_per_node=8 teacher_cache.py configs/student.py --teacher_cache=out/cache345m   # each rank a share
+    python distill.py configs/tiny_student.py --teacher_cache=out/tiny_cache        # build once, then distil from it
+    python distill.py configs/tiny_student.py --teacher_cache=out/tiny_cache --cache_only=True   # build only
+    torchrun --nproc_per_node=8 distill.py configs/student.py --teacher_cache=out/cache345m      # each rank builds a share
 
-Live teachers stay the default and the reference (distill.make_distill_loss); with a cache the step is
-make_cached_loss(cfg)(student, x, y, *cache.get(window_indices)), no teacher forward at all.
+This file is the cache as an artifact: what is stored per position (sparse_target), the header that says
+what it was built from, reading it (TeacherCache) and building it in resumable blocks (build_cache). The
+teachers' pass that fills a block and the loss that reads it are distillation, in distill.py. Live
+teachers stay the default and the reference; with a cache the step runs no teacher forward at all.
 
-Why it is possible: train_teacher.Windows cuts train.bin into fixed non-overlapping windows and every epoch
+Why it is possible: train.Windows cuts train.bin into fixed non-overlapping windows and every epoch
 (EpochSampler) is a permutation of the SAME windows, so the teacher ensemble sees the same inputs in every
 epoch; 8 epochs of live distillation run the teachers 8 times on identical inputs.
 
@@ -25,8 +27,8 @@ a sparse vector p_hat over k slots (token ids + weights) is stored:
           d KL(p || q_T) / d s = (softmax(s / T) - p) / T,
       so the gradient with p_hat in place of p is an unbiased estimate of the exact one, and so is the
       whole step's gradient d loss / d s = a_ce (softmax(s) - onehot(y)) + a_kl (softmax(s / T) - p_hat)
-      (a_ce, a_kl as distill.FusedHeadLoss). The loss value uses the same identity as
-      distill.distill_loss_from_logits:  KL = sum_v p log p - (p . s) / T + logsumexp(s / T),
+      (a_ce, a_kl as distill.FusedHeadLoss). The loss value uses the identity
+      KL = sum_v p log p - (p . s) / T + logsumexp(s / T),
       whose middle term is linear in p (unbiased with p_hat) and whose first term, minus the entropy of p,
       does not depend on the student: it is computed exactly at build time and stored (4 bytes a token),
       so the logged KL is unbiased too. proposal_temperature tau != 1 draws from r = softmax(log p / tau)
@@ -78,20 +80,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import InputError, atomic_write, unwrap
-from distill import DEFAULTS as DISTILL_DEFAULTS
-from distill import ensemble_log_probs
+from checkpoint import atomic_write
+from config import InputError
 
 FORMAT = "babydistill-teacher-cache-1"
 
-CACHE_DEFAULTS = dict(
-    teacher_cache="",  # directory of the cache; "" = live teachers (the default and the reference)
-    cache_method="sampled",  # "sampled" (unbiased, arXiv 2503.16870) or "topk" (biased baseline)
-    cache_k=16,  # draws per position (sampled) or kept tokens (topk): slots stored per position
-    cache_proposal_temperature=1.0,  # sampled: draw from softmax(log p / tau); 1.0 = from p itself
-    cache_seed=0,  # seed of the draws (window i uses seed * 1_000_003 + i)
-    cache_block=256,  # windows per block: the unit of progress (and of the teachers' batch)
-)
+CACHE_KEYS = {
+    "teacher cache": {
+        "teacher_cache": ("", "folder of a teacher cache to build once and train from; empty = live teachers (the reference)"),
+        "cache_only": (False, "build (or check) the teacher cache, then exit without training"),
+        "cache_method": ("sampled", "'sampled' (unbiased, arXiv 2503.16870) or 'topk' (the biased baseline)", ("sampled", "topk")),
+        "cache_k": (16, "draws per position (sampled) or kept tokens (topk): slots stored per position", ">0"),
+        "cache_proposal_temperature": (1.0, "sampled: draw from softmax(log p / tau); 1.0 = from p itself", ">0"),
+        "cache_seed": (0, "seed of the draws (window i uses seed * 1_000_003 + i)", ">=0"),
+        "cache_block": (256, "windows per block: the unit of progress (and of the teachers' batch)", ">0"),
+    },
+}
 
 
 # -----------------------------------------------------------------------------------------------
@@ -126,74 +130,6 @@ def sparse_target(log_p, k, method, u=None, proposal_temperature=1.0):
 
 
 # -----------------------------------------------------------------------------------------------
-# The loss: fused head + CE + sparse KL, gradient computed in the forward pass
-
-
-class FusedSparseHeadLoss(torch.autograd.Function):
-    """distill.FusedHeadLoss with the teachers replaced by stored (ids, weights) = p_hat per position.
-
-    For one position with student logits s, label y, sparse target p_hat and its stored sum_v p log p:
-        loss_pos   = a_ce' CE + a_kl' KL_hat,   CE = logsumexp(s) - s_y,
-        KL_hat     = sum_v p log p - (p_hat . s) / T + logsumexp(s / T)     (unbiased for KL(p || q_T))
-        d loss / d s = a_ce (softmax(s) - onehot(y)) + a_kl (softmax(s / T) - p_hat),
-        a_ce = alpha / (B L),   a_kl = (1 - alpha) T^2 / T / kl_denominator   (B: "paper", B L: "mean").
-    p_hat . s needs only the k stored slots (a gather); the (chunk, V) softmax is the only dense work, as in
-    FusedHeadLoss. Duplicate or padded slots (id 0, weight 0) are harmless: the scatter adds."""
-
-    @staticmethod
-    def forward(ctx, h, W, y, ids, wts, plogp, alpha, T, kl_denom, chunk):
-        N = y.numel()
-        h2, y2 = h.reshape(N, -1), y.reshape(N)
-        ids2, w2 = ids.reshape(N, -1), wts.reshape(N, -1).float()
-        a_ce, a_kl = alpha / N, (1 - alpha) * T / kl_denom
-        grad_h, grad_W = torch.empty_like(h2), torch.zeros_like(W)
-        ce_sum = torch.zeros((), device=h.device)
-        kl_sum = plogp.float().sum() if plogp is not None else torch.zeros((), device=h.device)
-        for i in range(0, N, chunk):
-            hc, yc, ic, wc = h2[i : i + chunk], y2[i : i + chunk], ids2[i : i + chunk], w2[i : i + chunk]
-            s = (hc @ W.t()).float()  # (chunk, V) student logits
-            lse_t = torch.logsumexp(s / T, dim=-1)
-            log_q = s / T - lse_t[:, None]
-            kl_sum += lse_t.sum() - (wc * s.gather(1, ic)).sum() / T
-            log_s = log_q if T == 1.0 else F.log_softmax(s, dim=-1)
-            ce_sum -= log_s.gather(1, yc[:, None]).sum()
-            g = log_q.exp().mul_(a_kl)  # a_kl * softmax(s/T) (not in place: log_s may be log_q)
-            g.scatter_add_(1, ic, wc * -a_kl)  # - a_kl * p_hat
-            g.add_(log_s.exp(), alpha=a_ce)  # + a_ce * softmax(s)
-            g[torch.arange(len(yc), device=g.device), yc] -= a_ce  # - a_ce * onehot(y)
-            grad_h[i : i + chunk] = (g @ W.to(g.dtype)).to(grad_h.dtype)
-            grad_W += (g.t() @ hc.to(g.dtype)).to(grad_W.dtype)
-        ctx.save_for_backward(grad_h.view_as(h), grad_W)
-        loss = alpha * ce_sum / N + (1 - alpha) * T**2 * kl_sum / kl_denom
-        ce, kl = ce_sum / N, kl_sum / N
-        ctx.mark_non_differentiable(ce, kl)
-        return loss, ce, kl
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_ce, grad_kl):
-        grad_h, grad_W = ctx.saved_tensors
-        return grad_h * grad_loss, grad_W * grad_loss, None, None, None, None, None, None, None, None
-
-
-def make_cached_loss(cfg):
-    """loss_fn(student, x, y, ids, weights, plogp=None) -> (loss, {"ce", "kl"}), the contract of
-    distill.make_distill_loss's loss_fn plus the batch's cached target (TeacherCache.get). Without plogp
-    the logged "kl" is the cross-entropy H(p, q_T) (the KL minus the entropy of p); the gradient is the same."""
-    alpha, T, reduction, chunk = cfg.alpha, cfg.temperature, cfg.kl_reduction, cfg.loss_chunk
-
-    def loss_fn(student, x, y, ids, weights, plogp=None):
-        h = student(x, head=False)  # (B, L, dim) through the (DDP) wrapper's forward
-        B, L = y.shape
-        W = unwrap(student).output.weight
-        ids, weights = ids.to(h.device, non_blocking=True), weights.to(h.device, non_blocking=True)
-        plogp = plogp.to(h.device, non_blocking=True) if plogp is not None else None
-        loss, ce, kl = FusedSparseHeadLoss.apply(h, W, y, ids, weights, plogp, alpha, T, B if reduction == "paper" else B * L, chunk or B * L)
-        return loss, {"ce": ce, "kl": kl}
-
-    return loss_fn
-
-
-# -----------------------------------------------------------------------------------------------
 # The header: what a cache was built from, checked on use
 
 
@@ -208,11 +144,6 @@ def file_sha256(path):
 def cache_header(cfg, weights, windows, teacher_paths=None):
     """The header a cache for this run must have. `windows` is the train_teacher.Windows of train.bin;
     cfg has data_dir, teachers, temperature, ensemble and the cache_* keys (CACHE_DEFAULTS)."""
-    if cfg.cache_method not in ("sampled", "topk"):
-        raise InputError(f"cache_method={cfg.cache_method!r}: expected 'sampled' or 'topk'")
-    if cfg.cache_k < 1 or cfg.cache_proposal_temperature <= 0 or cfg.cache_block < 1:
-        raise InputError(f"cache_k={cfg.cache_k}, cache_proposal_temperature={cfg.cache_proposal_temperature}, "
-                         f"cache_block={cfg.cache_block}: expected positive values")
     paths = list(teacher_paths if teacher_paths is not None else cfg.teachers)
     with open(os.path.join(cfg.data_dir, "meta.json")) as f:
         tok = json.load(f)["tokenizer"]
@@ -319,28 +250,6 @@ class TeacherCache:
 # Building: one pass of the teachers over every window, in blocks, resumable, rank-sharded
 
 
-@torch.no_grad()
-def compute_block(teachers, weights, windows, lo, hi, header, rt, chunk=256):
-    """(ids (n, L, k) uint16, weights (n, L, k) float32, plogp (n, L) float32) for windows lo..hi-1."""
-    L, k, T = header["seq_len"], header["k"], header["temperature"]
-    x, _ = windows.get(torch.arange(lo, hi), rt.device)
-    with rt.autocast:
-        t_h = [t.hidden_states(x).reshape((hi - lo) * L, -1) for t in teachers]
-    u = None
-    if header["method"] == "sampled":  # the uniforms of window i depend on (seed, i) only
-        g = torch.Generator()
-        u = torch.cat([torch.rand(L * k, generator=g.manual_seed(header["seed"] * 1_000_003 + i)) for i in range(lo, hi)]).view(-1, k)
-    N = (hi - lo) * L
-    out_ids, out_w, out_plogp = torch.empty(N, k, dtype=torch.int64), torch.empty(N, k), torch.empty(N)
-    for i in range(0, N, chunk):
-        log_p = ensemble_log_probs([th[i : i + chunk] @ t.output.weight.t() for th, t in zip(t_h, teachers)], weights, T, header["ensemble"])
-        out_plogp[i : i + chunk] = (log_p.exp() * log_p).sum(-1).cpu()  # log_p is finite (a log-softmax): no 0 * inf
-        ids, w = sparse_target(log_p.cpu(), k, header["method"], None if u is None else u[i : i + chunk], header["proposal_temperature"] or 1.0)
-        out_ids[i : i + chunk], out_w[i : i + chunk] = ids, w
-    n = hi - lo
-    return out_ids.view(n, L, k).numpy().astype(np.uint16), out_w.view(n, L, k).numpy(), out_plogp.view(n, L).numpy()
-
-
 def _open_arrays(folder, header, create):
     arrays = {}
     for name, shape in _shapes(header).items():
@@ -362,13 +271,13 @@ def _done_blocks(folder):
     return done
 
 
-def build_cache(teachers, weights, windows, cfg, path, rt, header=None, rank=None, world=None, on_block=None):
-    """Build the cache of `teachers` (frozen Llamas, ensemble `weights`) over every window of `windows`
-    into the directory `path` (see the file docstring), or continue an interrupted build. Returns the
+def build_cache(compute_block, header, path, rt, block=256, rank=None, world=None, on_block=None):
+    """Build the cache described by `header` into the directory `path` (see the file docstring), or continue
+    an interrupted build; compute_block(lo, hi) -> (ids, weights, plogp) numpy arrays of windows lo..hi-1
+    (distill.teacher_block: the teachers' pass). Returns the
     header when this call completed the cache, None when other ranks still have blocks to do (world > 1
     without torch.distributed: each rank is called in turn, the last one to finish finalises).
     rank/world default to rt.rank/rt.world; on_block(b) is called after block b is committed (tests)."""
-    header = header or cache_header(cfg, weights, windows)
     rank = rt.rank if rank is None else rank
     world = rt.world if world is None else world
     ddp = dist.is_available() and dist.is_initialized()
@@ -376,7 +285,7 @@ def build_cache(teachers, weights, windows, cfg, path, rt, header=None, rank=Non
         TeacherCache(path, expect=header)  # already built: only check it
         return header
     part = path + ".partial"
-    n, B = header["n_windows"], cfg.cache_block
+    n, B = header["n_windows"], block
     n_blocks = math.ceil(n / B)
     build = {"header": {k: v for k, v in header.items() if k != "info"}, "block": B}
     if rank == 0 or not ddp:  # start, or continue a build of the same cache (same blocks), or restart a stale one
@@ -408,7 +317,7 @@ def build_cache(teachers, weights, windows, cfg, path, rt, header=None, rank=Non
     try:
         for b in todo:
             lo, hi = b * B, min(n, (b + 1) * B)
-            out = compute_block(teachers, header["teacher_weights"], windows, lo, hi, header, rt, cfg.loss_chunk or 256)
+            out = compute_block(lo, hi)
             for name, values in zip(("ids", "weights", "plogp"), out):
                 arrays[name][lo:hi] = values
                 arrays[name].flush()  # the data is on disk before the block is recorded as done
@@ -438,37 +347,3 @@ def build_cache(teachers, weights, windows, cfg, path, rt, header=None, rank=Non
     if ddp:
         dist.barrier()
     return header
-
-
-# -----------------------------------------------------------------------------------------------
-# Command line: build (or check) the cache of a distillation config
-
-
-def main(argv=None):
-    from distill import check_distill_config, load_teachers, teacher_weights
-    from prepare_data import load_tokenizer
-    from train_teacher import Windows, load_config, runtime
-
-    cfg = load_config(dict(DISTILL_DEFAULTS, **CACHE_DEFAULTS), sys.argv[1:] if argv is None else argv)
-    check_distill_config(cfg)
-    if not cfg.teacher_cache:
-        raise InputError("teacher_cache: give the cache directory, e.g. --teacher_cache=out/cache")
-    weights = teacher_weights(cfg)
-    rt = runtime(cfg)
-    _, tok_info = load_tokenizer(cfg.data_dir)
-    teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
-    windows = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    t0 = time.perf_counter()
-    header = build_cache(teachers, weights, windows, cfg, cfg.teacher_cache, rt)
-    if header is not None and rt.master:
-        print(f"teacher cache ready in {cfg.teacher_cache} ({time.perf_counter() - t0:.0f}s)")
-    if rt.ddp:
-        dist.destroy_process_group()
-    return header
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")

@@ -37,16 +37,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench_distill import SIZES  # noqa: E402
-from distill import make_distill_loss  # noqa: E402
-from model import Llama, ModelConfig, measure_matmul_flops  # noqa: E402
-from teacher_cache import CACHE_DEFAULTS, TeacherCache, build_cache, cache_bytes, make_cached_loss  # noqa: E402
-from train_teacher import Windows, clm_loss  # noqa: E402
+from config import flat_defaults  # noqa: E402
+from distill import CachedDistillation, Distillation, teacher_block  # noqa: E402
+from model import Llama, ModelConfig  # noqa: E402
+from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_bytes  # noqa: E402
+from train import CausalLM, Windows, measure_matmul_flops  # noqa: E402
+
+CACHE_DEFAULTS = flat_defaults(CACHE_KEYS)
 
 RT = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1, dtype="float32", master=True, ddp=False)
 
 
 def loss_cfg(args):
-    return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=256,
+    return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=256, teachers=["t1", "t2"],
                            **{**CACHE_DEFAULTS, "cache_k": args.k, "cache_block": args.batch})
 
 
@@ -78,16 +81,15 @@ def windows_of(args, vocab):
 
 def step_fn(variant, args, student, windows, cfg, teachers=None):
     """One training step (loss, backward, AdamW) of a variant, as a function of the batch's window indices."""
-    opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8, "cpu")
+    opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8)
     if variant == "ce":
-        loss_of = lambda idx: clm_loss(student, *windows.get(idx, RT.device))[0]
+        objective = CausalLM(student)
     elif variant == "live":
-        live = make_distill_loss(teachers, [0.5, 0.5], cfg)
-        loss_of = lambda idx: live(student, *windows.get(idx, RT.device))[0]
+        objective = Distillation(student, teachers, [0.5, 0.5], cfg)
     else:
-        cache = TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n))
-        cached = make_cached_loss(cfg)
-        loss_of = lambda idx: cached(student, *windows.get(idx, RT.device), *cache.get(idx))[0]
+        objective = CachedDistillation(student, TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n)), cfg)
+    # as the training loop calls it: the objective's batch (the cached one reads the cache), then its loss
+    loss_of = lambda idx: objective.loss(student, *objective.batch(*windows.get(idx, RT.device), idx, 0, 0, 0))[0]
 
     def step(idx):
         loss = loss_of(idx)
@@ -109,8 +111,9 @@ def run_variant(args):
     if args._variant == "build":
         teachers = teachers_of(mcfg)
         stamps = [time.perf_counter()]
-        build_cache(teachers, [0.5, 0.5], windows, cfg, os.path.join(args.work, "cache"), RT, header=header_of(args, windows.n),
-                    on_block=lambda b: stamps.append(time.perf_counter()))
+        header = header_of(args, windows.n)
+        build_cache(lambda lo, hi: teacher_block(teachers, windows, lo, hi, header, RT, cfg.loss_chunk), header,
+                    os.path.join(args.work, "cache"), RT, cfg.cache_block, on_block=lambda b: stamps.append(time.perf_counter()))
         per_block = sorted(np.diff(stamps)[1:] if len(stamps) > 2 else np.diff(stamps))  # the first block warms up
         return {"s_per_window": per_block[len(per_block) // 2] / args.batch, "peak_rss_mb": rss()}
     if args._variant.startswith("mem-"):  # peak memory of one variant alone: a couple of steps

@@ -13,12 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill import ensemble_log_probs, make_distill_loss
-from model import InputError, Llama, ModelConfig, model_checkpoint, save_checkpoint
+from checkpoint import model_checkpoint, save_checkpoint
+from config import InputError, flat_defaults
+from distill import CachedDistillation, Distillation, FusedSparseHeadLoss, ensemble_log_probs, main, teacher_block
+from model import Llama, ModelConfig
 from prepare_data import load_tokenizer
-from teacher_cache import (CACHE_DEFAULTS, FusedSparseHeadLoss, TeacherCache, build_cache, cache_header, main,
-                           make_cached_loss, sparse_target)
-from train_teacher import EpochSampler, Windows
+from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
+from train import EpochSampler, Windows
+
+CACHE_DEFAULTS = flat_defaults(CACHE_KEYS)
 
 torch.set_num_threads(1)
 RT = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1, dtype="float32", master=True, ddp=False)
@@ -48,6 +51,13 @@ def setup(prepared, tmp_path_factory):
     return SimpleNamespace(data=prepared, vocab=info["vocab_size"], teachers=teachers, paths=paths, windows=windows)
 
 
+def build(s, weights, cfg, path, **kw):
+    """The cache of this run, built as distill.main builds it: the header, then the teachers' pass per block."""
+    header = cache_header(cfg, weights, s.windows)
+    return build_cache(lambda lo, hi: teacher_block(s.teachers, s.windows, lo, hi, header, RT, cfg.loss_chunk or 256),
+                       header, path, RT, cfg.cache_block, **kw)
+
+
 def cfg_of(s, **kw):
     base = dict(data_dir=s.data, teachers=s.paths, alpha=0.4, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=7)
     return SimpleNamespace(**{**base, **CACHE_DEFAULTS, "cache_block": 6, **kw})
@@ -63,19 +73,20 @@ def cfg_of(s, **kw):
 def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, reduction, T):
     cfg = cfg_of(setup, ensemble=ensemble, kl_reduction=reduction, temperature=T, cache_method="topk", cache_k=setup.vocab)
     weights = [0.3, 0.7]
-    build_cache(setup.teachers, weights, setup.windows, cfg, str(tmp_path / "c"), RT)
+    build(setup, weights, cfg, str(tmp_path / "c"))
     cache = TeacherCache(str(tmp_path / "c"), expect=cache_header(cfg, weights, setup.windows))
     idx = EpochSampler(N_WINDOWS, 4, 4, 1, seed=5).indices(step=1, micro_step=0, rank=0)  # what the loop draws
     x, y = setup.windows.get(idx, RT.device)
     student = tiny(0, setup.vocab)
-    live, live_logs = make_distill_loss(setup.teachers, weights, cfg)(student, x, y)
+    live, live_logs = Distillation(student, setup.teachers, weights, cfg).loss(student, x, y)
     live.backward()
     g_live = [p.grad.clone() for p in student.parameters()]
     student.zero_grad(set_to_none=True)
-    cached, cached_logs = make_cached_loss(cfg)(student, x, y, *cache.get(idx))
+    objective = CachedDistillation(student, cache, cfg)
+    cached, cached_logs = objective.loss(student, *objective.batch(x, y, idx, 1, 0, 0))  # as the loop calls it
     cached.backward()
     torch.testing.assert_close(cached, live, rtol=1e-5, atol=1e-6)
-    for key in ("ce", "kl"):
+    for key in ("ce", "kl_term", "kl"):
         torch.testing.assert_close(cached_logs[key], live_logs[key], rtol=1e-5, atol=1e-6)
     for (name, p), g in zip(student.named_parameters(), g_live):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7), name
@@ -104,7 +115,7 @@ def test_fused_sparse_loss_equals_plain_autograd(T, reduction):
     w, plogp = torch.rand(B, L, k, dtype=torch.float64), -torch.rand(B, L, dtype=torch.float64)  # sum(w) != 1
     denom = B if reduction == "paper" else B * L
     h1, W1 = h.clone().requires_grad_(), W.clone().requires_grad_()
-    fused, ce, kl = FusedSparseHeadLoss.apply(h1, W1, y, ids, w, plogp, 0.3, T, denom, 4)
+    fused, ce, kl_term, kl = FusedSparseHeadLoss.apply(h1, W1, y, ids, w, plogp, 0.3, T, denom, 4)
     (2.0 * fused).backward()  # a non-unit upstream gradient
     h2, W2 = h.clone().requires_grad_(), W.clone().requires_grad_()
     plain = plain_sparse_loss(h2, W2, y, ids, w, plogp, 0.3, T, denom)
@@ -130,7 +141,7 @@ def test_sampled_gradient_is_unbiased_and_topk_is_biased():
 
         def grad_W(ids, w):
             Wr = W.clone().requires_grad_()
-            FusedSparseHeadLoss.apply(h, Wr, y, ids, w.double(), None, alpha, T, N, N)[0].backward()
+            FusedSparseHeadLoss.apply(h, Wr, y, ids, w.double(), torch.zeros(N, dtype=torch.float64), alpha, T, N, N)[0].backward()
             return Wr.grad
 
         exact = grad_W(*sparse_target(log_p, V, "topk"))
@@ -175,7 +186,7 @@ def test_topk_keeps_the_most_likely_tokens_renormalised():
 def test_header_catches_a_changed_teacher_temperature_and_k(setup, tmp_path):
     cfg = cfg_of(setup)
     path = str(tmp_path / "c")
-    build_cache(setup.teachers, [0.5, 0.5], setup.windows, cfg, path, RT)
+    build(setup, [0.5, 0.5], cfg, path)
     TeacherCache(path, expect=cache_header(cfg, [0.5, 0.5], setup.windows))  # same run: fine
     changed = str(tmp_path / "t2b.pt")
     model = tiny(3, setup.vocab, 24)
@@ -186,7 +197,7 @@ def test_header_catches_a_changed_teacher_temperature_and_k(setup, tmp_path):
     with pytest.raises(InputError, match=r"temperature: 2.0 -> 1.0"):
         TeacherCache(path, expect=cache_header(cfg_of(setup, temperature=1.0), [0.5, 0.5], setup.windows))
     with pytest.raises(InputError, match=r": k: 16 -> 8 "):
-        build_cache(setup.teachers, [0.5, 0.5], setup.windows, cfg_of(setup, cache_k=8), path, RT)
+        build(setup, [0.5, 0.5], cfg_of(setup, cache_k=8), path)
     with pytest.raises(InputError, match=r"method: sampled -> topk"):
         TeacherCache(path, expect=cache_header(cfg_of(setup, cache_method="topk"), [0.5, 0.5], setup.windows))
     with pytest.raises(InputError, match=r"no teacher cache here"):
@@ -204,7 +215,7 @@ def cache_bytes_of(path):
 def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_path, capsys):
     cfg, weights = cfg_of(setup, ensemble="probs"), [0.5, 0.5]  # 20 windows in blocks of 6: 4 blocks, the last short
     whole = str(tmp_path / "whole")
-    build_cache(setup.teachers, weights, setup.windows, cfg, whole, RT)
+    build(setup, weights, cfg, whole)
     reference = cache_bytes_of(whole)
 
     class Killed(Exception):
@@ -216,7 +227,7 @@ def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_
 
     resumed = str(tmp_path / "resumed")
     with pytest.raises(Killed):
-        build_cache(setup.teachers, weights, setup.windows, cfg, resumed, RT, on_block=kill_after_two)
+        build(setup, weights, cfg, resumed, on_block=kill_after_two)
     assert not os.path.exists(resumed) and os.path.isdir(resumed + ".partial")  # nothing half-built is visible
     with pytest.raises(InputError, match="a build was interrupted"):
         TeacherCache(resumed)
@@ -224,7 +235,7 @@ def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_
     ids[-100:] = 7  # a block that was being written when the process died: garbage, not recorded as done
     ids.flush()
     del ids
-    build_cache(setup.teachers, weights, setup.windows, cfg, resumed, RT)
+    build(setup, weights, cfg, resumed)
     assert not os.path.exists(resumed + ".partial")
     assert cache_bytes_of(resumed) == reference
 
@@ -233,7 +244,7 @@ def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_
     sharded = str(tmp_path / "sharded")
     for rank in (3, 1, 2, 0):
         built = []
-        result = build_cache(setup.teachers, weights, setup.windows, cfg, sharded, RT, rank=rank, world=4, on_block=built.append)
+        result = build(setup, weights, cfg, sharded, rank=rank, world=4, on_block=built.append)
         assert built == [rank]
         assert (result is None) == (rank != 0) and os.path.exists(sharded) == (rank == 0)
     assert cache_bytes_of(sharded) == reference
@@ -242,7 +253,7 @@ def test_interrupted_and_sharded_builds_equal_an_uninterrupted_build(setup, tmp_
 
     # another block size changes the units of progress, not the result (draws are seeded per window)
     other = str(tmp_path / "other_blocks")
-    build_cache(setup.teachers, weights, setup.windows, cfg_of(setup, ensemble="probs", cache_block=7), other, RT)
+    build(setup, weights, cfg_of(setup, ensemble="probs", cache_block=7), other)
     assert cache_bytes_of(other) == reference
 
 
@@ -252,16 +263,19 @@ sys.path.insert(0, {root!r})
 from contextlib import nullcontext
 from types import SimpleNamespace
 import torch
-from model import load_checkpoint
-from teacher_cache import CACHE_DEFAULTS, build_cache
-from train_teacher import Windows
+from checkpoint import load_checkpoint
+from distill import teacher_block
+from teacher_cache import build_cache, cache_header
+from train import Windows
 torch.set_num_threads(1)
 teachers = [load_checkpoint(p)[0].eval().requires_grad_(False) for p in {paths!r}]
 windows = Windows(os.path.join({data!r}, "train.bin"), {seq})
 windows.n = {n}
 cfg = SimpleNamespace(**{cfg!r})
 rt = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1)
-build_cache(teachers, [0.5, 0.5], windows, cfg, {path!r}, rt, on_block=lambda b: b == 2 and os.kill(os.getpid(), signal.SIGKILL))
+header = cache_header(cfg, [0.5, 0.5], windows)
+build_cache(lambda lo, hi: teacher_block(teachers, windows, lo, hi, header, rt, 256), header, {path!r}, rt, cfg.cache_block,
+            on_block=lambda b: b == 2 and os.kill(os.getpid(), signal.SIGKILL))
 """
 
 
@@ -274,22 +288,26 @@ def test_build_killed_by_sigkill_resumes_to_the_same_bytes(setup, tmp_path):
 
     cfg, weights = cfg_of(setup, ensemble="logits", temperature=1.0), [0.5, 0.5]
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    build_cache(setup.teachers, weights, setup.windows, cfg, whole, RT)
+    build(setup, weights, cfg, whole)
     script = KILLED_BUILD.format(root=ROOT, paths=setup.paths, data=setup.data, seq=SEQ, n=N_WINDOWS, cfg=vars(cfg), path=killed)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert not os.path.exists(killed) and os.path.isdir(killed + ".partial")
     resumed = []
-    build_cache(setup.teachers, weights, setup.windows, cfg, killed, RT, on_block=resumed.append)
+    build(setup, weights, cfg, killed, on_block=resumed.append)
     assert resumed == [3]  # blocks 0-2 were committed before the kill and are not recomputed
     assert cache_bytes_of(killed) == cache_bytes_of(whole)
 
 
 def test_command_line_errors_are_one_line(setup):
-    with pytest.raises(InputError, match="teacher_cache: give the cache directory"):
-        main([f"--data_dir={setup.data}", f"--teachers={setup.paths!r}", "--device=cpu"])
-    with pytest.raises(InputError, match="cache_method='top'"):
-        cache_header(cfg_of(setup, cache_method="top"), [0.5, 0.5], setup.windows)
+    from distill import DISTILL_KEYS
+    from config import load_config
+    with pytest.raises(InputError, match="cache_method='top': expected one of 'sampled', 'topk'"):
+        load_config(DISTILL_KEYS, ["--cache_method=top"])
+    with pytest.raises(InputError, match="cache_k=0: expected a number >0"):
+        load_config(DISTILL_KEYS, ["--cache_k=0"])
+    with pytest.raises(InputError, match="cache_k=100000 is larger than the vocabulary"):
+        cache_header(cfg_of(setup, cache_method="topk", cache_k=100000), [0.5, 0.5], setup.windows)
 
 
 @pytest.mark.slow
@@ -301,14 +319,15 @@ def test_torchrun_two_ranks_build_the_same_cache_as_one_process(setup, tmp_path)
     from conftest import ROOT
 
     args = [f"--data_dir={setup.data}", f"--teachers={setup.paths!r}", "--seq_len=16", "--max_seq_len=16", "--device=cpu",
-            "--ensemble=probs", "--cache_block=64"]
+            "--ensemble=probs", "--cache_block=64", "--cache_only=True", "--dim=16", "--n_heads=2", "--hidden_dim=32", "--n_layers=1",
+            "--batch_size=8", "--micro_batch_size=4", "--eval_windows=8"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    main(args + [f"--teacher_cache={one}"])
+    main(args + [f"--teacher_cache={one}", f"--out_dir={tmp_path / 'run_one'}"])
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-           os.path.join(ROOT, "teacher_cache.py"), *args, f"--teacher_cache={two}"]
+           os.path.join(ROOT, "distill.py"), *args, f"--teacher_cache={two}", f"--out_dir={tmp_path / 'run_two'}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "teacher cache ready" in result.stdout
@@ -323,7 +342,7 @@ def test_compiled_cached_step_equals_eager_step(setup):
     x, y = torch.randint(0, setup.vocab, (2, 2, SEQ))
     ids, w = sparse_target(torch.log_softmax(torch.randn(2 * SEQ, setup.vocab), -1), 16, "sampled", torch.rand(2 * SEQ, 16))
     batch = (ids.view(2, SEQ, 16), w.view(2, SEQ, 16), -torch.rand(2, SEQ))
-    fn = make_cached_loss(cfg)
+    fn = CachedDistillation(student, None, cfg).loss
     eager, _ = fn(student, x, y, *batch)
     eager.backward()
     g_eager = [p.grad.clone() for p in student.parameters()]
@@ -333,3 +352,25 @@ def test_compiled_cached_step_equals_eager_step(setup):
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     for g, p in zip(g_eager, student.parameters()):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+
+
+def test_distillation_from_a_full_cache_trains_like_live_teachers_and_resumes(prepared, tiny_teachers, tmp_path):
+    """distill.py with --teacher_cache, through the training loop: with every token stored (top-k, k = V) the
+    run's losses equal live distillation's; a resumed cached run equals an uninterrupted one."""
+    from checkpoint import read_log
+    from conftest import strip_timing, student_argv
+
+    args = dict(max_iters=8, eval_interval=4, log_interval=1)
+    live, cached, resumed = str(tmp_path / "live"), str(tmp_path / "cached"), str(tmp_path / "resumed")
+    cache = [f"--teacher_cache={tmp_path / 'cache'}", "--cache_method=topk", "--cache_k=320"]
+    main(student_argv(prepared, live, tiny_teachers, **args))
+    main(student_argv(prepared, cached, tiny_teachers, **args) + cache)
+    log_live, log_cached = read_log(os.path.join(live, "log.jsonl")), read_log(os.path.join(cached, "log.jsonl"))
+    assert [e["step"] for e in log_live] == [e["step"] for e in log_cached]
+    for a, b in zip(log_live, log_cached):
+        for key in ("loss", "ce", "kl_term", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)
+    main(student_argv(prepared, resumed, tiny_teachers, stop_at=5, **args) + cache)  # the cache is built: reused
+    main(student_argv(prepared, resumed, tiny_teachers, resume=True, **args) + cache)
+    assert strip_timing(read_log(os.path.join(resumed, "log.jsonl"))) == strip_timing(log_cached)
