@@ -96,6 +96,25 @@ def distill_loss(student_logits, teacher_logits, y, weights, alpha, temperature,
 # The same loss, fused: what training runs
 
 
+def add_ce_gradient_and_backprop(g, log_s, yc, a_ce, hc, W, grad_h_rows, grad_W):
+    """The part of a fused chunk both fused losses share: g (the KL part of d loss / d logits, (chunk, V))
+    += a_ce * (softmax(s) - onehot(y)), then the chunk's d loss / d h (into grad_h_rows) and d loss / d W."""
+    g.add_(log_s.exp(), alpha=a_ce)  # + a_ce * softmax(s)
+    g[torch.arange(len(yc), device=g.device), yc] -= a_ce  # - a_ce * onehot(y)
+    grad_h_rows.copy_(g @ W.to(g.dtype))  # (chunk, V) @ (V, dim)
+    grad_W += (g.t() @ hc.to(g.dtype)).to(grad_W.dtype)  # (V, chunk) @ (chunk, dim)
+
+
+def fused_outputs(ctx, h, grad_h, grad_W, ce_sum, kl_sum, N, alpha, temperature, kl_denom):
+    """Save the gradients for backward; return (loss, ce, kl_term, kl) as they enter and explain the loss."""
+    ctx.save_for_backward(grad_h.view_as(h), grad_W)
+    ce, kl_term = ce_sum / N, temperature**2 * kl_sum / kl_denom
+    loss = alpha * ce + (1 - alpha) * kl_term
+    kl = kl_sum / N
+    ctx.mark_non_differentiable(ce, kl_term, kl)
+    return loss, ce, kl_term, kl
+
+
 class FusedHeadLoss(torch.autograd.Function):
     """The student's output head, CE and KL to the teacher ensemble in one pass over chunks of positions,
     with the gradient computed during the forward pass (the loss is a scalar, so d loss / d logits is known
@@ -127,16 +146,8 @@ class FusedHeadLoss(torch.autograd.Function):
             log_s = log_q if temperature == 1.0 else F.log_softmax(s, dim=-1)
             ce_sum -= log_s.gather(1, yc[:, None]).sum()
             g = log_q.exp().sub_(p).mul_(a_kl)  # a_kl * (softmax(s/T) - p)
-            g.add_(log_s.exp(), alpha=a_ce)  # + a_ce * softmax(s)
-            g[torch.arange(len(yc), device=g.device), yc] -= a_ce  # - a_ce * onehot(y)
-            grad_h[i : i + chunk] = (g @ W.to(g.dtype)).to(grad_h.dtype)
-            grad_W += (g.t() @ hc.to(g.dtype)).to(grad_W.dtype)
-        ctx.save_for_backward(grad_h.view_as(h), grad_W)
-        ce, kl_term = ce_sum / N, temperature**2 * kl_sum / kl_denom
-        loss = alpha * ce + (1 - alpha) * kl_term
-        kl = kl_sum / N
-        ctx.mark_non_differentiable(ce, kl_term, kl)
-        return loss, ce, kl_term, kl
+            add_ce_gradient_and_backprop(g, log_s, yc, a_ce, hc, W, grad_h[i : i + chunk], grad_W)
+        return fused_outputs(ctx, h, grad_h, grad_W, ce_sum, kl_sum, N, alpha, temperature, kl_denom)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_ce, grad_kl_term, grad_kl):
@@ -227,16 +238,8 @@ class FusedSparseHeadLoss(torch.autograd.Function):
             ce_sum -= log_s.gather(1, yc[:, None]).sum()
             g = log_q.exp().mul_(a_kl)  # a_kl * softmax(s/T) (not in place: log_s may be log_q)
             g.scatter_add_(1, ic, wc * -a_kl)  # - a_kl * p_hat
-            g.add_(log_s.exp(), alpha=a_ce)  # + a_ce * softmax(s)
-            g[torch.arange(len(yc), device=g.device), yc] -= a_ce  # - a_ce * onehot(y)
-            grad_h[i : i + chunk] = (g @ W.to(g.dtype)).to(grad_h.dtype)
-            grad_W += (g.t() @ hc.to(g.dtype)).to(grad_W.dtype)
-        ctx.save_for_backward(grad_h.view_as(h), grad_W)
-        ce, kl_term = ce_sum / N, temperature**2 * kl_sum / kl_denom
-        loss = alpha * ce + (1 - alpha) * kl_term
-        kl = kl_sum / N
-        ctx.mark_non_differentiable(ce, kl_term, kl)
-        return loss, ce, kl_term, kl
+            add_ce_gradient_and_backprop(g, log_s, yc, a_ce, hc, W, grad_h[i : i + chunk], grad_W)
+        return fused_outputs(ctx, h, grad_h, grad_W, ce_sum, kl_sum, N, alpha, temperature, kl_denom)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_ce, grad_kl_term, grad_kl):

@@ -3,8 +3,13 @@ Does an ensemble-distilled student beat its teachers, and a same-size model trai
 (BabyLlama, arXiv 2308.02019; BabyLlama-2, arXiv 2409.17312) An end-to-end experiment at CPU scale that
 runs the project's own commands on real BabyLM text and writes RESULTS.md and a plot.
 
-    python experiments/reproduce_cpu.py                   # the full experiment (~41 min on 2 cores)
+    python experiments/reproduce_cpu.py                   # the full experiment (~41 min on 2 uncontended cores)
+    python experiments/reproduce_cpu.py --cache           # + students from a teacher cache (sampled and top-k), ~20 min more
     python experiments/reproduce_cpu.py --smoke           # a few minutes: the same pipeline, tiny sizes
+
+Resumable: run the same command again after a kill (or in another session); finished steps are skipped
+(a marker in work/logs/), a killed training run continues from its last.pt. Every command is printed before
+it runs, its output is shown as it runs (and kept in work/logs/), and a one-line result follows it.
 
 How the sizes were chosen: a first teacher that still improved at the end of its run (configs/tiny_teacher1.py,
 0.2 epochs of 4.3M tokens) shows nothing about the claim, so the corpus is cut to ~280k tokens and every model
@@ -19,6 +24,8 @@ they overfit the small corpus within --epochs. Pipeline:
   3. the student (distill.py, the papers' loss: alpha 0.5, T 1, logits ensemble, "paper" reduction), and a
      baseline of the student's size with plain CE for the same steps, each with --seeds seeds
   4. optional ablations of the student (--ablations): the "mean" KL reduction and the "probs" ensemble
+  4b. optional (--cache): students trained from a teacher cache instead of live teachers (teacher_cache.py):
+     the unbiased sampled estimator and top-k at the same storage (k = 16 slots), --seeds seeds each
   5. every model: validation CE (best checkpoint), test CE, full BLiMP and supplement (eval_blimp.py)
 Results: experiments/work/results.json, RESULTS.md (every number generated), RESULTS_val_ce.png
 (a --smoke run writes its report into the work folder instead).
@@ -68,11 +75,42 @@ def subset_corpus(src, dst, words):
 
 
 def run(cmd, log_path):
-    """Run one of the project's commands; its output goes to log_path. Returns the wall time."""
+    """Run one of the project's commands, showing its output as it comes and keeping it in log_path.
+    Returns the wall time; a failed command stops the experiment with its last lines."""
     t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while chunk := proc.stdout.read1(1 << 16):
+            log.write(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        if proc.wait():
+            sys.exit(f"error: {' '.join(cmd[:1])} failed (exit {proc.returncode}); its output is in {log_path}; run the experiment again to continue")
     return time.perf_counter() - t0
+
+
+def run_once(name, cmd, out_dir, work, k, total):
+    """Run a step of the experiment unless a marker says it finished; a killed training run resumes.
+    Returns the wall time of the run that finished it (recorded in the marker)."""
+    marker = os.path.join(work, "logs", f"{name}.done")
+    if os.path.isfile(marker):
+        seconds = json.load(open(marker))["seconds"]
+        print(f"[{k}/{total}] {name}: done already ({seconds:.0f} s), skipped", flush=True)
+        return seconds
+    if out_dir and os.path.isfile(os.path.join(out_dir, "last.pt")):
+        cmd = cmd + ["--resume=True"]  # killed earlier: continue
+    elif out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
+        cmd = cmd + ["--overwrite=True"]  # killed before its first checkpoint: start again
+    print(f"\n[{k}/{total}] {name}: python {' '.join(cmd)}".replace(ROOT + "/", ""), flush=True)
+    seconds = run(cmd, os.path.join(work, "logs", f"{name}.log"))
+    with open(marker, "w") as f:
+        json.dump({"seconds": seconds}, f)
+    result = ""
+    if out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
+        vals = [e["val_loss"] for e in read_log(os.path.join(out_dir, "log.jsonl")) if "val_loss" in e]
+        result = f", best val_loss {min(vals):.4f}" if vals else ""
+    print(f"[{k}/{total}] {name}: finished in {seconds:.0f} s{result}", flush=True)
+    return seconds
 
 
 def kv(**kw):
@@ -87,17 +125,22 @@ def commands(args, work, data, steps_per_epoch):
     """[(name, role, argv)]: every command of the experiment, in order (also printed in RESULTS.md)."""
     max_iters = round(args.epochs * steps_per_epoch)
     common = dict(TRAIN, data_dir=data, max_iters=max_iters, warmup_iters=max(2, max_iters // 20),
-                  eval_interval=max(1, steps_per_epoch // 2), compile=False)
+                  eval_interval=max(1, steps_per_epoch // 2), compile=False, **({"eval_windows": 64} if args.smoke else {}))
     train = lambda name, role, script, **kw: (name, role, [script, *kv(**{**common, "out_dir": os.path.join(work, "out", name), **kw})])
     out = [prepare_command(work, data)]
     out += [train(f"teacher{k}", "teacher", "train_teacher.py", seed=k, **TEACHER) for k in (1, 2)]
     teachers = [os.path.join(work, "out", f"teacher{k}", "ckpt.pt") for k in (1, 2)]
-    variants = [("student", {})] + ([("student_mean", {"kl_reduction": "mean"}), ("student_probs", {"ensemble": "probs"})] if args.ablations else [])
+    variants = [("student", "student", {})]
+    if args.ablations:
+        variants += [("student_mean", "ablation", {"kl_reduction": "mean"}), ("student_probs", "ablation", {"ensemble": "probs"})]
+    if getattr(args, "cache", False):  # the same student, its targets read from a cache built once (k = 16 slots each)
+        variants += [(f"student_cache_{m}", f"cache_{m}", {"teacher_cache": os.path.join(work, f"cache_{m}"), "cache_method": m, "cache_k": 16})
+                     for m in ("sampled", "topk")]
     for s in range(1, args.seeds + 1):
-        for name, extra in variants:
-            if name != "student" and s > 1:
+        for name, role, extra in variants:
+            if role == "ablation" and s > 1:
                 continue
-            out.append(train(f"{name}_s{s}", "student" if name == "student" else "ablation", "distill.py", seed=100 + s, teachers=repr(teachers),
+            out.append(train(f"{name}_s{s}", role, "distill.py", seed=100 + s, teachers=",".join(teachers),
                              alpha=0.5, temperature=1.0, **{"ensemble": "logits", "kl_reduction": "paper", **extra}, **STUDENT))
         out.append(train(f"baseline_s{s}", "baseline", "train_teacher.py", seed=100 + s, **STUDENT))
     return out
@@ -117,6 +160,7 @@ def main():
     p.add_argument("--epochs", type=float, default=8.0)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--ablations", action="store_true")
+    p.add_argument("--cache", action="store_true", help="also students from a teacher cache (sampled and top-k)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and --limit'ed BLiMP: checks the pipeline")
     p.add_argument("--report_only", action="store_true", help="rewrite RESULTS.md from work/results.json")
     args = p.parse_args()
@@ -130,25 +174,30 @@ def main():
         return
     os.makedirs(os.path.join(work, "logs"), exist_ok=True)
     subset_corpus(os.path.join(SHARED, "babylm_2024_mini"), os.path.join(work, "src"), args.words)
+    n_train = 1 + 2 + args.seeds * (2 + 2 * args.cache) + 2 * args.ablations
+    print(f"{n_train} training runs and {n_train - 1} BLiMP evaluations; on 2 uncontended CPU cores the base experiment took "
+          f"41 min and --cache adds ~20 min (a busy machine takes longer). Interrupt at any time: run it again to continue.", flush=True)
     prep = prepare_command(work, data)
-    timings = {"prepare": run(prep[2], os.path.join(work, "logs", "prepare.log"))}
+    total = n_train + (n_train - 1)
+    timings = {"prepare": run_once("prepare", prep[2], None, work, 1, total)}
     n_windows = Windows(os.path.join(data, "train.bin"), TRAIN["seq_len"]).n
     steps_per_epoch = n_windows // TRAIN["batch_size"]
     max_iters = round(args.epochs * steps_per_epoch)
     models = {}  # name -> (role, out_dir, wall time)
-    for name, role, cmd in commands(args, work, data, steps_per_epoch)[1:]:
-        models[name] = (role, os.path.join(work, "out", name), run(cmd, os.path.join(work, "logs", f"{name}.log")))
+    for k, (name, role, cmd) in enumerate(commands(args, work, data, steps_per_epoch)[1:], start=2):
+        out_dir = os.path.join(work, "out", name)
+        models[name] = (role, out_dir, run_once(name, cmd, out_dir, work, k, total))
 
     results = {"words_per_source": args.words, "epochs": args.epochs, "steps": max_iters, "steps_per_epoch": steps_per_epoch,
                "train_tokens": int(n_windows * TRAIN["seq_len"]), "smoke": args.smoke, "timings": timings, "models": {}}
     blimp_limit = ["--limit", "20"] if args.smoke else []
-    for name, (role, out, seconds) in models.items():
+    for k, (name, (role, out, seconds)) in enumerate(models.items(), start=len(models) + 2):
         ckpt_path = os.path.join(out, "ckpt.pt")
         blimp_json = os.path.join(out, "blimp.json")
-        run(["eval_blimp.py", "--ckpt", ckpt_path, "--data", os.path.join(SHARED, "blimp_filtered"), "--supplement",
-             os.path.join(SHARED, "blimp_supplement"), "--out", blimp_json, *blimp_limit], os.path.join(work, "logs", f"{name}_blimp.log"))
+        run_once(f"{name}_blimp", ["eval_blimp.py", "--ckpt", ckpt_path, "--data", os.path.join(SHARED, "blimp_filtered"), "--supplement",
+                                   os.path.join(SHARED, "blimp_supplement"), "--out", blimp_json, *blimp_limit], None, work, k, total)
         b = json.load(open(blimp_json))
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         log = read_log(os.path.join(out, "log.jsonl"))
         results["models"][name] = {
             "role": role, "params": sum(v.numel() for v in ckpt["model"].values()), "best_step": ckpt["step"],
@@ -189,6 +238,17 @@ def write_report(r, path, png, cmds=()):
         sp = max(spread(st), spread(bl))
         summary.append(f"| {metric} | {mean(st):.4g} | {mean(bl):.4g} | {better(te):.4g} | {gap_b:+.3g} | {gap_t:+.3g} | {sp:.3g} | "
                        f"{'yes' if abs(gap_b) > sp else 'no'} | {'yes' if abs(gap_t) > sp else 'no'} |")
+    cache_rows = []
+    for role, label in (("student", "live teachers"), ("cache_sampled", "cache, sampled (unbiased), k = 16"), ("cache_topk", "cache, top-k, k = 16")):
+        xs = [x for x in m.values() if x["role"] == role]
+        if xs and any(x["role"].startswith("cache") for x in m.values()):
+            cell = lambda key, fmt: f"{sum(x[key] for x in xs) / len(xs):{fmt}} ± {spread([x[key] for x in xs]) / 2:{fmt}}"
+            cache_rows.append(f"| {label} | {len(xs)} | {cell('val_ce', '.4f')} | {cell('test_ce', '.4f')} | {cell('blimp', '.1f')} | "
+                              f"{cell('supplement', '.1f')} | {sum(x['train_seconds'] for x in xs) / len(xs):.0f} |")
+    cache_section = ["## Students from a teacher cache", "",
+                     "The same student recipe, its distillation targets read from a cache built once (the build time is part of the first "
+                     "seed's train seconds) instead of running the teachers at every step. Mean ± half the max-min spread over seeds.", "",
+                     "| targets | seeds | val CE | test CE | BLiMP | supplement | train s |", "|---|---|---|---|---|---|---|", *cache_rows, ""] if cache_rows else []
     text = "\n".join([
         "# Reproducing the distillation claim on a CPU" + (" (smoke run: tiny sizes, not a result)" if r["smoke"] else ""),
         "", f"Generated by `python experiments/reproduce_cpu.py{' --smoke' if r['smoke'] else ''}`; do not edit by hand.",
@@ -198,7 +258,7 @@ def write_report(r, path, png, cmds=()):
         "## Student vs teachers and baseline", "",
         "Student and baseline are means over seeds; teachers: the better teacher. Spread = largest max-min over seeds of student or baseline.", "",
         "| metric | student | baseline | best teacher | student - baseline | student - teacher | spread | vs baseline exceeds spread | vs teacher exceeds spread |",
-        "|---|---|---|---|---|---|---|---|---|", *summary, "", f"![validation CE]({png})", "",
+        "|---|---|---|---|---|---|---|---|---|", *summary, "", *cache_section, f"![validation CE]({png})", "",
         "## Commands", "", "Run from the project root, in this order (then `eval_blimp.py` on each `ckpt.pt`, full sets):", "", "```",
         *[f"python {' '.join(c if ' ' not in c and '[' not in c else repr(c) for c in cmd)}".replace(ROOT + "/", "") for _, _, cmd in cmds], "```", ""])
     with open(path, "w") as f:
@@ -216,7 +276,7 @@ def plot(r, path):
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, x in r["models"].items():
         steps, vals = zip(*x["val_curve"])
-        ax.plot(steps, vals, label=name, linestyle="-" if x["role"] in ("teacher", "student") else "--")
+        ax.plot(steps, vals, label=name, linestyle="-" if x["role"] in ("teacher", "student") else ":" if x["role"].startswith("cache") else "--")
     ax.set_xlabel("step")
     ax.set_ylabel("validation CE (nats/token)")
     ax.legend()
