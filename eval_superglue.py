@@ -71,7 +71,13 @@ SUPERGLUE_KEYS = merge_keys({
 
 
 def _pair(a, b):
-    return lambda ex: (a(ex) if callable(a) else ex[a], (b(ex) if callable(b) else ex[b]) if b else None)
+    """(text A, text B or None) of an example; a field that is not a string raises TypeError (a null, a number)."""
+    def text(spec, ex):
+        value = spec(ex) if callable(spec) else ex[spec]
+        if not isinstance(value, str):
+            raise TypeError(f"not a string: {value!r}")
+        return value
+    return lambda ex: (text(a, ex), text(b, ex) if b else None)
 
 
 BABYLM = {  # task -> (segment A, segment B, classes, metric)
