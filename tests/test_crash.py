@@ -1,9 +1,10 @@
 """Crash safety and bad input (slow: launches processes). A tiny teacher run and a tiny distillation run
 are killed with SIGKILL again and again (at random moments, and deliberately while a checkpoint is being
 written), resumed each time, and must end with the same logged losses and bit-identical weights as an
-uninterrupted run. Ctrl-C saves and exits cleanly. A non-finite loss stops (or skips) as configured.
-Every bad input of the table below is a one-line error that names the file, key or value, and leaves no
-file behind. Run: python -m pytest tests/test_crash.py"""
+uninterrupted run. Ctrl-C and SIGTERM (also to a 2-rank torchrun job) save and exit cleanly. A non-finite
+loss stops (or skips) as configured. The table of issue #13 (test_table, one row per case, in-process and
+fast) checks that every bad input, damaged file, full disk and Ctrl-C is one line naming the file, key or
+value, or a recovery, and leaves nothing behind. Run: python -m pytest tests/test_crash.py"""
 
 import errno
 import hashlib
