@@ -59,6 +59,22 @@ def check_writable(path):
         raise InputError(f"{path}: {existing} is not writable")
 
 
+def check_writable_dir(path, what="--out"):
+    """Refuse, before any work, an output folder that cannot be made or written: empty, a file, under a file,
+    or in a read-only place (the nearest existing folder on its path must be writable)."""
+    if not str(path).strip():
+        raise InputError(f"{what}: empty; expected an output folder")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{what}={path}: exists and is not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{what}={path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what}={path}: {existing} is not writable")
+
+
 def unwrap(model):
     """The bare Llama inside torch.compile (._orig_mod) and DDP (.module) wrappers."""
     while True:

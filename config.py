@@ -117,6 +117,9 @@ def _convert(key, value, default, accepted, where):
     return value
 
 
+convert_value = _convert  # for key tables nested inside a value (eval_superglue.py's task_overrides)
+
+
 def _unknown(key, known, where):
     near = difflib.get_close_matches(key, known, n=1)
     return InputError(f"{where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + "; --help lists every key")
@@ -188,7 +191,13 @@ def runtime(cfg):
         missing = [k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE") if k not in os.environ]
         if missing:
             raise InputError(f"RANK is set but {', '.join(missing)} is not: launch with torchrun, or unset RANK")
-        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        try:
+            rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+        except ValueError:
+            raise InputError("RANK, LOCAL_RANK and WORLD_SIZE must be integers: "
+                             + ", ".join(f"{k}={os.environ[k]!r}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))) from None
+        if not 0 <= rank < world or local_rank < 0:
+            raise InputError(f"RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if cuda else "gloo")
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")

@@ -75,10 +75,9 @@ def read_tasks(folder):
     for fn in files:
         path = os.path.join(folder, fn)
         stem = fn.rsplit(".", 1)[0]
-        if not open(path, "rb").read(4096).strip():
-            raise InputError(f"{path}: empty file (expected one JSON pair per line); remove it or restore it")
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        n_pairs = 0
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(utf8_lines(f, path), 1):
                 if not line.strip():
                     continue
                 try:
@@ -93,7 +92,19 @@ def read_tasks(folder):
                     "term": obj.get("linguistics_term", ""),
                     "pair_id": obj.get("pair_id", obj.get("pairID", obj.get("pair_ID", lineno - 1))),
                 })
+                n_pairs += 1
+        if not n_pairs:  # a paradigm silently missing from the mean would change the headline number
+            raise InputError(f"{path}: no pairs (empty file; expected one JSON pair per line); remove it or restore it")
     return dict(tasks)
+
+
+def utf8_lines(f, path):
+    """The lines of a file opened in binary, decoded; a byte that is not UTF-8 names the file and line."""
+    for lineno, raw in enumerate(f, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#x})") from None
 
 
 def limit_tasks(tasks, limit):

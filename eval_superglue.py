@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import atomic_write, check_writable, unwrap
-from config import RUNTIME_KEYS, InputError, load_config, merge_keys, run_main, runtime
+from config import RUNTIME_KEYS, InputError, convert_value, load_config, merge_keys, run_main, runtime
 from prepare_data import load_model_and_tokenizer
 
 HPARAM_KEYS = {  # the BabyLM 2024 fine-tuning defaults
@@ -71,7 +71,13 @@ SUPERGLUE_KEYS = merge_keys({
 
 
 def _pair(a, b):
-    return lambda ex: (a(ex) if callable(a) else ex[a], (b(ex) if callable(b) else ex[b]) if b else None)
+    """(text A, text B or None) of an example; a field that is not a string raises TypeError (a null, a number)."""
+    def text(spec, ex):
+        value = spec(ex) if callable(spec) else ex[spec]
+        if not isinstance(value, str):
+            raise TypeError(f"not a string: {value!r}")
+        return value
+    return lambda ex: (text(a, ex), text(b, ex) if b else None)
 
 
 BABYLM = {  # task -> (segment A, segment B, classes, metric)
@@ -97,14 +103,54 @@ SUPERGLUE = {  # task -> (folder, segment A, segment B, classes, metric, label m
 
 
 def read_jsonl(path):
+    """[(line number, object)] of a JSON-lines file; a bad line names the file and line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise InputError(f"{path}:{lineno}: not a JSON line") from None
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
+                    out.append((lineno, json.loads(line)))
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#x})") from None
+            except json.JSONDecodeError:
+                raise InputError(f"{path}:{lineno}: not a JSON line") from None
+    return out
+
+
+def label_index(value, labels, classes):
+    """The class index of a label: through the task's label map, or an integer 0..classes-1 (not a bool)."""
+    if labels is not None:
+        if isinstance(value, type(next(iter(labels)))) and value in labels:
+            return labels[value]
+        expected = ", ".join(map(repr, labels))
+    else:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if type(value) is int and 0 <= value < classes:
+            return value
+        expected = ", ".join(map(str, range(classes)))
+    hint = " (an unlabelled test file?)" if value in (-1, "-1") else ""
+    raise InputError(f"label {value!r}: expected one of {expected}{hint}")
+
+
+def example_rows(path, make):
+    """[make(example)] for every line of a JSON-lines file, each (text A, text B or None, label) checked:
+    a missing field, a text that is not a string or an unknown label is one error naming the file and line."""
+    out = []
+    for lineno, ex in read_jsonl(path):
+        try:
+            row = make(ex)
+            texts = [t for part in row[:2] for t in (part if isinstance(part, tuple) else (part,)) if t is not None]
+            if row[0] is None or not all(isinstance(t, str) for t in texts):
+                raise TypeError
+        except InputError as e:
+            raise InputError(f"{path}:{lineno}: {e}") from None
+        except KeyError as e:
+            raise InputError(f"{path}:{lineno}: missing field {e.args[0]!r}") from None
+        except (TypeError, AttributeError, IndexError):
+            raise InputError(f"{path}:{lineno}: expected a JSON object whose text fields are strings") from None
+        out.append(row)
     return out
 
 
@@ -142,7 +188,7 @@ def load_task(data, task):
         train_path = next((p for p in (os.path.join(data, f"{task}.train.jsonl"), os.path.join(data, f"{task}.train.2025subsample.jsonl")) if os.path.isfile(p)), None)
         if train_path is None or not os.path.isfile(valid_path):
             return None, f"{task}: no training file {task}.train.jsonl in {data} (the official BabyLM train file is not available here); skipped"
-        rows = lambda path: [(*fmt(e), int(e["label"])) for e in read_jsonl(path)]
+        rows = lambda path: example_rows(path, lambda e: (*fmt(e), label_index(e["label"], None, classes)))
         out = {"train": rows(train_path), "valid": rows(valid_path), "classes": classes, "metric": metric, "choice": False, "extra_valid": {}}
         mm = os.path.join(data, "mnli-mm.valid.jsonl")
         if task == "mnli" and os.path.isfile(mm):
@@ -151,7 +197,15 @@ def load_task(data, task):
     if kind == "glue_tsv":
         if task != "sst2":
             raise InputError(f"--task={task!r}: the GLUE tsv layout holds only sst2")
-        rows = lambda path: [(s, None, int(lab)) for s, lab in (line.rstrip("\n").split("\t") for line in list(open(path, encoding="utf-8"))[1:])]
+        def rows(path):
+            out = []
+            for lineno, line in enumerate(list(open(path, encoding="utf-8"))[1:], 2):  # line 1: the header
+                try:
+                    text, lab = line.rstrip("\n").split("\t")
+                    out.append((text, None, label_index(lab, None, 2)))
+                except (ValueError, InputError) as e:
+                    raise InputError(f"{path}:{lineno}: " + (str(e) if isinstance(e, InputError) else "expected 'sentence<TAB>label'")) from None
+            return out
         d = os.path.join(data, "SST-2")
         return {"train": rows(os.path.join(d, "train.tsv")), "valid": rows(os.path.join(d, "dev.tsv")), "classes": 2, "metric": "acc", "choice": False, "extra_valid": {}}, d
     if task not in SUPERGLUE:
@@ -173,8 +227,8 @@ def load_task(data, task):
             if not os.path.isfile(path):
                 return None
             if task == "copa":  # two (premise, choice) encodings per example
-                return [((_pair(a, None)(e)[0], e["choice1"]), (_pair(a, None)(e)[0], e["choice2"]), int(e["label"])) for e in read_jsonl(path)]
-            return [(*_pair(a, b)(e), labels[e["label"]]) for e in read_jsonl(path)]
+                return example_rows(path, lambda e: ((_pair(a, None)(e)[0], e["choice1"]), (_pair(a, None)(e)[0], e["choice2"]), label_index(e["label"], None, 2)))
+            return example_rows(path, lambda e: (*_pair(a, b)(e), label_index(e["label"], labels, classes)))
         train, valid = rows("train.jsonl"), rows("val.jsonl")
     if train is None or valid is None:
         return None, f"{task}: no train/validation file in {d}; skipped"
@@ -370,10 +424,11 @@ def majority_baseline(data):
 
 
 def check_rows(data, task, where):
-    """Labels in range and a usable validation set, before any fine-tuning."""
+    """Labels in range and usable training and validation sets, before any fine-tuning."""
     n = 2 if data["choice"] else data["classes"]
-    if not data["train"]:
-        raise InputError(f"{where}: {task} has no training examples")
+    for split in ("train", "valid"):
+        if not data[split]:
+            raise InputError(f"{where}: {task} has no {'training' if split == 'train' else 'validation'} examples")
     for split in ("train", "valid"):
         bad = [y for *_, y in data[split] if y not in range(n)]
         if bad:
@@ -389,9 +444,16 @@ def main(argv=None):
             raise InputError(f"--{key}: required (see --help)")
     hp = {k: getattr(args, k) for k in (*HPARAM_KEYS, "task_overrides")}
     for t, overrides in hp["task_overrides"].items():
+        if not isinstance(overrides, dict):
+            raise InputError(f"task_overrides[{t!r}]={overrides!r}: expected a dict {{key: value}}")
         for k, v in overrides.items():
             if k not in HPARAM_KEYS:
                 raise InputError(f"task_overrides[{t!r}]: unknown key {k!r}; expected one of {', '.join(HPARAM_KEYS)}")
+            # the same type and bound checks as --key=value: an epochs=0 here would divide by zero hours later
+            overrides[k] = convert_value(k, v, HPARAM_KEYS[k][0], HPARAM_KEYS[k][2], f"task_overrides[{t!r}]")
+    for t, overrides in [("--max_len", hp), *(((f"task_overrides[{t!r}]", o) for t, o in hp["task_overrides"].items()))]:
+        if overrides.get("max_len", 3) < 3:  # two boundary tokens and one token of each segment
+            raise InputError(f"{t}: max_len={overrides['max_len']}: expected at least 3")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"superglue_{os.path.basename(os.path.normpath(args.data))}_{args.task}.json")
     check_writable(out)  # now, not after hours of fine-tuning
     rt = runtime(args)

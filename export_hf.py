@@ -36,7 +36,7 @@ import sys
 
 import torch
 
-from checkpoint import atomic_write, model_checkpoint, save_checkpoint
+from checkpoint import atomic_write, check_writable_dir, model_checkpoint, save_checkpoint
 from config import InputError, load_config, run_main
 from model import Llama, ModelConfig
 from prepare_data import PAT_STR, load_model_and_tokenizer, replace_folder, tokenizer_sha256, write_ranks
@@ -280,11 +280,8 @@ def main(argv=None):
     args = load_config(EXPORT_KEYS, argv or ["--help"], __doc__)
     if bool(args.ckpt) == bool(args.from_hf):
         raise InputError("give exactly one of --ckpt (export) and --from_hf (import)")
-    if not args.out.strip():
-        raise InputError("--out: required (an output folder)")
+    check_writable_dir(args.out, "--out")  # empty, a file, under a file or read-only: before any work
     out = os.path.normpath(args.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out={args.out}: exists and is not a folder")
     partial = out + ".partial"  # an interrupted export never leaves a mix of an old and a new model
     shutil.rmtree(partial, ignore_errors=True)
     try:

@@ -58,7 +58,7 @@ import tiktoken
 import tiktoken.load
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_same_tokenizer, load_checkpoint
+from checkpoint import atomic_write, check_same_tokenizer, check_writable_dir, load_checkpoint
 from config import InputError, load_config, run_main
 
 # The official BabyLM 2024 text release (strict-small train_10M plus dev) lives in OSF project ad7qg
@@ -498,11 +498,8 @@ PREPARE_KEYS = {
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = load_config(PREPARE_KEYS, argv or ["--help"], __doc__)
-    if not args.out.strip():
-        raise InputError("--out: expected an output folder, e.g. --out data/mini")
+    check_writable_dir(args.out, "--out")  # empty, a file, under a file or read-only: before any work
     out = os.path.normpath(args.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out={args.out}: exists and is not a folder")
     src = args.src
     if not src:
         src = out + ".download.zip"  # beside the output: a failed download leaves no empty data folder

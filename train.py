@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import append_log, atomic_write, check_same_tokenizer, model_checkpoint, read_checkpoint, read_log, save_checkpoint, unwrap, write_log
+from checkpoint import append_log, atomic_write, check_same_tokenizer, check_writable_dir, model_checkpoint, read_checkpoint, read_log, save_checkpoint, unwrap, write_log
 from config import RUNTIME_KEYS, InputError, merge_keys, print0
 from model import ModelConfig
 from prepare_data import read_bin
@@ -100,10 +100,9 @@ def check_train_config(cfg):
         raise InputError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}")
     if cfg.min_lr > cfg.lr:
         raise InputError(f"min_lr={cfg.min_lr} is larger than lr={cfg.lr}")
-    if not cfg.out_dir.strip():
-        raise InputError("out_dir is empty")
-    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
-        raise InputError(f"out_dir={cfg.out_dir}: exists and is not a folder")
+    check_writable_dir(cfg.out_dir, "out_dir")  # empty, a file, under a file or read-only: now, not at the first checkpoint
+    if cfg.batch_size % cfg.micro_batch_size:
+        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
     try:
         ModelConfig(**model_fields(cfg, vocab_size=cfg.vocab_size or 1))
     except ValueError as e:
@@ -266,8 +265,13 @@ def start_run(cfg, tok_info, device):
     return ckpt
 
 
-def open_run(cfg, rt, tok_info):
-    """Take out_dir for this run (rank 0) and return the checkpoint to resume from, or None."""
+def open_run(cfg, rt, tok_info, train_w=None):
+    """Take out_dir for this run (rank 0) and return the checkpoint to resume from, or None. Given the
+    training windows, it first checks that the batch fits them: out_dir is not touched for a run that cannot start."""
+    if cfg.batch_size % (cfg.micro_batch_size * rt.world):
+        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size*world_size={cfg.micro_batch_size * rt.world}")
+    if train_w is not None:
+        EpochSampler(train_w.n, cfg.batch_size, cfg.micro_batch_size, rt.world, cfg.seed)  # raises if batch_size > windows
     start = start_run(cfg, tok_info, rt.device)
     if rt.ddp:  # every rank has looked at out_dir before rank 0 changes it
         dist.barrier()

@@ -118,7 +118,7 @@ def main(argv=None):
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    start = open_run(cfg, rt, tok_info)
+    start = open_run(cfg, rt, tok_info, train_w)
     torch.manual_seed(cfg.seed)
     model = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:

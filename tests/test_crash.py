@@ -1,13 +1,19 @@
 """Crash safety and bad input (slow: launches processes). A tiny teacher run and a tiny distillation run
 are killed with SIGKILL again and again (at random moments, and deliberately while a checkpoint is being
 written), resumed each time, and must end with the same logged losses and bit-identical weights as an
-uninterrupted run. Ctrl-C saves and exits cleanly. A non-finite loss stops (or skips) as configured.
-Every bad input of the table below is a one-line error that names the file, key or value, and leaves no
-file behind. Run: python -m pytest tests/test_crash.py"""
+uninterrupted run. Ctrl-C and SIGTERM (also to a 2-rank torchrun job) save and exit cleanly. A non-finite
+loss stops (or skips) as configured. The table of issue #13 (test_table, one row per case, in-process and
+fast) checks that every bad input, damaged file, full disk and Ctrl-C is one line naming the file, key or
+value, or a recovery, and leaves nothing behind. Run: python -m pytest tests/test_crash.py"""
 
+import errno
+import hashlib
+import importlib
+import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -18,8 +24,8 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, model_checkpoint, read_checkpoint, read_log, save_checkpoint
-from config import load_config, runtime
-from conftest import ROOT, strip_timing, student_argv, tiny_argv
+from config import load_config, run_main, runtime
+from conftest import ROOT, strip_timing, student_argv, tiny_argv, write_corpus
 from model import Llama, ModelConfig
 from prepare_data import load_tokenizer
 from train import CausalLM, Windows, check_train_config, model_config, train
@@ -219,65 +225,514 @@ def test_non_finite_gradient_with_a_finite_loss_stops_before_writing_weights(pre
 
 
 # -----------------------------------------------------------------------------------------------
-# Bad input: one line naming the file, key or value; no file left behind
+# The table of issue #13: every bad input, damaged file, full disk and interruption, one row each.
+#
+# A row runs a script's main(argv) in this process, through config.run_main as `python SCRIPT` does (no
+# torch import per row); rows with proc=True run the real `python SCRIPT ...`, proving the __main__ wiring.
+# An error row must exit 1 (130 for Ctrl-C) with exactly one stderr line, `error: ...` matching its
+# pattern (or `interrupted`), and leave everything under its tmp_path as it was: no new, changed or
+# removed file or folder, no *.partial / *.tmp / *.old. A recovery row must exit 0 and pass its check.
+
+class Row:
+    def __init__(self, name, script, argv, expect, setup=None, exit=1, left=None, proc=False, env=None, xfail=None):
+        self.name, self.script, self.argv, self.expect, self.setup = name, script, argv, expect, setup
+        self.exit, self.left, self.proc, self.env, self.xfail = exit, left, proc, env or {}, xfail
 
 
-def bad_inputs(base, prepared, teachers):
-    """(name, script, args, expected substring, output folder that must stay empty)"""
-    def corpus(name, setup):
-        root = base / name
-        for d, suffix in (("train_10M", "train"), ("dev", "dev")):
-            (root / d).mkdir(parents=True)
-            setup(root / d / f"a.{suffix}")
-        return str(root)
-    odd = base / "odd_data"
-    shutil.copytree(prepared, odd)
-    with open(odd / "train.bin", "ab") as f:
-        f.write(b"\x00")
-    cfg_file = base / "typo.py"
-    cfg_file.write_text("dim = 32\nlearnig_rate = 1e-3\n")
-    other = base / "other_vocab.pt"
+class Recovers:
+    """The expected outcome of a recovery row: exit 0, then check(e, stderr lines, stdout)."""
+
+    def __init__(self, check):
+        self.check = check
+
+
+class Env:
+    """What a row is built from: its own tmp folder and the session's prepared data, checkpoint and runs."""
+
+    def __init__(self, tmp, prepared, ckpt, run, request, monkeypatch):
+        self.tmp, self.prepared, self.ckpt, self._run, self.request, self.mp = tmp, prepared, ckpt, run, request, monkeypatch
+        self.out = str(tmp / "out")
+        import train
+        monkeypatch.setattr(train, "peak_flops", lambda device: 1e12)  # MFU's reference matmul: ~2 s per run on one core, not tested here
+
+    def file(self, rel, content):
+        path = self.tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return str(path)
+
+    def data(self):
+        """A copy of the prepared data folder, to damage."""
+        if not (self.tmp / "data").exists():
+            shutil.copytree(self.prepared, self.tmp / "data")
+        return str(self.tmp / "data")
+
+    def run(self):
+        """A copy of a tiny teacher run stopped at step 2 of 6 (ckpt.pt, last.pt, log.jsonl)."""
+        if not (self.tmp / "run").exists():
+            shutil.copytree(self._run, self.tmp / "run")
+        return str(self.tmp / "run")
+
+    def read_only(self, path):
+        """os.access says `path` is not writable (as root, chmod 0o555 is not enforced, so the check is simulated)."""
+        real, path = os.access, os.path.abspath(path)
+        os.makedirs(path, exist_ok=True)
+        self.mp.setattr(os, "access", lambda p, mode, *a, **k: False if os.path.abspath(p) == path and mode & os.W_OK else real(p, mode, *a, **k))
+
+    def disk_full_at_fsync(self):
+        """Every atomic write fails as on a full disk (the fsync of the temporary file raises ENOSPC)."""
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.mp.setattr(os, "fsync", full)
+
+    def disk_full_in_torch_save(self):
+        """Checkpoint writes fail halfway, as on a full disk: some bytes are written, then ENOSPC."""
+        def full(obj, f, *a, **k):
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.mp.setattr(torch, "save", full)
+
+    def interrupt(self, module, name):
+        """Ctrl-C arrives while module.name runs."""
+        def ctrl_c(*a, **k):
+            raise KeyboardInterrupt
+        self.mp.setattr(importlib.import_module(module), name, ctrl_c)
+
+
+PROGRESS = re.compile(r"\|[^|]*\| *\d+/\d+ \[")  # a tqdm progress bar on stderr: progress, not a message
+
+
+def run_row(e, row, argv):
+    """(exit status, non-empty stderr lines, stdout) of one row."""
+    if row.proc:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, row.script), *argv], cwd=ROOT, env={**ENV, **row.env},
+                                capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        return result.returncode, [l for l in result.stderr.splitlines() if l.strip() and not PROGRESS.search(l)], result.stdout
+    for k, v in row.env.items():
+        e.mp.setenv(k, v) if v is not None else e.mp.delenv(k, raising=False)
+    main = importlib.import_module(row.script[:-3]).main
+    capsys = e.request.getfixturevalue("capsys")
+    capsys.readouterr()
+    code = 0
+    try:
+        run_main(lambda: main(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    lines = [l for l in err.splitlines() if l.strip() and not PROGRESS.search(l)]
+    if isinstance(code, str):  # sys.exit("error: ..."): the interpreter prints it to stderr and exits 1
+        code, lines = 1, lines + [code]
+    return code or 0, lines, out
+
+
+def snapshot(root):
+    """Every path under root with its size and content hash (folders: None)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.join(dirpath, d)] = None
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest() if os.path.isfile(p) else "?"
+    return out
+
+
+def leftovers(root):
+    return [p for p in snapshot(root) if p.endswith((".partial", ".tmp", ".old"))]
+
+
+def no_temporary_files(e, before, after):
+    """For rows that may legitimately change their out_dir (a full disk mid-run): no half-written file."""
+    assert not leftovers(e.tmp), leftovers(e.tmp)
+
+
+def corpus(e, n=120):
+    return write_corpus(e.tmp / "src", n_train=n, n_dev=20)
+
+
+def fake_ckpt(e, name, obj):
+    path = str(e.tmp / name)
+    torch.save(obj, path)
+    return path
+
+
+class Evil:
+    """A pickle that would create a file when unpickled: weights_only loading must refuse to run it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def glue(e, files, layout="babylm"):
+    """A small GLUE/SuperGLUE folder: {relative path: [example dict or raw line]}."""
+    for rel, rows in files.items():
+        e.file(f"glue/{rel}", "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(e.tmp / "glue")
+
+
+RTE = lambda label=0, **kw: {"sentence1": "the cat sees the ball.", "sentence2": "a dog likes the moon.", "label": label, **kw}
+GOOD_PAIR = json.dumps({"sentence_good": "the cat sees the ball.", "sentence_bad": "the cat see the ball."}) + "\n"
+
+
+def blimp(e, files, name="blimp"):
+    for fn, content in files.items():
+        e.file(f"{name}/{fn}", content)
+    return str(e.tmp / name)
+
+
+def teacher(e, **kw):
+    return tiny_argv(e.prepared, e.out, **kw)
+
+
+def eval_args(e, data, out=None, **kw):
+    return ["--ckpt", e.ckpt, "--data", data, "--out", out or os.path.join(e.out, "r.json"), *[f"--{k}={v}" for k, v in kw.items()]]
+
+
+def sg_args(e, data, task="rte", out=None, **kw):
+    return ["--ckpt", e.ckpt, "--task", task, "--data", data, "--out", out or os.path.join(e.out, "r.json"), "--epochs=1",
+            *[f"--{k}={v}" for k, v in kw.items()]]
+
+
+RESUME = dict(max_iters=6, eval_interval=2, warmup_iters=1)
+
+
+def finished_at(step):
+    def check(e, lines, stdout):
+        assert read_checkpoint(os.path.join(e.tmp, "run", "last.pt"))["step"] == step
+        assert read_log(os.path.join(e.tmp, "run", "log.jsonl"))[-1]["step"] == step
+    return check
+
+
+def torn_log_recovers(e, lines, stdout):
+    assert any("dropped a torn last line" in l for l in lines), lines
+    finished_at(6)(e, lines, stdout)
+    assert "Traceback" not in "\n".join(lines)
+
+
+def skipped_last_step(e, lines, stdout):
+    ckpt = read_checkpoint(os.path.join(e.out, "last.pt"))
+    assert ckpt["step"] == 6 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert "step 5: non-finite loss or gradient, step skipped" in stdout
+
+
+def nan_objective(e):
+    import train_teacher
+    e.mp.setattr(train_teacher, "CausalLM", lambda model: NaNAt(model, [4, 6]))  # the 4th step and the last one
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def interrupted_prepare_keeps_the_old_folder(e, before, after):
+    assert before == after and not leftovers(e.tmp)
+
+
+ROWS = [
+    # --- config files and values (train_teacher.py): FILE:LINE for a config file, the key and its bound for a value
+    Row("config syntax error", "train_teacher.py", lambda e: [e.file("syntax.py", "dim = 32\nlr = = 3\n"), *teacher(e)], r"syntax\.py:2: invalid syntax"),
+    Row("config syntax error (process)", "train_teacher.py", lambda e: [e.file("syntax.py", "dim = 32\nlr = (1,\n"), *teacher(e)], r"syntax\.py:2: ", proc=True),
+    Row("config NameError", "train_teacher.py", lambda e: [e.file("name.py", "dim = 32\nlr = learning_rate\n"), *teacher(e)], r"name\.py:2: NameError: name 'learning_rate' is not defined"),
+    Row("config ZeroDivisionError", "train_teacher.py", lambda e: [e.file("zero.py", "\n\nlr = 1 / 0\n"), *teacher(e)], r"zero\.py:3: ZeroDivisionError"),
+    Row("config non-UTF-8 byte", "train_teacher.py", lambda e: [e.file("latin1.py", b"dim = 32\n# caf\xe9\n"), *teacher(e)], r"latin1\.py:2: not UTF-8 text \(byte 0xe9\)"),
+    Row("config file missing", "train_teacher.py", lambda e: [str(e.tmp / "nope.py"), *teacher(e)], r"nope\.py: config file not found"),
+    Row("config unknown key", "train_teacher.py", lambda e: [e.file("typo.py", "dim = 32\nlearnig_rate = 1e-3\n"), *teacher(e)], r"typo\.py: unknown key 'learnig_rate'"),
+    Row("config wrong type", "train_teacher.py", lambda e: [e.file("type.py", "dim = 'wide'\n"), *teacher(e)], r"type\.py: dim='wide' has type str, expected int"),
+    Row("--lr=-1", "train_teacher.py", lambda e: teacher(e, lr=-1), r"--lr: lr=-1\.0: expected a number >0"),
+    Row("--lr=1e999 (inf)", "train_teacher.py", lambda e: teacher(e, lr="1e999"), r"lr=inf: expected a number >0"),
+    Row("--lr=fast", "train_teacher.py", lambda e: teacher(e, lr="fast"), r"lr='fast' has type str, expected float"),
+    Row("--min_lr=-0.01", "train_teacher.py", lambda e: teacher(e, min_lr=-0.01), r"min_lr=-0\.01: expected a number >=0"),
+    Row("--weight_decay=-1", "train_teacher.py", lambda e: teacher(e, weight_decay=-1), r"weight_decay=-1\.0: expected a number >=0"),
+    Row("--eval_windows=0", "train_teacher.py", lambda e: teacher(e, eval_windows=0), r"eval_windows=0: expected a number >0"),
+    Row("--eval_windows=-3", "train_teacher.py", lambda e: teacher(e, eval_windows=-3), r"eval_windows=-3: expected a number >0"),
+    Row("--n_heads=0", "train_teacher.py", lambda e: teacher(e, n_heads=0), r"n_heads=0: expected a number >0"),
+    Row("--n_kv_heads=-2", "train_teacher.py", lambda e: teacher(e, n_kv_heads=-2), r"n_kv_heads=-2: expected a number >=0"),
+    Row("--n_kv_heads=3 (does not divide)", "train_teacher.py", lambda e: teacher(e, n_kv_heads=3), r"n_heads=4 is not divisible by n_kv_heads=3"),
+    Row("--dim=30 (not divisible by heads)", "train_teacher.py", lambda e: teacher(e, dim=30), r"dim=30 is not divisible by n_heads=4"),
+    Row("--beta2=1.5", "train_teacher.py", lambda e: teacher(e, beta2=1.5), r"beta2=1\.5: expected a number 0 to 1"),
+    Row("--epochs=0", "train_teacher.py", lambda e: teacher(e, epochs=0, max_iters=0), r"epochs=0\.0: expected a number >0"),
+    Row("--batch_size=0", "train_teacher.py", lambda e: teacher(e, batch_size=0), r"batch_size=0: expected a number >0"),
+    Row("--nonfinite=maybe", "train_teacher.py", lambda e: teacher(e, nonfinite="maybe"), r"nonfinite='maybe': expected one of 'stop', 'skip'"),
+    Row("min_lr above lr", "train_teacher.py", lambda e: teacher(e, lr=1e-3, min_lr=1e-2), r"min_lr=0\.01 is larger than lr=0\.001"),
+    Row("max_iters below warmup", "train_teacher.py", lambda e: teacher(e, max_iters=5, warmup_iters=10), r"max_iters=5 is not larger than warmup_iters=10"),
+    Row("seq_len over max_seq_len", "train_teacher.py", lambda e: teacher(e, seq_len=300), r"seq_len=300 is longer than the model's max_seq_len=256"),
+    Row("batch not a multiple of micro-batch", "train_teacher.py", lambda e: teacher(e, batch_size=12), r"batch_size=12 is not a multiple of micro_batch_size=8"),
+    Row("batch larger than the training set", "train_teacher.py", lambda e: teacher(e, batch_size=65536, micro_batch_size=65536), r"batch_size=65536 is more than the \d+ training windows"),
+    Row("unknown override", "train_teacher.py", lambda e: teacher(e) + ["--dropout=0.1"], r"--dropout: unknown key 'dropout'"),
+    Row("override without a value", "train_teacher.py", lambda e: teacher(e) + ["--lr"], r"--lr: expected a value"),
+    Row("stray argument", "train_teacher.py", lambda e: teacher(e) + ["extra"], r"argument 'extra': expected --key=value"),
+    Row("AntLM schedule typo", "train_teacher.py", lambda e: teacher(e, objective="clm:4,mlmm:16"), r"objective='clm:4,mlmm:16'.*bad part 'mlmm:16'"),
+    Row("--device=cuda without a GPU", "train_teacher.py", lambda e: teacher(e, device="cuda"), r"device='cuda' but no GPU is visible"),
+    Row("RANK without LOCAL_RANK", "train_teacher.py", lambda e: teacher(e), r"RANK is set but LOCAL_RANK, WORLD_SIZE is not", env={"RANK": "0", "LOCAL_RANK": None, "WORLD_SIZE": None}),
+    Row("RANK without LOCAL_RANK (process)", "train_teacher.py", lambda e: teacher(e), r"RANK is set but LOCAL_RANK is not", proc=True, env={"RANK": "0", "WORLD_SIZE": "1"}),
+    Row("RANK not an integer", "train_teacher.py", lambda e: teacher(e), r"must be integers: RANK='zero'", env={"RANK": "zero", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}),
+    # --- output folder of a run
+    Row("--out_dir is a file", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.file("taken", "x")), r"out_dir=.*taken: exists and is not a folder"),
+    Row("--out_dir empty", "train_teacher.py", lambda e: tiny_argv(e.prepared, ""), r"out_dir: empty; expected an output folder"),
+    Row("--out_dir under a file", "train_teacher.py", lambda e: tiny_argv(e.prepared, os.path.join(e.file("taken", "x"), "run")), r"taken is a file, not a folder"),
+    Row("--out_dir read-only", "train_teacher.py", lambda e: tiny_argv(e.prepared, os.path.join(e.tmp, "ro", "run")), r"ro is not writable",
+        setup=lambda e: e.read_only(e.tmp / "ro")),
+    # --- damaged data
+    Row("data folder missing", "train_teacher.py", lambda e: tiny_argv(str(e.tmp / "nodata"), e.out), r"nodata/meta\.json: not found \(run prepare_data\.py first\)"),
+    Row("truncated meta.json", "train_teacher.py", lambda e: tiny_argv(e.data(), e.out), r"meta\.json: damaged",
+        setup=lambda e: open(os.path.join(e.data(), "meta.json"), "r+").truncate(100)),
+    Row("missing tokenizer.tiktoken", "train_teacher.py", lambda e: tiny_argv(e.data(), e.out), r"tokenizer\.tiktoken: not found \(run prepare_data\.py again\)",
+        setup=lambda e: os.remove(os.path.join(e.data(), "tokenizer.tiktoken"))),
+    Row("tokenizer swapped under meta.json", "train_teacher.py", lambda e: tiny_argv(e.data(), e.out), r"tokenizer\.tiktoken: does not match the sha256",
+        setup=lambda e: open(os.path.join(e.data(), "tokenizer.tiktoken"), "ab").write(b"IQ== 999\n")),
+    Row("odd-sized train.bin", "train_teacher.py", lambda e: tiny_argv(e.data(), e.out), r"train\.bin: size \d+ bytes is not a multiple of 2",
+        setup=lambda e: open(os.path.join(e.data(), "train.bin"), "ab").write(b"\0")),
+    Row("empty train.bin", "train_teacher.py", lambda e: tiny_argv(e.data(), e.out), r"train\.bin: empty token file",
+        setup=lambda e: open(os.path.join(e.data(), "train.bin"), "wb").close()),
+    # --- one run per out_dir; resume
+    Row("fresh start into a run", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME), r"run already holds a run: resume it with --resume=True"),
+    Row("resume with a changed lr", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME, lr=1e-3) + ["--resume=True"],
+        r"last\.pt was written with another config: lr 0\.003 -> 0\.001"),
+    Row("resume with a changed seed and dim", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME, seed=7, dim=48) + ["--resume=True"],
+        r"another config: dim 32 -> 48; seed 1337 -> 7"),
+    Row("resume with nothing to resume", "train_teacher.py", lambda e: teacher(e, **RESUME) + ["--resume=True"], r"out/last\.pt: nothing to resume from"),
+    Row("resume from a truncated last.pt", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME) + ["--resume=True"],
+        r"last\.pt: not a readable checkpoint .*ckpt\.pt \(best validation\) may still be good",
+        setup=lambda e: open(os.path.join(e.run(), "last.pt"), "r+b").truncate(1000)),
+    Row("two runs into one out_dir", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME) + ["--resume=True"],
+        r"run is in use by another run \(pid \d+", setup=lambda e: e.file("run/run.lock", str(os.getppid()))),
+    Row("torn last line of log.jsonl", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME) + ["--resume=True"], Recovers(torn_log_recovers),
+        setup=lambda e: open(os.path.join(e.run(), "log.jsonl"), "a").write('{"step": 3, "lo'), left=no_temporary_files),
+    Row("stale run.lock of a dead run", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME) + ["--resume=True"], Recovers(finished_at(6)),
+        setup=lambda e: e.file("run/run.lock", str(dead_pid())), left=no_temporary_files),
+    Row("nonfinite=skip on the last step", "train_teacher.py", lambda e: teacher(e, max_iters=6, eval_interval=3, warmup_iters=1, nonfinite="skip"),
+        Recovers(skipped_last_step), setup=nan_objective, left=no_temporary_files),
+    # --- a full disk during a run: one line, no half-written file, the last good checkpoint kept
+    Row("disk full during a checkpoint write", "train_teacher.py", lambda e: teacher(e, max_iters=4, eval_interval=2, warmup_iters=1),
+        r"out/(ckpt|last)\.pt: cannot write \(No space left on device\)", setup=lambda e: e.disk_full_in_torch_save(), left=no_temporary_files),
+    Row("disk full during a log append", "train_teacher.py", lambda e: teacher(e, max_iters=4, eval_interval=2, warmup_iters=1),
+        r"out/log\.jsonl: cannot append to the log \(No space left on device\)", setup=lambda e: full_disk_on_append(e), left=no_temporary_files),
+    # --- prepare_data.py
+    Row("prepare: missing corpus", "prepare_data.py", lambda e: ["--src", str(e.tmp / "nope"), "--out", e.out], r"nope: corpus not found"),
+    Row("prepare: empty corpus", "prepare_data.py", lambda e: ["--src", str(e.tmp / "src"), "--out", e.out], r"the train files are all empty",
+        setup=lambda e: (e.file("src/train_10M/a.train", ""), e.file("src/dev/a.dev", ""))),
+    Row("prepare: non-UTF-8 text", "prepare_data.py", lambda e: ["--src", str(e.tmp / "src"), "--out", e.out], r"a\.train: not valid UTF-8",
+        setup=lambda e: (e.file("src/train_10M/a.train", b"caf\xe9\n"), e.file("src/dev/a.dev", "x\n"))),
+    Row("prepare: --out is a file", "prepare_data.py", lambda e: ["--src", corpus(e), "--out", e.file("taken", "x")], r"--out=.*taken: exists and is not a folder"),
+    Row("prepare: --out empty", "prepare_data.py", lambda e: ["--src", corpus(e), "--out="], r"--out: empty; expected an output folder"),
+    Row("prepare: --out under a file", "prepare_data.py", lambda e: ["--src", corpus(e), "--out", os.path.join(e.file("taken", "x"), "d")], r"taken is a file, not a folder"),
+    Row("prepare: --out read-only", "prepare_data.py", lambda e: ["--src", corpus(e), "--out", str(e.tmp / "ro" / "d")], r"ro is not writable",
+        setup=lambda e: e.read_only(e.tmp / "ro")),
+    Row("prepare: --vocab_size=100", "prepare_data.py", lambda e: ["--src", corpus(e), "--out", e.out, "--vocab_size=100"], r"--vocab_size=100: expected 260\.\.65536"),
+    Row("prepare: --vocab_size=0", "prepare_data.py", lambda e: ["--src", corpus(e), "--out", e.out, "--vocab_size=0"], r"vocab_size=0: expected a number >0"),
+    Row("prepare: Ctrl-C while encoding, over an old folder", "prepare_data.py", lambda e: ["--src", corpus(e), "--out", e.data(), "--vocab_size=300"], r"^interrupted$",
+        exit=130, setup=lambda e: (e.data(), e.interrupt("prepare_data", "encode_docs")), left=interrupted_prepare_keeps_the_old_folder),
+    Row("prepare: disk full", "prepare_data.py", lambda e: ["--src", corpus(e), "--out", e.out, "--vocab_size=300"],
+        r"tokenizer\.tiktoken: cannot write \(No space left on device\)", setup=lambda e: e.disk_full_at_fsync()),
+    # --- export_hf.py
+    Row("export: both --ckpt and --from_hf", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--from_hf", str(e.tmp), "--out", e.out], r"exactly one of --ckpt"),
+    Row("export: --out is a file", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out", e.file("taken", "x")], r"--out=.*taken: exists and is not a folder"),
+    Row("export: --out empty", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out="], r"--out: empty"),
+    Row("export: --out read-only", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out", str(e.tmp / "ro" / "hf")], r"ro is not writable",
+        setup=lambda e: e.read_only(e.tmp / "ro")),
+    Row("export: missing checkpoint", "export_hf.py", lambda e: ["--ckpt", str(e.tmp / "none.pt"), "--out", e.out], r"none\.pt: checkpoint not found"),
+    Row("export: Ctrl-C mid-export, over an old export", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out", str(e.tmp / "hf")], r"^interrupted$", exit=130,
+        setup=lambda e: (e.file("hf/config.json", "{}"), e.interrupt("export_hf", "tokenizer_json")), left=interrupted_prepare_keeps_the_old_folder),
+    Row("export: disk full", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out", e.out], r"model\.safetensors: cannot write \(No space left on device\)",
+        setup=lambda e: e.disk_full_at_fsync()),
+    Row("import: no config.json", "export_hf.py", lambda e: ["--from_hf", str(e.tmp / "empty"), "--out", e.out], r"empty/config\.json: not found",
+        setup=lambda e: (e.tmp / "empty").mkdir()),
+    # --- checkpoints: weights_only, damaged, foreign
+    Row("pickle that runs code (weights_only)", "eval_blimp.py", lambda e: ["--ckpt", fake_ckpt(e, "evil.pt", {"model": Evil(str(e.tmp / "pwned"))}),
+                                                                             "--data", blimp(e, {"a.jsonl": GOOD_PAIR}), "--out", os.path.join(e.out, "r.json")],
+        r"evil\.pt: not a readable checkpoint \(UnpicklingError"),
+    Row("truncated checkpoint", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR})) [:1] + [e.file("half.pt", open(e.ckpt, "rb").read()[:3000])]
+        + eval_args(e, str(e.tmp / "blimp"))[2:], r"half\.pt: not a readable checkpoint"),
+    Row("a torch file that is not a checkpoint", "eval_blimp.py", lambda e: ["--ckpt", fake_ckpt(e, "other.pt", {"weights": torch.zeros(2)}), "--data", blimp(e, {"a.jsonl": GOOD_PAIR}),
+                                                                              "--out", os.path.join(e.out, "r.json")], r"other\.pt: not a checkpoint of this project"),
+    # --- eval_blimp.py
+    Row("blimp: --limit=-1", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR}), limit=-1), r"limit=-1: expected a number >=0"),
+    Row("blimp: one empty paradigm file", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR * 2, "b.jsonl": ""})), r"blimp/b\.jsonl: no pairs"),
+    Row("blimp: a file of blank lines", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR, "b.jsonl": "\n" * 5000})), r"blimp/b\.jsonl: no pairs"),
+    Row("blimp: all files empty", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": "", "b.jsonl": ""})), r"blimp/a\.jsonl: no pairs"),
+    Row("blimp: all files empty (process)", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": "", "b.jsonl": ""})), r"blimp/a\.jsonl: no pairs", proc=True),
+    Row("blimp: malformed line", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"p.jsonl": GOOD_PAIR + "{broken\n"})), r"p\.jsonl:2: expected a JSON object with string fields"),
+    Row("blimp: missing field", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"p.jsonl": GOOD_PAIR + '{"sentence_good": "a"}\n'})), r"p\.jsonl:2: expected a JSON object"),
+    Row("blimp: non-UTF-8 line", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"p.jsonl": GOOD_PAIR.encode() * 3 + b'{"sentence_good": "caf\xe9"}\n'})),
+        r"p\.jsonl:4: not UTF-8 text \(byte 0xe9\)"),
+    Row("blimp: missing folder", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp / "nope")), r"nope: BLiMP folder not found"),
+    Row("blimp: folder without .jsonl", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"readme.txt": "x"})), r"blimp: no \.jsonl files"),
+    Row("blimp: empty supplement file", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR})) + ["--supplement", blimp(e, {"s.jsonl": ""}, "supp")],
+        r"supp/s\.jsonl: no pairs"),
+    Row("blimp: --out is an existing folder", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR}), out=str(e.tmp / "dir")), r"dir: is a folder; expected a file path",
+        setup=lambda e: (e.tmp / "dir").mkdir()),
+    Row("blimp: --out under a file", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR}), out=os.path.join(e.file("taken", "x"), "r.json")), r"taken is a file, not a folder"),
+    Row("blimp: --out read-only", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR}), out=str(e.tmp / "ro" / "r.json")), r"ro is not writable",
+        setup=lambda e: e.read_only(e.tmp / "ro")),
+    Row("blimp: missing --ckpt", "eval_blimp.py", lambda e: ["--data", str(e.tmp)], r"--ckpt: required"),
+    Row("blimp: --protocol=2022", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp), protocol=2022), r"protocol=2022 has type int, expected str"),
+    Row("blimp: a model of another tokenizer", "eval_blimp.py", lambda e: ["--ckpt", other_vocab_ckpt(e), "--data", blimp(e, {"a.jsonl": GOOD_PAIR}),
+                                                                           "--data_dir", e.prepared, "--out", os.path.join(e.out, "r.json")], r"other_vocab\.pt was made with tokenizer 'bpe400'"),
+    # --- eval_superglue.py
+    Row("glue: validation labels all -1", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(0), RTE(1)], "rte.valid.jsonl": [RTE(-1), RTE(-1)]})),
+        r"rte\.valid\.jsonl:1: label -1: expected one of 0, 1 \(an unlabelled test file\?\)"),
+    Row("glue: label 7", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(0), RTE(7)], "rte.valid.jsonl": [RTE(1)]})),
+        r"rte\.train\.jsonl:2: label 7: expected one of 0, 1"),
+    Row("glue: label 'maybe'", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(0), RTE(1), RTE("maybe")], "rte.valid.jsonl": [RTE(1)]})),
+        r"rte\.train\.jsonl:3: label 'maybe': expected one of 0, 1"),
+    Row("glue: label true (a bool)", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(True)], "rte.valid.jsonl": [RTE(1)]})),
+        r"rte\.train\.jsonl:1: label True: expected one of 0, 1"),
+    Row("glue: missing sentence2", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(0), {"sentence1": "a", "label": 1}], "rte.valid.jsonl": [RTE(1)]})),
+        r"rte\.train\.jsonl:2: missing field 'sentence2'"),
+    Row("glue: a text that is not a string", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(0, sentence2=None)], "rte.valid.jsonl": [RTE(1)]})),
+        r"rte\.train\.jsonl:1: expected a JSON object whose text fields are strings"),
+    Row("glue: not a JSON line", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(0), "{oops"], "rte.valid.jsonl": [RTE(1)]})),
+        r"rte\.train\.jsonl:2: not a JSON line"),
+    Row("glue: empty training file", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [], "rte.valid.jsonl": [RTE(1)]})), r"rte has no training examples"),
+    Row("glue: empty validation file", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(1)], "rte.valid.jsonl": []})), r"rte has no validation examples"),
+    Row("glue: --epochs=0", "eval_superglue.py", lambda e: sg_args(e, str(e.tmp)) + ["--epochs=0"], r"epochs=0: expected a number >0"),
+    Row("glue: --batch_size=0", "eval_superglue.py", lambda e: sg_args(e, str(e.tmp), batch_size=0), r"batch_size=0: expected a number >0"),
+    Row("glue: --max_len=1", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.train.jsonl": [RTE(1)], "rte.valid.jsonl": [RTE(1)]}), max_len=1), r"max_len=1: expected at least 3"),
+    Row("glue: task_overrides epochs=0", "eval_superglue.py", lambda e: sg_args(e, str(e.tmp)) + ["--task_overrides={'rte': {'epochs': 0}}"],
+        r"task_overrides\['rte'\]: epochs=0: expected a number >0"),
+    Row("glue: task_overrides max_len=2", "eval_superglue.py", lambda e: sg_args(e, str(e.tmp)) + ["--task_overrides={'rte': {'max_len': 2}}"],
+        r"task_overrides\['rte'\]: max_len=2: expected at least 3"),
+    Row("glue: --task all with nothing runnable", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"boolq.valid.jsonl": [RTE(1)], "cola.valid.jsonl": [RTE(1)]}), task="all"),
+        r"glue: no task with both a training and a validation file"),
+    Row("glue: unknown task", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.valid.jsonl": [RTE(1)]}), task="stsb"), r"--task='stsb': unknown"),
+    Row("glue: missing training file", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.valid.jsonl": [RTE(1)]})), r"rte: no training file rte\.train\.jsonl"),
+    Row("glue: --out under a file", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.valid.jsonl": [RTE(1)]}), out=os.path.join(e.file("taken", "x"), "r.json")),
+        r"taken is a file, not a folder"),
+    Row("glue: --out under a file (process)", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"rte.valid.jsonl": [RTE(1)]}), out=os.path.join(e.file("taken", "x"), "r.json")),
+        r"taken is a file, not a folder", proc=True),
+    Row("glue: --out is an existing folder", "eval_superglue.py", lambda e: sg_args(e, str(e.tmp), out=str(e.tmp)), r"is a folder; expected a file path"),
+    Row("superglue: CB label 'maybe'", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"CB/train.jsonl": [{"premise": "a", "hypothesis": "b", "label": "maybe"}],
+                                                                                          "CB/val.jsonl": [{"premise": "a", "hypothesis": "b", "label": "neutral"}]}), task="cb"),
+        r"CB/train\.jsonl:1: label 'maybe': expected one of 'entailment', 'contradiction', 'neutral'"),
+    Row("superglue: BoolQ label 'True' (a string)", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"BoolQ/train.jsonl": [{"question": "a", "passage": "b", "label": True}],
+                                                                                                    "BoolQ/val.jsonl": [{"question": "a", "passage": "b", "label": "True"}]}), task="boolq"),
+        r"BoolQ/val\.jsonl:1: label 'True': expected one of False, True"),
+    Row("superglue: WSC without target", "eval_superglue.py", lambda e: sg_args(e, glue(e, {"WSC/train.jsonl": [{"text": "a", "label": True}], "WSC/val.jsonl": []}), task="wsc"),
+        r"WSC/train\.jsonl:1: missing field 'target'"),
+    # --- distill.py
+    Row("distill: missing teacher", "distill.py", lambda e: student_argv(e.prepared, e.out, [str(e.tmp / "none.pt")]), r"none\.pt: checkpoint not found"),
+    Row("distill: teachers with different vocabularies", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt, other_vocab_ckpt(e)]),
+        r"other_vocab\.pt was made with tokenizer 'bpe400'"),
+    Row("distill: --alpha=1.5", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt], alpha=1.5), r"alpha=1\.5: expected a number 0 to 1"),
+    Row("distill: --temperature=0", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt], temperature=0), r"temperature=0\.0: expected a number >0"),
+    Row("distill: teacher_weights of the wrong length", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt], teacher_weights="1,2"), r"teacher_weights=\[1, 2\]: expected 1 non-negative"),
+    Row("distill: Ctrl-C during teacher evaluation", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt]), r"^interrupted$", exit=130,
+        setup=lambda e: e.interrupt("distill", "evaluate"), left=no_temporary_files),
+    Row("distill: Ctrl-C during teacher evaluation leaves no out_dir", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt]), r"^interrupted$", exit=130,
+        setup=lambda e: e.interrupt("distill", "evaluate"),
+        xfail="needs distill.py (not mine to edit): it evaluates the teachers after open_run has made out_dir and run.lock; evaluating before open_run fixes it"),
+]
+
+
+def other_vocab_ckpt(e):
     torch.manual_seed(0)
-    save_checkpoint(str(other), model_checkpoint(Llama(ModelConfig(vocab_size=400, dim=32, n_layers=1, n_heads=4, hidden_dim=64)),
-                                                 {"name": "bpe400", "vocab_size": 400, "sha256": "0" * 64}))
-    blimp = base / "blimp"
-    blimp.mkdir()
-    (blimp / "p.jsonl").write_text(json.dumps({"sentence_good": "a", "sentence_bad": "b"}) + "\n{broken\n")
-    glue = base / "glue"
-    glue.mkdir()
-    (glue / "rte.valid.jsonl").write_text(json.dumps({"sentence1": "a", "sentence2": "b", "label": 0}) + "\n")
-    out = str(base / "out")
-    t = lambda **kw: tiny_argv(prepared, out, **kw)
-    return [
-        ("missing corpus", "prepare_data.py", ["--src", str(base / "nope"), "--out", out], "nope: corpus not found", out),
-        ("empty corpus folder", "prepare_data.py", ["--src", corpus("empty", lambda p: p.write_text("")), "--out", out], "files are all empty", out),
-        ("non-UTF-8 text", "prepare_data.py", ["--src", corpus("latin1", lambda p: p.write_bytes(b"caf\xe9\n")), "--out", out], "a.train: not valid UTF-8", out),
-        ("odd-sized .bin", "train_teacher.py", tiny_argv(str(odd), out), "train.bin: size", out),
-        ("unknown key in a config file", "train_teacher.py", [str(cfg_file), *t()], "typo.py: unknown key 'learnig_rate'", out),
-        ("wrong type", "train_teacher.py", t(lr="fast"), "lr='fast' has type str, expected float", out),
-        ("override of a key that does not exist", "train_teacher.py", t() + ["--dropout=0.1"], "--dropout: unknown key 'dropout'", out),
-        ("max_iters below warmup", "train_teacher.py", t(max_iters=5, warmup_iters=10), "max_iters=5 is not larger than warmup_iters=10", out),
-        ("seq_len over max_seq_len", "train_teacher.py", t(seq_len=300), "seq_len=300 is longer than the model's max_seq_len=256", out),
-        ("AntLM schedule typo", "train_teacher.py", t(objective="clm:4,mlmm:16"), "objective='clm:4,mlmm:16'", out),
-        ("missing teacher checkpoint", "distill.py", student_argv(prepared, out, [str(base / "none.pt")]), "none.pt: checkpoint not found", out),
-        ("teachers with different vocabularies", "distill.py", student_argv(prepared, out, [teachers[0], str(other)]), "other_vocab.pt was made with tokenizer 'bpe400'", out),
-        ("student vocabulary differs from the teachers'", "distill.py", student_argv(prepared, out, [str(other)]), "meta.json uses", out),
-        ("malformed BLiMP line", "eval_blimp.py", ["--ckpt", teachers[0], "--data", str(blimp), "--out", os.path.join(out, "r.json")], "p.jsonl:2: expected a JSON object", out),
-        ("missing BLiMP folder", "eval_blimp.py", ["--ckpt", teachers[0], "--data", str(base / "nope"), "--out", os.path.join(out, "r.json")], "nope: BLiMP folder not found", out),
-        ("unknown SuperGLUE task", "eval_superglue.py", ["--ckpt", teachers[0], "--task", "stsb", "--data", str(glue), "--out", os.path.join(out, "r.json")], "--task='stsb': unknown", out),
-        ("missing task file", "eval_superglue.py", ["--ckpt", teachers[0], "--task", "rte", "--data", str(glue), "--out", os.path.join(out, "r.json")], "rte: no training file", out),
-    ]
+    path = str(e.tmp / "other_vocab.pt")
+    save_checkpoint(path, model_checkpoint(Llama(ModelConfig(vocab_size=400, dim=32, n_layers=1, n_heads=4, hidden_dim=64)),
+                                           {"name": "bpe400", "vocab_size": 400, "sha256": "0" * 64}))
+    return path
+
+
+def full_disk_on_append(e):
+    """Appending to log.jsonl fails as on a full disk; every other open is the real one."""
+    import checkpoint
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    e.mp.setattr(checkpoint, "open", lambda path, mode="r", *a, **k: Full() if mode == "a" else open(path, mode, *a, **k), raising=False)
+
+
+@pytest.fixture(scope="module")
+def table_inputs(prepared, tmp_path_factory):
+    """(a checkpoint of a random tiny model, a tiny teacher run stopped at step 2 of 6), made once."""
+    from train_teacher import main as teacher_main
+
+    base = tmp_path_factory.mktemp("table")
+    _, info = load_tokenizer(prepared)
+    torch.manual_seed(0)
+    ckpt = str(base / "ckpt.pt")
+    save_checkpoint(ckpt, model_checkpoint(Llama(ModelConfig(vocab_size=info["vocab_size"], dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)),
+                                           info, config={"data_dir": prepared}))
+    run = str(base / "run")
+    import train
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "peak_flops", lambda device: 1e12)
+        teacher_main(tiny_argv(prepared, run, **RESUME, stop_at=2))
+    return ckpt, run
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.name, marks=[pytest.mark.xfail(reason=r.xfail, strict=True)] if r.xfail else []) for r in ROWS])
+def test_table(row, prepared, table_inputs, tmp_path, request, monkeypatch):
+    e = Env(tmp_path, prepared, *table_inputs, request, monkeypatch)
+    argv = row.argv(e)  # builds the bad files
+    if row.setup:
+        row.setup(e)
+    before = snapshot(tmp_path)
+    code, lines, stdout = run_row(e, row, argv)
+    after = snapshot(tmp_path)
+    if isinstance(row.expect, Recovers):
+        assert code == 0, lines[-5:]
+        row.expect.check(e, lines, stdout)
+    else:
+        assert code == row.exit, f"exit {code}, stderr {lines[-5:]}"
+        assert len(lines) == 1, f"expected one line, got {lines[-8:]}"
+        assert lines[0] == "interrupted" if row.exit == 130 else lines[0].startswith("error: "), lines[0]
+        assert re.search(row.expect, lines[0]), f"{lines[0]!r} does not match {row.expect!r}"
+    if row.left:
+        row.left(e, before, after)
+    else:
+        assert before == after, f"changed: {sorted(set(before.items()) ^ set(after.items()))[:6]}"
+    assert not os.path.exists(tmp_path / "pwned"), "a pickle in a checkpoint ran code"
+
+
+# -----------------------------------------------------------------------------------------------
+# SIGTERM (preemption): save, say how to resume, exit 143; the resumed run equals an uninterrupted one
 
 
 @pytest.mark.slow
-def test_bad_inputs_are_one_line_errors_and_leave_nothing_behind(prepared, tiny_teachers, tmp_path):
-    failures = []
-    cases = bad_inputs(tmp_path, prepared, tiny_teachers)
-    for name, script, args, expected, out in cases:
-        result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        lines = [l for l in result.stderr.splitlines() if l.strip()]
-        left = [f for _, _, files in os.walk(out) for f in files] if os.path.isdir(out) else []
-        if result.returncode == 0 or len(lines) != 1 or not lines[0].startswith("error: ") or expected not in lines[0] or left:
-            failures.append(f"{name}: exit {result.returncode}, stderr {lines[-3:]}, files left {left}")
-        shutil.rmtree(out, ignore_errors=True)
-    assert not failures, "\n".join(failures)
+def test_sigterm_saves_and_the_resumed_run_equals_an_uninterrupted_one(prepared, tmp_path):
+    args = dict(max_iters=200, eval_interval=50, warmup_iters=5, log_interval=5)
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "t")
+    run_plain("train_teacher.py", tiny_argv(prepared, ref, **args))
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_teacher.py"), *tiny_argv(prepared, out, **args)],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while len(read_log(os.path.join(out, "log.jsonl"))) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "SIGTERM: finishing this step" in stdout and "resume with --resume=True" in stdout and "Traceback" not in stderr
+    step = read_checkpoint(os.path.join(out, "last.pt"))["step"]
+    assert 0 < step < 200 and not os.path.exists(os.path.join(out, "run.lock"))
+    run_plain("train_teacher.py", tiny_argv(prepared, out, **args) + ["--resume=True"])
+    assert_same_run(ref, out)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_with_a_saved_checkpoint(prepared, tmp_path):
+    """torchrun forwards SIGTERM to its workers: both ranks finish the same step (the stop request is
+    all-reduced), rank 0 saves last.pt, nobody hangs. (torchrun's own agent then prints a SignalException
+    traceback and exits 1: that is torchrun's, not ours.)"""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.isfile(torchrun):
+        pytest.skip("torchrun is not installed beside this python")
+    out = str(tmp_path / "ddp")
+    args = tiny_argv(prepared, out, max_iters=400, eval_interval=50, warmup_iters=5, log_interval=5, micro_batch_size=4)
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "train_teacher.py"), *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(read_log(os.path.join(out, "log.jsonl"))) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    step = read_checkpoint(os.path.join(out, "last.pt"))["step"]
+    assert f"saved {os.path.join(out, 'last.pt')} at step {step}; resume with --resume=True" in stdout, stdout[-2000:]
+    assert 0 < step < 400 and not os.path.exists(os.path.join(out, "run.lock"))
+    assert "train_teacher.py" not in stderr and 'train.py"' not in stderr, stderr[-3000:]  # no traceback from our code
