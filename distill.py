@@ -51,7 +51,7 @@ from config import InputError, load_config, merge_keys, print0, run_main, runtim
 from model import Llama, ModelConfig
 from prepare_data import load_tokenizer
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
-from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, open_run, train
+from train import TRAIN_KEYS, CausalLM, Windows, check_run, check_train_config, eval_indices, evaluate, finish, model_config, take_out_dir, train
 
 DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
     "data and output": {"out_dir": ("out/student", "where ckpt.pt (best validation), last.pt (latest) and log.jsonl go")},
@@ -304,18 +304,13 @@ def main(argv=None):
     _, tok_info = load_tokenizer(cfg.data_dir)
     teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    start = open_run(cfg, rt, tok_info)
-    torch.manual_seed(cfg.seed)
-    student = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
-    if start:
-        student.load_state_dict(start["model"])
+    start = check_run(cfg, rt, tok_info, train_w)  # out_dir is taken only after the teachers' work below
 
     # Each teacher's validation CE on the very windows the student is validated on, once.
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
     val_idx = eval_indices(val_w.n, cfg.eval_windows)
     teacher_val = {f"teacher{k + 1}_val_loss": evaluate(t, val_w, val_idx, cfg.micro_batch_size, rt) for k, t in enumerate(teachers)}
     print0(" | ".join(f"{k} {v:.4f}" for k, v in teacher_val.items()))
-
     if cfg.teacher_cache:  # the teachers run once, here, and never again
         header = cache_header(cfg, weights, train_w)
         build_cache(lambda lo, hi: teacher_block(teachers, train_w, lo, hi, header, rt, cfg.loss_chunk or 256), header, cfg.teacher_cache, rt, cfg.cache_block)
@@ -323,6 +318,13 @@ def main(argv=None):
             print0(f"teacher cache ready in {cfg.teacher_cache}")
             return None
         del teachers
+
+    take_out_dir(cfg, rt, start)
+    torch.manual_seed(cfg.seed)
+    student = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
+    if start:
+        student.load_state_dict(start["model"])
+    if cfg.teacher_cache:
         objective = CachedDistillation(student, TeacherCache(cfg.teacher_cache, expect=header), cfg, teacher_val)
     else:
         objective = Distillation(student, teachers, weights, cfg, teacher_val)

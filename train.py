@@ -266,8 +266,14 @@ def start_run(cfg, tok_info, device):
 
 
 def open_run(cfg, rt, tok_info, train_w=None):
-    """Take out_dir for this run (rank 0) and return the checkpoint to resume from, or None. Given the
-    training windows, it first checks that the batch fits them: out_dir is not touched for a run that cannot start."""
+    """Check that this run can start (check_run), then take out_dir for it (take_out_dir). Returns the
+    checkpoint to resume from, or None."""
+    return take_out_dir(cfg, rt, check_run(cfg, rt, tok_info, train_w))
+
+
+def check_run(cfg, rt, tok_info, train_w=None):
+    """Everything that can refuse a run, before out_dir is touched: the batch against the world size and
+    (given the training windows) the data, then start_run's checks. Returns the checkpoint to resume from."""
     if cfg.batch_size % (cfg.micro_batch_size * rt.world):
         raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size*world_size={cfg.micro_batch_size * rt.world}")
     if train_w is not None:
@@ -275,6 +281,11 @@ def open_run(cfg, rt, tok_info, train_w=None):
     start = start_run(cfg, tok_info, rt.device)
     if rt.ddp:  # every rank has looked at out_dir before rank 0 changes it
         dist.barrier()
+    return start
+
+
+def take_out_dir(cfg, rt, start):
+    """Rank 0 makes out_dir, locks it for this run, and clears what a killed or replaced run left there."""
     if rt.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         atexit.register(release_lock, lock_out_dir(cfg.out_dir))
