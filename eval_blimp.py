@@ -174,20 +174,24 @@ def score_sentences(model, enc, info, sentences, protocol, device, batch_tokens=
 
 
 def pair_results(tasks, scores):
-    """Per task: n, correct (>=), strict (>), ties; plus pooled counts per linguistics_term and field."""
+    """Per task: n, accuracy (>=), strict (>), ties and the correctness of each pair ("1"/"0", file order);
+    plus pooled counts per linguistics_term and field."""
     per_task, per_term, per_field = {}, defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
     for task, pairs in tasks.items():
         correct = strict = ties = 0
+        flags = []  # "1"/"0" per pair in file order: what a paired bootstrap of two models resamples
         for p in pairs:
             g, b = scores[p["good"]], scores[p["bad"]]
             correct += g >= b
             strict += g > b
             ties += g == b
+            flags.append("1" if g >= b else "0")
             for table, key in ((per_term, p["term"]), (per_field, p["field"])):
                 if key:
                     table[key][0] += g >= b
                     table[key][1] += 1
-        per_task[task] = {"n": len(pairs), "acc": 100.0 * correct / len(pairs), "strict_acc": 100.0 * strict / len(pairs), "ties": ties}
+        per_task[task] = {"n": len(pairs), "acc": 100.0 * correct / len(pairs), "strict_acc": 100.0 * strict / len(pairs), "ties": ties,
+                          "correct": "".join(flags)}
     pooled = lambda table: {k: 100.0 * c / n for k, (c, n) in sorted(table.items())}
     return per_task, pooled(per_term), pooled(per_field)
 

@@ -65,7 +65,7 @@ def test_ties_count_as_correct_but_not_strict():
     model = BigramModel(torch.zeros(259, 259))  # uniform: equal-length sentences tie
     tasks = {"t": [{"good": "abc", "bad": "xyz", "field": "", "term": ""}, {"good": "ab", "bad": "xyz", "field": "", "term": ""}]}
     r = evaluate_set(model, ENC, INFO, tasks, "2024", "cpu", progress=False)
-    assert r["tasks"]["t"] == {"n": 2, "acc": 100.0, "strict_acc": 50.0, "ties": 1}
+    assert r["tasks"]["t"] == {"n": 2, "acc": 100.0, "strict_acc": 50.0, "ties": 1, "correct": "11"}
 
 
 def test_aggregation_unweighted_paradigm_mean_vs_pooled_phenomena():
@@ -74,6 +74,7 @@ def test_aggregation_unweighted_paradigm_mean_vs_pooled_phenomena():
     tasks = {"A": [pair("g", "b", "x"), pair("w", "b", "x")], "B": [pair("g", "b", "x")] * 4}
     per_task, per_term, per_field = pair_results(tasks, scores)
     assert per_task["A"]["acc"] == 50.0 and per_task["B"]["acc"] == 100.0
+    assert per_task["A"]["correct"] == "10" and per_task["B"]["correct"] == "1111", "per pair, in file order (for paired bootstraps)"
     assert summarize(per_task, per_term, "2024") == 75.0  # mean over paradigms
     assert summarize(per_task, per_term, "2023") == pytest.approx(500 / 6)  # pairs pooled within the phenomenon
     assert per_field == {"syntax": pytest.approx(500 / 6)}
