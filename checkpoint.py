@@ -162,7 +162,10 @@ def write_log(path, entries):
     atomic_write(path, lambda f: f.writelines(json.dumps(e) + "\n" for e in entries), mode="w")
 
 
-def append_log(path, entry):
+def append_log(path, entry, wandb_run=None):
+    """One entry at the end of log.jsonl (and, with wandb_log=True, the same numbers to W&B)."""
+    if wandb_run is not None:
+        wandb_run.log({k: v for k, v in entry.items() if k != "step" and isinstance(v, (int, float))}, step=entry["step"])
     try:
         with open(path, "a") as f:
             f.write(json.dumps(entry) + "\n")

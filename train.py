@@ -83,13 +83,17 @@ TRAIN_KEYS = merge_keys({
         "eval_windows": (1024, "validation windows, spread evenly over val.bin (the same for every model)", ">0"),
         "log_interval": (10, "steps between log lines", ">0"),
         "stop_at": (0, "save last.pt and exit after this step (a time-limited job); 0 = never", ">=0"),
+        "wandb_log": (False, "also log to Weights & Biases (needs `pip install wandb`); log.jsonl stays the record"),
+        "wandb_project": ("babydistill", "the W&B project"),
+        "wandb_run_name": ("", "the W&B run name; empty = the out_dir's name"),
     },
 }, RUNTIME_KEYS)
 
 # Keys that may differ between a run and its resumption: they change where and how it is computed or
 # logged, not what is learned. Anything else (the data, the model, the schedule, the seed, the batch)
 # would make the resumed steps differ from the run that wrote last.pt, so resume refuses it.
-RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "micro_batch_size", "device", "compile"}
+RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "micro_batch_size", "device", "compile",
+                  "wandb_log", "wandb_project", "wandb_run_name"}
 
 
 def check_train_config(cfg):
@@ -100,6 +104,8 @@ def check_train_config(cfg):
         raise InputError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}")
     if cfg.min_lr > cfg.lr:
         raise InputError(f"min_lr={cfg.min_lr} is larger than lr={cfg.lr}")
+    if cfg.wandb_log:
+        wandb_module()  # a missing package is a one-line error now, not after the first steps
     check_writable_dir(cfg.out_dir, "out_dir")  # empty, a file, under a file or read-only: now, not at the first checkpoint
     if cfg.batch_size % cfg.micro_batch_size:
         raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
@@ -108,6 +114,15 @@ def check_train_config(cfg):
     except ValueError as e:
         raise InputError(str(e)) from None
     cfg.data_dir = os.path.abspath(cfg.data_dir)  # recorded in checkpoints: evaluation may run from elsewhere
+
+
+def wandb_module():
+    """The wandb package, imported only when wandb_log=True (it is optional, not a requirement)."""
+    try:
+        import wandb
+    except ImportError:
+        raise InputError("wandb_log=True needs the wandb package: pip install wandb (or drop --wandb_log)") from None
+    return wandb
 
 
 def model_fields(cfg, vocab_size):
@@ -398,6 +413,10 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
     loss_fn = torch.compile(objective.loss) if rt.compile else objective.loss
     peak = peak_flops(rt.device) * rt.world
     tokens_per_step = cfg.batch_size * cfg.seq_len
+    wandb_run = None  # a resumed run logs to a new W&B run; log.jsonl holds the whole history
+    if cfg.wandb_log and rt.master:
+        wandb_run = wandb_module().init(project=cfg.wandb_project, name=cfg.wandb_run_name or os.path.basename(os.path.normpath(cfg.out_dir)),
+                                        config=vars(cfg))
 
     stop = StopSignal()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -431,7 +450,7 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
                 entry = {"step": step, **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
                          "tok_per_s": tok_s, "mfu": objective.flops_per_token(cfg.seq_len) * tok_s / peak}
                 if rt.master:
-                    append_log(log_path, entry)
+                    append_log(log_path, entry, wandb_run)
                     bar.write(format_entry(entry))
                 t0, t0_step = time.perf_counter(), step
             if step % cfg.eval_interval == 0 or step == max_iters:
@@ -442,7 +461,7 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
                 entry = {"step": step, "val_loss": val, **objective.eval_fields()}
                 improved, best_val = val < best_val, min(best_val, val)
                 if rt.master:
-                    append_log(log_path, entry)
+                    append_log(log_path, entry, wandb_run)
                 # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes
                 # both again, so the best checkpoint is never left behind by a resumed run.
                 if improved:
@@ -462,6 +481,8 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
             signal.signal(s, handler)
         if rt.master:
             release_lock(os.path.join(cfg.out_dir, "run.lock"))
+        if wandb_run is not None:
+            wandb_run.finish()
     return {"best_val_loss": best_val, "steps": step, "max_iters": max_iters, "seconds": time.perf_counter() - t_run,
             "signal": stop.signum}
 

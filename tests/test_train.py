@@ -130,3 +130,35 @@ def test_one_run_per_out_dir(prepared, tmp_path):
         holder.wait()
     main(tiny_argv(prepared, out, max_iters=4, eval_interval=2, warmup_iters=1))  # a dead holder's lock is taken over
     assert not os.path.exists(os.path.join(out, "run.lock")), "released at the end"
+
+
+class FakeWandb:
+    """Stands in for the wandb package (not a requirement): records what the loop sends."""
+
+    def __init__(self):
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return self
+
+    def log(self, values, step):
+        self.logged.append({"step": step, **values})
+
+    def finish(self):
+        self.finished += 1
+
+
+def test_wandb_logging_mirrors_the_log_and_is_optional(prepared, tmp_path, monkeypatch):
+    import sys
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = str(tmp_path / "t")
+    main(tiny_argv(prepared, out, max_iters=4, eval_interval=2, warmup_iters=1, wandb_log=True, wandb_project="p"))
+    assert fake.inits[0]["project"] == "p" and fake.inits[0]["name"] == "t" and fake.inits[0]["config"]["lr"] == 3e-3
+    numbers = lambda e: {k: v for k, v in e.items() if isinstance(v, (int, float))}
+    assert fake.logged == [numbers(e) for e in read_log(os.path.join(out, "log.jsonl"))] and fake.finished == 1
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: one line, before any work
+    with pytest.raises(InputError, match="wandb_log=True needs the wandb package: pip install wandb"):
+        main(tiny_argv(prepared, str(tmp_path / "u"), wandb_log=True))
+    assert not os.path.exists(tmp_path / "u")
