@@ -401,6 +401,7 @@ def main(argv=None):
         tasks.remove("mnli-mm")  # produced by the MNLI run
     loaded = {}
     for t in tasks:
+        tqdm.write(f"reading {t}")
         try:
             data, where = load_task(args.data, t)
         except (KeyError, ValueError, TypeError) as e:
@@ -421,6 +422,7 @@ def main(argv=None):
     results = {}
     for t, data in loaded.items():
         task_hp = {**hp, **hp["task_overrides"].get(t, {})}
+        tqdm.write(f"{t}: tokenizing {len(data['train']):,} training and {len(data['valid']):,} validation examples")
         for split in ("train", "valid"):
             data[split] = encode_examples(enc, info, data[split], data["choice"], task_hp["max_len"])
         data["extra_valid"] = {k: encode_examples(enc, info, v, data["choice"], task_hp["max_len"]) for k, v in data["extra_valid"].items()}
