@@ -177,7 +177,7 @@ def export(ckpt_path, out, data_dir=None):
     tqdm.write(f"loading {ckpt_path}")
     model, ckpt, enc, info = load_model_and_tokenizer(ckpt_path, data_dir)
     cfg = model.config
-    tqdm.write(f"writing {model.num_params():,} parameters (fp32) to {out}")
+    tqdm.write(f"writing {model.num_params():,} parameters (fp32) and the tokenizer")
     state = model.state_dict()
     tensors = {hf: state[ours] for ours, hf in hf_names(cfg.n_layers) if not (cfg.tie_embeddings and ours == "output.weight")}
     os.makedirs(out, exist_ok=True)
