@@ -345,7 +345,9 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
         else:
             bad_epochs += 1
         if progress:
-            tqdm.write(f"{name} epoch {epoch}: train loss {train_loss:.4f} | valid {data['metric']} {value:.1f} | best {best:.1f} (epoch {best_epoch})")
+            chosen_by = "f1" if (2 if data["choice"] else data["classes"]) == 2 else "acc"  # as selection_score
+            tqdm.write(f"{name} epoch {epoch}: train loss {train_loss:.4f} | valid {data['metric']} {value:.1f}, {chosen_by} {select:.1f} "
+                       f"| best {chosen_by} {best:.1f} (epoch {best_epoch}; the epoch is chosen by {chosen_by})")
         if bad_epochs >= hp["patience"]:  # early stopping, whether or not progress is shown
             break
     model.load_state_dict(best_state)  # the best epoch, restored (MNLI-mm below is scored with it)
