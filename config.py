@@ -9,6 +9,7 @@ a default, a one-line meaning and, where it matters, the values it accepts. A ru
     python train_teacher.py configs/tiny_teacher1.py --lr=1e-3 --out_dir=out/x   # file, then overrides
     python eval_blimp.py --ckpt out/x/ckpt.pt --data ../shared/data/blimp_filtered  # "--key value" works too
     python train_teacher.py --help                                                 # every key, grouped
+    python config.py --readme                                                      # rewrite the README's tables of every script's keys from these key tables
 
 Values are read as Python literals (1e-3, True, ['a.pt', 'b.pt']) or else as bare strings (out/x); a list
 key also takes comma-separated values (--teachers=a.pt,b.pt). Types are checked against the default,
