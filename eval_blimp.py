@@ -232,6 +232,7 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"blimp_{args.protocol}.json")
     check_writable(out)  # now, not after the whole evaluation
     rt = runtime(args)
+    tqdm.write(f"reading {args.data}" + (f" and {args.supplement}" if args.supplement else ""))
     tasks = limit_tasks(read_tasks(args.data), args.limit)
     supplement = limit_tasks(read_tasks(args.supplement), args.limit) if args.supplement else None
     model, _, enc, info = load_model_and_tokenizer(args.ckpt, args.data_dir or None, rt.device)

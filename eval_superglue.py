@@ -347,11 +347,11 @@ def length_batches(examples, batch_size, rng):
 
 
 @torch.no_grad()
-def predict(model, examples, pad_id, device, batch_size=64):
+def predict(model, examples, pad_id, device, batch_size=64, desc=None):
     model.eval()
     order = sorted(range(len(examples)), key=lambda j: len(examples[j][0][0]))
     preds = [0] * len(examples)
-    for i in range(0, len(order), batch_size):
+    for i in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False, mininterval=1):
         idx = order[i : i + batch_size]
         for j, p in zip(idx, batch_logits(model, [examples[j] for j in idx], pad_id, device).argmax(-1).tolist()):
             preds[j] = p
@@ -389,7 +389,7 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
             opt.zero_grad(set_to_none=True)
             loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        pred = predict(model, data["valid"], pad_id, device)
+        pred = predict(model, data["valid"], pad_id, device, desc=f"{name} validation" if progress else None)
         select, value = selection_score(pred, gold, 2 if data["choice"] else data["classes"]), metric(pred, gold)
         train_loss = loss_sum / len(batches)
         history.append({"epoch": epoch, "train_loss": train_loss, "metric": value, "selection": select})
@@ -399,9 +399,11 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
         else:
             bad_epochs += 1
         if progress:
-            tqdm.write(f"{name} epoch {epoch}: train loss {train_loss:.4f} | valid {data['metric']} {value:.1f} | best {best:.1f} (epoch {best_epoch})")
-            if bad_epochs >= hp["patience"]:
-                break
+            chosen_by = "f1" if (2 if data["choice"] else data["classes"]) == 2 else "acc"  # as selection_score
+            tqdm.write(f"{name} epoch {epoch}: train loss {train_loss:.4f} | valid {data['metric']} {value:.1f}, {chosen_by} {select:.1f} "
+                       f"| best {chosen_by} {best:.1f} (epoch {best_epoch}; the epoch is chosen by {chosen_by})")
+        if bad_epochs >= hp["patience"]:  # early stopping, whether or not progress is shown
+            break
     model.load_state_dict(best_state)  # the best epoch, restored (MNLI-mm below is scored with it)
     pred = best_pred  # its validation predictions: no second pass over the validation set
     result = {"metric_name": data["metric"], "metric": metric(pred, gold), "best_epoch": best_epoch, "epochs_run": len(history),
@@ -410,7 +412,7 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
     extra = {}
     for key, rows in data["extra_valid"].items():  # MNLI-mm: the MNLI model on the mismatched set
         g = [y for _, y in rows]
-        extra[key] = {"metric_name": data["metric"], "metric": metric(predict(model, rows, pad_id, device), g), "best_epoch": best_epoch,
+        extra[key] = {"metric_name": data["metric"], "metric": metric(predict(model, rows, pad_id, device, desc=f"{name} {key}" if progress else None), g), "best_epoch": best_epoch,
                       "n_train": len(data["train"]), "n_valid": len(rows), "majority_baseline": majority_baseline({**data, "valid": rows})}
     return result, extra
 
@@ -463,6 +465,7 @@ def main(argv=None):
         tasks.remove("mnli-mm")  # produced by the MNLI run
     loaded = {}
     for t in tasks:
+        tqdm.write(f"reading {t}")
         try:
             data, where = load_task(args.data, t)
         except (KeyError, ValueError, TypeError) as e:
@@ -483,6 +486,7 @@ def main(argv=None):
     results = {}
     for t, data in loaded.items():
         task_hp = {**hp, **hp["task_overrides"].get(t, {})}
+        tqdm.write(f"{t}: tokenizing {len(data['train']):,} training and {len(data['valid']):,} validation examples")
         for split in ("train", "valid"):
             data[split] = encode_examples(enc, info, data[split], data["choice"], task_hp["max_len"])
         data["extra_valid"] = {k: encode_examples(enc, info, v, data["choice"], task_hp["max_len"]) for k, v in data["extra_valid"].items()}

@@ -35,6 +35,7 @@ import struct
 import sys
 
 import torch
+from tqdm import tqdm
 
 from checkpoint import atomic_write, check_writable_dir, model_checkpoint, save_checkpoint
 from config import InputError, load_config, run_main
@@ -64,21 +65,23 @@ def hf_names(n_layers):
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
-def write_safetensors(path, tensors):
-    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+def write_safetensors(path, tensors, progress=True):
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, t in tensors.items():
-        t = t.detach().contiguous().cpu()
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
 
     def write(f):
         f.write(struct.pack("<Q", len(head)) + head)
-        for blob in blobs:
-            f.write(blob)
+        with tqdm(total=offset, desc=os.path.basename(path), unit="B", unit_scale=True, disable=not progress, mininterval=1) as bar:
+            for t in tensors.values():  # one tensor's bytes at a time: no second copy of the whole model
+                t = t.detach().contiguous().cpu()
+                if t.numel():
+                    f.write(t.view(torch.uint8).numpy().tobytes())
+                bar.update(t.numel() * t.element_size())
     atomic_write(path, write)
 
 
@@ -171,8 +174,10 @@ def tokenizer_json(ranks, info):
 
 
 def export(ckpt_path, out, data_dir=None):
+    tqdm.write(f"loading {ckpt_path}")
     model, ckpt, enc, info = load_model_and_tokenizer(ckpt_path, data_dir)
     cfg = model.config
+    tqdm.write(f"writing {model.num_params():,} parameters (fp32) and the tokenizer")
     state = model.state_dict()
     tensors = {hf: state[ours] for ours, hf in hf_names(cfg.n_layers) if not (cfg.tie_embeddings and ours == "output.weight")}
     os.makedirs(out, exist_ok=True)
@@ -188,6 +193,7 @@ def export(ckpt_path, out, data_dir=None):
     dump = lambda name, obj: atomic_write(os.path.join(out, name), lambda f: json.dump(obj, f, indent=1, ensure_ascii=False), mode="w")
     dump("config.json", config)
     ranks = enc._mergeable_ranks  # the BPE ranks of the tokenizer just loaded (and checked against its hash)
+    tqdm.write(f"writing tokenizer.json ({len(ranks):,} tokens, merges rebuilt from the ranks)")
     dump("tokenizer.json", tokenizer_json(ranks, info))
     specials = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "mask_token": "<|mask|>"}
     dump("tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
@@ -210,6 +216,7 @@ def import_hf(folder, out):
                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
     if hf.get("head_dim", cfg.head_dim) != cfg.head_dim:
         raise InputError(f"{cfg_path}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
+    tqdm.write(f"reading the weights in {folder}")
     weights = read_hf_weights(folder)
     state = {}
     for ours, name in hf_names(cfg.n_layers):

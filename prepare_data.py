@@ -220,15 +220,25 @@ def split_train_val(lines, val_fraction=0.05):
 # Byte-level BPE, trained here (Sennrich et al. 2016; byte-level as GPT-2, Radford et al. 2019)
 
 
-def count_pretokens(docs):
+def count_pretokens(docs, progress=False):
     """How often each pre-token (a regex chunk of " " + document) occurs in the training documents."""
     counts = Counter()
     pat = regex.compile(PAT_STR)
-    for i in range(0, len(docs), 20000):
+    bar = tqdm(total=sum(map(len, docs)), desc="count pre-tokens", unit="char", unit_scale=True, disable=not progress, mininterval=1)
+    i = 0
+    while i < len(docs):
         # Joining documents with "\n " yields the chunks of each " " + doc, plus one "\n" chunk between
         # documents (documents hold no newline), which we then remove: same counts, far fewer calls.
-        counts.update(pat.findall(" " + "\n ".join(docs[i : i + 20000])))
+        # A group is up to 20,000 documents or about 1M characters, so the bar moves on long documents too.
+        j, size = i, 0
+        while j < len(docs) and j - i < 20000 and size < 1_000_000:
+            size += len(docs[j])
+            j += 1
+        counts.update(pat.findall(" " + "\n ".join(docs[i:j])))
         counts.pop("\n", None)
+        bar.update(size)
+        i = j
+    bar.close()
     return counts
 
 
@@ -243,6 +253,8 @@ def train_bpe(counts, n_ranks, min_frequency=2, progress=True):
     by bytes, so each byte string may have only one id."""
     vocab = [bytes([i]) for i in range(256)]
     ids_of = {b: i for i, b in enumerate(vocab)}
+    if progress:
+        tqdm.write(f"counting byte pairs in {len(counts):,} distinct pre-tokens")
     words = [list(w.encode("utf-8")) for w in counts]
     freqs = list(counts.values())
     pair_count = defaultdict(int)
@@ -414,10 +426,13 @@ def read_bin(path):
 
 def prepare(src, out, tokenizer="bpe", vocab_size=16000, min_frequency=2, gpt2_bpe=None, progress=True):
     t_start = time.perf_counter()
+    say = tqdm.write if progress else (lambda text: None)  # each phase announced on its own line
+    say(f"reading {src}")
     corpus = read_corpus(src)
     raw_hashes = {f"{split}/{name}": hashlib.sha256(text.encode()).hexdigest()
                   for split, files in corpus.items() for name, text in files.items()}
     splits = {"train": {}, "val": {}, "test": {}}
+    say(f"cleaning and splitting {sum(len(t) for f in corpus.values() for t in f.values()):,} characters")
     for name, text in corpus["train"].items():
         splits["train"][name], splits["val"][name] = split_train_val(clean_lines(name, text))
     for name, text in corpus["dev"].items():
@@ -433,7 +448,8 @@ def prepare(src, out, tokenizer="bpe", vocab_size=16000, min_frequency=2, gpt2_b
         n_ranks = vocab_size - len(SPECIAL_TOKENS)
         if not 256 < n_ranks <= 65536 - len(SPECIAL_TOKENS):
             raise InputError(f"--vocab_size={vocab_size}: expected {256 + len(SPECIAL_TOKENS) + 1}..65536")
-        ranks = train_bpe(count_pretokens(train_docs), n_ranks, min_frequency, progress)
+        say(f"training a {vocab_size:,}-token BPE on {len(train_docs):,} training documents")
+        ranks = train_bpe(count_pretokens(train_docs, progress), n_ranks, min_frequency, progress)
         if len(ranks) < n_ranks:
             print(f"note: only {len(ranks)} BPE tokens reach min_frequency={min_frequency}; vocab is smaller than asked")
         name = f"bpe{len(ranks) + len(SPECIAL_TOKENS)}"

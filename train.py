@@ -187,14 +187,15 @@ def eval_indices(n_windows, n_eval):
 
 
 @torch.no_grad()
-def evaluate(model, windows, idx, batch_size, rt):
+def evaluate(model, windows, idx, batch_size, rt, desc="validation"):
     """Mean next-token cross-entropy (nats/token) of a bare model on the windows idx. Under DDP each
-    process takes a share and the sums are all-reduced: every rank runs it, none waits on another."""
+    process takes a share and the sums are all-reduced: every rank runs it, none waits on another.
+    The first process shows a bar named desc (cleared when done; desc=None: no bar)."""
     was_training = model.training
     model.eval()
     mine = idx[rt.rank :: rt.world]
     total = torch.zeros(2, dtype=torch.float64, device=rt.device)
-    for i in range(0, len(mine), batch_size):
+    for i in tqdm(range(0, len(mine), batch_size), desc=desc, disable=desc is None or not rt.master, leave=False, mininterval=1):
         x, y = windows.get(mine[i : i + batch_size], rt.device)
         with rt.autocast:
             logits = model.logits(x)
@@ -423,6 +424,8 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
     print0(f"{model.num_params():,} parameters | {max_iters} steps ({sampler.steps_per_epoch} per epoch) | "
            f"global batch {cfg.batch_size} x {cfg.seq_len} tokens, grad_accum {grad_accum}, world {rt.world} | "
            f"device {rt.device} {rt.dtype}, compile {rt.compile}")
+    print0(f"MFU is measured against {peak / 1e12:.3g} TFLOP/s: " + ("the data sheet's dense bf16 peak" if peak / rt.world in GPU_PEAK_FLOPS.values()
+           else "the best fp32 matmul reading so far on this machine (re-measured when a reading would exceed 100%)"))
     bar = tqdm(total=max_iters, initial=step, desc="train", disable=not rt.master, mininterval=1, dynamic_ncols=True)
     t_run = time.perf_counter()
     t0, t0_step = time.perf_counter(), step

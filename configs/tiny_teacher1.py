@@ -1,4 +1,4 @@
-# A tiny Llama teacher for a CPU walk-through (a few minutes on 2 cores).
+# A tiny Llama teacher for the README's CPU walk-through (its table gives the measured times).
 # Prepare the data first: python prepare_data.py --src ../shared/data/babylm_2024_mini --out data/mini
 data_dir = "data/mini"
 out_dir = "out/tiny_teacher1"
