@@ -7,10 +7,11 @@ import zipfile
 
 import numpy as np
 import pytest
+import tiktoken
 
 from conftest import shared_path, write_corpus
 from config import InputError
-from prepare_data import (clean_lines, count_pretokens, encode_docs, load_tokenizer, prepare, read_bin,
+from prepare_data import (PAT_STR, clean_lines, count_pretokens, encode_docs, load_tokenizer, prepare, read_bin,
                           split_train_val, train_bpe)
 
 
@@ -58,7 +59,13 @@ def test_bpe_learns_frequent_merges_and_round_trips():
     ranks = train_bpe(count_pretokens(docs), 300, progress=False)
     assert b" the" in ranks and b" cat" in ranks
     assert sorted(ranks.values()) == list(range(len(ranks))), "ranks are 0..n-1"
-    assert len(set(ranks)) == len(ranks)
+    for token, rank in ranks.items():  # every merged token is two tokens that existed before it
+        if len(token) > 1:
+            assert any(ranks.get(token[:i], rank) < rank and ranks.get(token[i:], rank) < rank for i in range(1, len(token))), token
+    enc = tiktoken.Encoding("t", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={})
+    for text in ("the cat sat on the mat", "a rat? The mat!"):
+        assert enc.decode(enc.encode_ordinary(text)) == text
+    assert len(enc.encode_ordinary(" the cat")) == 2, "frequent words became single tokens"
 
 
 def test_bpe_respects_min_frequency():
