@@ -329,7 +329,7 @@ def main(argv=None):
     else:
         objective = Distillation(student, teachers, weights, cfg, teacher_val)
     summary = train(cfg, rt, student, objective, train_w, tok_info, start=start)
-    finish(summary, "student ", cfg.out_dir)
+    finish(summary, "student", cfg.out_dir)
     print0("teachers: " + ", ".join(f"{v:.4f}" for v in teacher_val.values()))
     if rt.ddp:
         torch.distributed.destroy_process_group()

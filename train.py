@@ -543,5 +543,5 @@ def finish(summary, what, out_dir):
         if summary["signal"]:
             raise SystemExit(128 + summary["signal"])
         return
-    print0(f"done: {summary['steps']} steps in {summary['seconds']:.0f}s, best {what} val_loss {summary['best_val_loss']:.4f}, "
+    print0(f"done: {summary['steps']} steps in {summary['seconds']:.0f}s, best {what + ' ' if what else ''}val_loss {summary['best_val_loss']:.4f}, "
            f"checkpoints in {out_dir}")
