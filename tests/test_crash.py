@@ -98,12 +98,12 @@ def assert_same_run(a, b):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_and_mid_write_then_resume(prepared, tiny_teachers, tmp_path):
     rng = random.Random(0)
-    teacher = dict(max_iters=150, eval_interval=5, log_interval=1, dim=48)
+    teacher = dict(max_iters=60, eval_interval=5, log_interval=1, dim=48)
     ref, killed = str(tmp_path / "t_ref"), str(tmp_path / "t_killed")
     run_plain("train_teacher.py", tiny_argv(prepared, ref, **teacher))
     mid_write = kill_and_resume("train_teacher.py", tiny_argv(prepared, killed, **teacher), killed, kills=2, rng=rng)
     assert_same_run(ref, killed)
-    student = dict(max_iters=100, eval_interval=5, log_interval=1)
+    student = dict(max_iters=50, eval_interval=5, log_interval=1)
     ref, killed = str(tmp_path / "s_ref"), str(tmp_path / "s_killed")
     run_plain("distill.py", student_argv(prepared, ref, tiny_teachers, **student))
     mid_write += kill_and_resume("distill.py", student_argv(prepared, killed, tiny_teachers, **student), killed, kills=2, rng=rng)
