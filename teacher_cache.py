@@ -142,8 +142,8 @@ def file_sha256(path):
 
 
 def cache_header(cfg, weights, windows, teacher_paths=None):
-    """The header a cache for this run must have. `windows` is the train_teacher.Windows of train.bin;
-    cfg has data_dir, teachers, temperature, ensemble and the cache_* keys (CACHE_DEFAULTS)."""
+    """The header a cache for this run must have. `windows` is the train.Windows of train.bin;
+    cfg has data_dir, teachers, temperature, ensemble and the cache_* keys (CACHE_KEYS)."""
     paths = list(teacher_paths if teacher_paths is not None else cfg.teachers)
     with open(os.path.join(cfg.data_dir, "meta.json")) as f:
         tok = json.load(f)["tokenizer"]
@@ -213,7 +213,7 @@ def cache_bytes(header):
 class TeacherCache:
     """A built cache, memory-mapped. get(window_indices) -> (ids (B, L, k) int64, weights (B, L, k) float32,
     plogp (B, L) float32) for the windows EpochSampler returned; pass them after (student, x, y) to
-    make_cached_loss's loss_fn. `expect`: the header this run needs (cache_header); mismatch = InputError."""
+    distill.CachedDistillation.loss. `expect`: the header this run needs (cache_header); mismatch = InputError."""
 
     def __init__(self, path, expect=None):
         header_path = os.path.join(path, "header.json")

@@ -5,11 +5,11 @@
 (One thread: on a shared 2-core machine two OpenMP threads stall whenever another process holds a core.)
 
 Variants (same student init, batch and AdamW):
-    ce       plain next-token CE (train_teacher.clm_loss: full (B, T, V) logits, F.cross_entropy)
-    live     distill.make_distill_loss: two teacher forwards + the fused head/CE/KL (loss_chunk 256), eager
-    cached   teacher_cache.make_cached_loss with TeacherCache.get from the memory-mapped cache (the read is
-             inside the timed step)
-    build    teacher_cache.build_cache over a few blocks of windows: seconds per window of the one-off pass
+    ce       plain next-token CE (train.CausalLM: full (B, T, V) logits, F.cross_entropy)
+    live     distill.Distillation: two teacher forwards + the fused head/CE/KL (loss_chunk 256), eager
+    cached   distill.CachedDistillation: its batch() reads the memory-mapped cache (inside the timed step),
+             then the fused sparse head/CE/KL
+    build    teacher_cache.build_cache with distill.teacher_block over a few blocks: seconds per window of the one-off pass
 Speeds: the three step variants run interleaved step by step in one process (the machine is shared: load
 from other processes then slows all of them alike), medians of the timed steps. Peak RSS: each variant
 alone in its own process for two steps (the cached one without any teacher in memory). The 8-epoch projection for a corpus of --corpus_tokens tokens:

@@ -6,7 +6,7 @@
 Three variants at the same sizes, each in its own process (so peak memory is its own):
     reference  the way the papers' code computes it: an eager model, full fp32 (B, T, V) logits for every
                teacher, kl_div(log_softmax(s/T), softmax(mean teacher logits/T), reduction="batchmean")
-    eager      this project's loss function (distill.make_distill_loss), not compiled
+    eager      this project's training loss (distill.Distillation.loss, the fused head + CE + KL), not compiled
     compiled   the same function under torch.compile (as distill.py runs it on CUDA by default)
     compiled-autotune  the same with mode="max-autotune-no-cudagraphs" (GEMM template search; slow to compile)
 FLOPs per token = 6 N (student) + 2 N per teacher, N = matmul parameters (output head included, embedding
