@@ -40,13 +40,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/stats.py
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 import torch  # noqa: E402
 
 from checkpoint import load_checkpoint, read_log  # noqa: E402
-from config import load_config, runtime  # noqa: E402
-from train import TRAIN_KEYS, Windows, eval_indices, evaluate  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from stats import blimp_diff_ci, ce_diff_ci, seeds_diff_ci, verdict  # noqa: E402
+from train import Windows, eval_indices  # noqa: E402
 
 TEACHER = dict(dim=192, n_layers=6, n_heads=6, n_kv_heads=2, hidden_dim=512)
 STUDENT = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384)
@@ -146,11 +148,19 @@ def commands(args, work, data, steps_per_epoch):
     return out
 
 
-def test_ce(ckpt_path, data_dir, windows):
+@torch.no_grad()
+def test_ce_windows(ckpt_path, data_dir, windows):
+    """The mean next-token CE of each of `windows` fixed test windows (the same windows for every model):
+    their mean is the test CE, and a paired bootstrap resamples them."""
     model, ckpt = load_checkpoint(ckpt_path)
-    cfg = load_config(TRAIN_KEYS, ["--device=cpu", "--compile=False"])
+    model.eval()
     w = Windows(os.path.join(data_dir, "test.bin"), ckpt["config"]["seq_len"])
-    return evaluate(model, w, eval_indices(w.n, windows), 32, runtime(cfg))
+    idx, out = eval_indices(w.n, windows), []
+    for i in range(0, len(idx), 32):
+        x, y = w.get(idx[i : i + 32], torch.device("cpu"))
+        ce = F.cross_entropy(model.logits(x).float().flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        out += ce.mean(1).tolist()  # (B,): one number per window
+    return out
 
 
 def main():
@@ -198,11 +208,14 @@ def main():
                                    os.path.join(SHARED, "blimp_supplement"), "--out", blimp_json, *blimp_limit], None, work, k, total)
         b = json.load(open(blimp_json))
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ce_windows = test_ce_windows(ckpt_path, data, 64 if args.smoke else 2048)
         log = read_log(os.path.join(out, "log.jsonl"))
         results["models"][name] = {
             "role": role, "params": sum(v.numel() for v in ckpt["model"].values()), "best_step": ckpt["step"],
             "tokens_seen": max_iters * TRAIN["batch_size"] * TRAIN["seq_len"], "train_seconds": seconds,
-            "val_ce": ckpt["val_loss"], "test_ce": test_ce(ckpt_path, data, 64 if args.smoke else 2048),
+            "val_ce": ckpt["val_loss"], "test_ce": sum(ce_windows) / len(ce_windows), "test_ce_windows": ce_windows,
+            "blimp_correct": {t: r["correct"] for t, r in b["blimp"]["tasks"].items()},
+            "supplement_correct": {t: r["correct"] for t, r in b["supplement"]["tasks"].items()},
             "blimp": b["blimp"]["score"], "supplement": b["supplement"]["score"], "blimp_field": b["blimp"]["field"],
             "val_curve": [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]}
     with open(os.path.join(work, "results.json"), "w") as f:
@@ -238,6 +251,7 @@ def write_report(r, path, png, cmds=()):
         sp = max(spread(st), spread(bl))
         summary.append(f"| {metric} | {mean(st):.4g} | {mean(bl):.4g} | {better(te):.4g} | {gap_b:+.3g} | {gap_t:+.3g} | {sp:.3g} | "
                        f"{'yes' if abs(gap_b) > sp else 'no'} | {'yes' if abs(gap_t) > sp else 'no'} |")
+    ci_section = confidence_intervals(m)
     cache_rows = []
     for role, label in (("student", "live teachers"), ("cache_sampled", "cache, sampled (unbiased), k = 16"), ("cache_topk", "cache, top-k, k = 16")):
         xs = [x for x in m.values() if x["role"] == role]
@@ -258,11 +272,49 @@ def write_report(r, path, png, cmds=()):
         "## Student vs teachers and baseline", "",
         "Student and baseline are means over seeds; teachers: the better teacher. Spread = largest max-min over seeds of student or baseline.", "",
         "| metric | student | baseline | best teacher | student - baseline | student - teacher | spread | vs baseline exceeds spread | vs teacher exceeds spread |",
-        "|---|---|---|---|---|---|---|---|---|", *summary, "", *cache_section, f"![validation CE]({png})", "",
+        "|---|---|---|---|---|---|---|---|---|", *summary, "", *ci_section, *cache_section, f"![validation CE]({png})", "",
         "## Commands", "", "Run from the project root, in this order (then `eval_blimp.py` on each `ckpt.pt`, full sets):", "", "```",
         *[f"python {' '.join(c if ' ' not in c and '[' not in c else repr(c) for c in cmd)}".replace(ROOT + "/", "") for _, _, cmd in cmds], "```", ""])
     with open(path, "w") as f:
         f.write(text)
+
+
+def flags(per_task):
+    """(0/1 array, paradigm labels) of a model's per-pair correctness, tasks in name order."""
+    tasks = sorted(per_task)
+    return [int(c) for t in tasks for c in per_task[t]], [t for t in tasks for _ in per_task[t]]
+
+
+def confidence_intervals(m):
+    """The report's 95% intervals: paired bootstraps over the same items (BLiMP pairs within each paradigm,
+    supplement items within each task, test windows) for each seed's student against the baseline of the
+    same seed and against the best teacher, and Welch t intervals across seeds. One sentence each."""
+    students = sorted(n for n, x in m.items() if x["role"] == "student" and "blimp_correct" in x)
+    teachers = [n for n, x in m.items() if x["role"] == "teacher" and "blimp_correct" in x]
+    if not students or not teachers:
+        return []
+    best = min(teachers, key=lambda n: m[n]["val_ce"])
+    lines = ["## Confidence intervals (95%)", "",
+             f"Paired bootstraps on the same items (10,000 resamples; BLiMP pairs and supplement items resampled within each "
+             f"paradigm or task, test CE over {len(m[students[0]]['test_ce_windows'])} test windows), each student seed against the "
+             f"baseline of the same seed and against the best teacher by validation CE ({best}); then Welch t intervals over seeds. "
+             "BLiMP and supplement in points (higher is better), test CE in nats (lower is better).", ""]
+    for s in students:
+        others = [(f"baseline_{s.split('_')[-1]}", "baseline"), (best, "best teacher")]
+        for other, label in others:
+            if other not in m or "blimp_correct" not in m[other]:
+                continue
+            a, b = m[s], m[other]
+            for metric, key in (("BLiMP", "blimp_correct"), ("supplement", "supplement_correct")):
+                (ca, labels), (cb, _) = flags(a[key]), flags(b[key])
+                lines.append("- " + verdict(blimp_diff_ci(ca, cb, labels), f"{s} - {other} ({label}), {metric}"))
+            lines.append("- " + verdict(ce_diff_ci(a["test_ce_windows"], b["test_ce_windows"]), f"{s} - {other} ({label}), test CE"))
+    baselines = sorted(n for n, x in m.items() if x["role"] == "baseline")
+    if len(students) >= 2 and len(baselines) >= 2:
+        for metric in ("blimp", "supplement", "test_ce", "val_ce"):
+            ci = seeds_diff_ci([m[n][metric] for n in students], [m[n][metric] for n in baselines])
+            lines.append("- " + verdict(ci, f"student - baseline over seeds, {metric}"))
+    return lines + [""]
 
 
 def plot(r, path):

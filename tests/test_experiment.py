@@ -35,3 +35,31 @@ def test_report_compares_the_student_with_the_spread(tmp_path):
     # BLiMP: student 63.25 vs baseline 63.15 (gap 0.1 < spread 0.5); vs best teacher 61 (gap 2.25 > 0.5)
     assert rows["blimp"][-2:] == ["no", "yes"]
     assert "![validation CE](plot.png)" in path.read_text()
+
+
+def test_report_states_paired_intervals_and_whether_they_exclude_zero(tmp_path):
+    import random
+    rng = random.Random(0)
+
+    def model(role, p_correct, ce, seed):
+        r = random.Random(seed)
+        pairs = lambda p, n: "".join("1" if r.random() < p else "0" for _ in range(n))
+        return {"role": role, "params": 10, "best_step": 5, "tokens_seen": 100, "train_seconds": 1.0, "val_ce": ce, "test_ce": ce,
+                "test_ce_windows": [ce + rng.gauss(0, 0.05) for _ in range(200)], "blimp": 100 * p_correct, "supplement": 50.0,
+                "blimp_field": {}, "val_curve": [], "blimp_correct": {"a": pairs(p_correct, 400), "b": pairs(p_correct, 400)},
+                "supplement_correct": {"s": pairs(0.5, 100)}}
+    r = {"smoke": False, "words_per_source": 10, "train_tokens": 100, "epochs": 1.0, "steps": 5, "steps_per_epoch": 5, "models": {
+        "teacher1": model("teacher", 0.60, 4.0, 1), "teacher2": model("teacher", 0.60, 4.1, 2),
+        "student_s1": model("student", 0.80, 3.5, 3), "student_s2": model("student", 0.80, 3.51, 4),
+        "baseline_s1": model("baseline", 0.60, 3.9, 5), "baseline_s2": model("baseline", 0.61, 3.92, 6)}}
+    path = tmp_path / "RESULTS.md"
+    write_report(r, str(path), "plot.png")
+    text = path.read_text()
+    assert "## Confidence intervals (95%)" in text and "best teacher by validation CE (teacher1)" in text
+    line = next(l for l in text.splitlines() if l.startswith("- student_s1 - baseline_s1 (baseline), BLiMP"))
+    assert "the interval excludes zero (A is higher)" in line, line  # 80% vs 60% correct on 800 pairs
+    line = next(l for l in text.splitlines() if l.startswith("- student_s1 - teacher1 (best teacher), test CE"))
+    assert "excludes zero (B is higher)" in line, line  # lower CE is better: student - teacher < 0
+    line = next(l for l in text.splitlines() if l.startswith("- student_s1 - baseline_s1 (baseline), supplement"))
+    assert "the interval includes zero" in line, line  # both 50%: no difference shown
+    assert any(l.startswith("- student - baseline over seeds, blimp") for l in text.splitlines())
