@@ -49,30 +49,28 @@ def check_writable(path):
     """Refuse, before any work, an output file path that cannot be written (a folder, under a file, read-only)."""
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder; expected a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise InputError(f"{path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK):
-        raise InputError(f"{path}: {existing} is not writable")
+    _check_can_create(os.path.dirname(os.path.abspath(path)), path)
 
 
 def check_writable_dir(path, what="--out"):
     """Refuse, before any work, an output folder that cannot be made or written: empty, a file, under a file,
-    or in a read-only place (the nearest existing folder on its path must be writable)."""
+    or in a read-only place."""
     if not str(path).strip():
         raise InputError(f"{what}: empty; expected an output folder")
     if os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{what}={path}: exists and is not a folder")
-    existing = os.path.abspath(path)
+    _check_can_create(path, f"{what}={path}")
+
+
+def _check_can_create(folder, name):
+    """The nearest existing folder on the way to `folder` must be a folder we may write in."""
+    existing = os.path.abspath(folder)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise InputError(f"{what}={path}: {existing} is a file, not a folder")
+        raise InputError(f"{name}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{what}={path}: {existing} is not writable")
+        raise InputError(f"{name}: {existing} is not writable")
 
 
 def unwrap(model):

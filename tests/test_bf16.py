@@ -13,7 +13,7 @@ import torch
 from checkpoint import load_checkpoint, read_log
 from conftest import student_argv, tiny_argv
 from distill import main as distill_main
-from eval_blimp import evaluate_set
+from eval_blimp import evaluate_set, score_sentences
 from prepare_data import load_tokenizer
 from train_teacher import main as teacher_main
 
@@ -53,11 +53,15 @@ def test_blimp_scoring_under_bf16_autocast(prepared, tiny_teachers):
     enc, info = load_tokenizer(prepared)
     tasks = {"t": [{"good": f"the cat sees the ball{s}.", "bad": f"the cat see ball the{s}.", "field": "", "term": "", "pair_id": i}
                    for i, s in enumerate(["", " today", " again", " at night"])]}
-    fp32 = evaluate_set(model, enc, info, tasks, "2024", torch.device("cpu"), progress=False)
+    sentences = [s for pairs in tasks.values() for p in pairs for s in (p["good"], p["bad"])]
+    fp32 = score_sentences(model, enc, info, sentences, "2024", torch.device("cpu"), progress=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = evaluate_set(model, enc, info, tasks, "2024", torch.device("cpu"), progress=False)
-    assert bf16["pairs"] == fp32["pairs"] == 4
-    assert abs(bf16["score"] - fp32["score"]) <= 25.0  # at most one of 4 pairs flips under bf16 rounding
+        bf16 = score_sentences(model, enc, info, sentences, "2024", torch.device("cpu"), progress=False)
+        result = evaluate_set(model, enc, info, tasks, "2024", torch.device("cpu"), progress=False)  # the whole path runs
+    assert result["pairs"] == 4 and sorted(bf16) == sorted(fp32)
+    for s in fp32:  # sums of ~10 log-probs: bf16 matmuls move them by about a percent, not more
+        assert math.isfinite(bf16[s]) and bf16[s] == pytest.approx(fp32[s], rel=0.02), (s, bf16[s], fp32[s])
+    assert bf16 != fp32, "bf16 autocast was really on"
 
 
 @pytest.mark.slow
