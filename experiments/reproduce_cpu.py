@@ -1,33 +1,47 @@
 """
-Does an ensemble-distilled student beat its teachers, and a same-size model trained without distillation?
-(BabyLlama, arXiv 2308.02019; BabyLlama-2, arXiv 2409.17312) An end-to-end experiment at CPU scale that
-runs the project's own commands on real BabyLM text and writes RESULTS.md and a plot.
+Does an ensemble-distilled student beat its teachers and a tuned same-size model trained without
+distillation, and does the ensemble matter? (BabyLlama, arXiv 2308.02019; BabyLlama-2, arXiv 2409.17312)
+An end-to-end experiment at CPU scale that runs the project's own commands on real BabyLM text and writes
+RESULTS.md and two plots, every number generated.
 
-    python experiments/reproduce_cpu.py                   # the full experiment (~41 min on 2 uncontended cores)
-    python experiments/reproduce_cpu.py --cache           # + students from a teacher cache (sampled and top-k), ~20 min more
-    python experiments/reproduce_cpu.py --smoke           # a few minutes: the same pipeline, tiny sizes
+    python experiments/reproduce_cpu.py                     # everything (~4.5 h on 2 uncontended cores)
+    python experiments/reproduce_cpu.py --work /big/disk    # the work folder elsewhere (default experiments/work)
+    python experiments/reproduce_cpu.py --report_only       # rewrite RESULTS.md from what has finished
+    python experiments/reproduce_cpu.py --smoke             # a few minutes: the same pipeline, tiny sizes
 
-Resumable: run the same command again after a kill (or in another session); finished steps are skipped
-(a marker in work/logs/), a killed training run continues from its last.pt. Every command is printed before
-it runs, its output is shown as it runs (and kept in work/logs/), and a one-line result follows it.
+Resumable, and meant to run in pieces: interrupt it at any time (Ctrl-C, a kill, the end of a session) and
+run the same command again; finished steps are skipped (a marker in work/logs/), a killed training run
+continues from its last.pt, a killed sweep from its unfinished runs. RESULTS.md is rewritten after every
+evaluated model, saying which models are still missing. Every command is printed before it runs, its output
+is shown as it runs (and kept in work/logs/), and a one-line result follows it.
+
+The experiment, in the order it runs (the most important comparisons first):
+  1. prepare_data.py on a subset corpus: the first --words words of each of the six babylm_2024_mini
+     training sources (the official dev files are the test split), a 4,096-token BPE.
+  2. Tune before comparing: a learning-rate sweep (experiments/sweep.py, 4 values spanning 10x) of the
+     same-size baseline and of the teacher, ranked by best validation CE. Each family then uses its best
+     value; the student uses the baseline's (same architecture, so any advantage of tuning goes to the
+     baseline). The sweep's run at the chosen value is itself teacher1 and baseline_s1 (their seeds), so
+     their validation CE is the maximum of four runs: if anything an optimistic number for them.
+  3. teacher2 (another seed); then for every seed: the student of the two-teacher ensemble (the papers' loss:
+     alpha 0.5, T 1, logits ensemble, "paper" reduction) and the baseline (plain CE, the same steps).
+  4. The same student from a teacher cache (teacher_cache.py): the unbiased sampled estimator and top-k
+     at the same storage (k = 16 slots), every seed.
+  5. Does the ensemble matter: students of teacher1 alone and of teacher2 alone, every seed.
+  6. Ablations: the "mean" KL reduction and the "probs" ensemble, every seed.
+  7. A third teacher and the student of the three-teacher ensemble, every seed.
+  Each model, as soon as it is trained: validation CE (best checkpoint), test CE over 2,048 fixed test
+  windows, full BLiMP and the supplement (eval_blimp.py).
+Statistics (experiments/stats.py): paired bootstrap 95% intervals on the same items (BLiMP pairs within
+each paradigm, supplement items within each task, test windows), per seed and with the seeds pooled, and
+t intervals across seeds.
 
 How the sizes were chosen: a first teacher that still improved at the end of its run (configs/tiny_teacher1.py,
 0.2 epochs of 4.3M tokens) shows nothing about the claim, so the corpus is cut to ~280k tokens and every model
-sees it 8 times; the 3.9M-parameter teachers reach their best validation CE at epoch 7 and then rise slightly.
-The regime of the papers: several epochs over a small corpus, teachers trained past their best validation
-epoch, every model kept at its best validation checkpoint. The corpus is the first --words words of each
-of the six babylm_2024_mini training sources (with the official dev files as the test split), a 4,096-token
-BPE keeps the output head cheap, and the teachers are larger than the student (as in BabyLlama) so that
-they overfit the small corpus within --epochs. Pipeline:
-  1. prepare_data.py on the subset corpus
-  2. two teachers (train_teacher.py), same architecture, different seeds
-  3. the student (distill.py, the papers' loss: alpha 0.5, T 1, logits ensemble, "paper" reduction), and a
-     baseline of the student's size with plain CE for the same steps, each with --seeds seeds
-  4. optional ablations of the student (--ablations): the "mean" KL reduction and the "probs" ensemble
-  4b. optional (--cache): students trained from a teacher cache instead of live teachers (teacher_cache.py):
-     the unbiased sampled estimator and top-k at the same storage (k = 16 slots), --seeds seeds each
-  5. every model: validation CE (best checkpoint), test CE, full BLiMP and supplement (eval_blimp.py)
-Results: experiments/work/results.json, RESULTS.md (every number generated), RESULTS_val_ce.png
+sees it 8 times. The regime of the papers: several epochs over a small corpus, teachers trained past their
+best validation epoch, every model kept at its best validation checkpoint. The 3.9M-parameter teachers are
+larger than the 1.8M-parameter student (as in BabyLlama) so that they overfit the small corpus within --epochs.
+Results: work/results/*.json (one per model), RESULTS.md, RESULTS_val_ce.png, RESULTS_lr_sweep.png
 (a --smoke run writes its report into the work folder instead).
 """
 
@@ -44,15 +58,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/st
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from checkpoint import load_checkpoint, read_log  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from stats import blimp_diff_ci, ce_diff_ci, seeds_diff_ci, verdict  # noqa: E402
+from stats import blimp_diff_ci, ce_diff_ci, seeds_diff_ci, verdict, excludes_zero  # noqa: E402
 from train import Windows, eval_indices  # noqa: E402
 
 TEACHER = dict(dim=192, n_layers=6, n_heads=6, n_kv_heads=2, hidden_dim=512)
 STUDENT = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384)
-TRAIN = dict(seq_len=128, batch_size=32, micro_batch_size=32, lr=2e-3, min_lr=2e-4, weight_decay=0.1, log_interval=10, eval_windows=1024)
+# min_lr is fixed (not lr / 10) so that the sweep changes one key; it is 1/10 of the smallest swept lr
+TRAIN = dict(seq_len=128, batch_size=32, micro_batch_size=32, min_lr=1e-4, weight_decay=0.1, log_interval=10, eval_windows=1024)
+LRS = (1e-3, 2e-3, 4e-3, 1e-2)  # the sweep: 4 values spanning 10x, the untuned runs' 2e-3 among them
+DISTILL = dict(alpha=0.5, temperature=1.0, ensemble="logits", kl_reduction="paper")  # the papers' loss
+TEST_WINDOWS = 2048
+# role -> what it is, in the report's order (the student of the claim is "student")
+ROLES = {"teacher": "teachers", "baseline": "baseline (plain CE, student size)", "student": "student, 2 teachers",
+         "cache_sampled": "student, 2 teachers, cache sampled k=16", "cache_topk": "student, 2 teachers, cache top-k k=16",
+         "single_t1": "student of teacher1 alone", "single_t2": "student of teacher2 alone",
+         "mean": "student, 2 teachers, mean reduction", "probs": "student, 2 teachers, probs ensemble",
+         "three": "student, 3 teachers"}
 
 
 def subset_corpus(src, dst, words):
@@ -91,19 +115,17 @@ def run(cmd, log_path):
     return time.perf_counter() - t0
 
 
-def run_once(name, cmd, out_dir, work, k, total):
+def run_once(name, cmd, out_dir, work, label):
     """Run a step of the experiment unless a marker says it finished; a killed training run resumes.
     Returns the wall time of the run that finished it (recorded in the marker)."""
     marker = os.path.join(work, "logs", f"{name}.done")
     if os.path.isfile(marker):
-        seconds = json.load(open(marker))["seconds"]
-        print(f"[{k}/{total}] {name}: done already ({seconds:.0f} s), skipped", flush=True)
-        return seconds
+        return json.load(open(marker))["seconds"]
     if out_dir and os.path.isfile(os.path.join(out_dir, "last.pt")):
         cmd = cmd + ["--resume=True"]  # killed earlier: continue
     elif out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         cmd = cmd + ["--overwrite=True"]  # killed before its first checkpoint: start again
-    print(f"\n[{k}/{total}] {name}: python {' '.join(cmd)}".replace(ROOT + "/", ""), flush=True)
+    print(f"\n[{label}] {name}: python {' '.join(cmd)}".replace(ROOT + "/", ""), flush=True)
     seconds = run(cmd, os.path.join(work, "logs", f"{name}.log"))
     with open(marker, "w") as f:
         json.dump({"seconds": seconds}, f)
@@ -111,7 +133,7 @@ def run_once(name, cmd, out_dir, work, k, total):
     if out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         vals = [e["val_loss"] for e in read_log(os.path.join(out_dir, "log.jsonl")) if "val_loss" in e]
         result = f", best val_loss {min(vals):.4f}" if vals else ""
-    print(f"[{k}/{total}] {name}: finished in {seconds:.0f} s{result}", flush=True)
+    print(f"[{label}] {name}: finished in {seconds:.0f} s{result}", flush=True)
     return seconds
 
 
@@ -119,33 +141,82 @@ def kv(**kw):
     return [f"--{k}={v}" for k, v in kw.items()]
 
 
-def prepare_command(work, data):
-    return ("prepare", "data", ["prepare_data.py", "--src", os.path.join(work, "src"), "--out", data, "--vocab_size", "4096"])
-
-
-def commands(args, work, data, steps_per_epoch):
-    """[(name, role, argv)]: every command of the experiment, in order (also printed in RESULTS.md)."""
+def common_settings(args, data, steps_per_epoch):
     max_iters = round(args.epochs * steps_per_epoch)
-    common = dict(TRAIN, data_dir=data, max_iters=max_iters, warmup_iters=max(2, max_iters // 20),
-                  eval_interval=max(1, steps_per_epoch // 2), compile=False, **({"eval_windows": 64} if args.smoke else {}))
-    train = lambda name, role, script, **kw: (name, role, [script, *kv(**{**common, "out_dir": os.path.join(work, "out", name), **kw})])
-    out = [prepare_command(work, data)]
-    out += [train(f"teacher{k}", "teacher", "train_teacher.py", seed=k, **TEACHER) for k in (1, 2)]
-    teachers = [os.path.join(work, "out", f"teacher{k}", "ckpt.pt") for k in (1, 2)]
-    variants = [("student", "student", {})]
-    if args.ablations:
-        variants += [("student_mean", "ablation", {"kl_reduction": "mean"}), ("student_probs", "ablation", {"ensemble": "probs"})]
-    if getattr(args, "cache", False):  # the same student, its targets read from a cache built once (k = 16 slots each)
-        variants += [(f"student_cache_{m}", f"cache_{m}", {"teacher_cache": os.path.join(work, f"cache_{m}"), "cache_method": m, "cache_k": 16})
-                     for m in ("sampled", "topk")]
-    for s in range(1, args.seeds + 1):
-        for name, role, extra in variants:
-            if role == "ablation" and s > 1:
-                continue
-            out.append(train(f"{name}_s{s}", role, "distill.py", seed=100 + s, teachers=",".join(teachers),
-                             alpha=0.5, temperature=1.0, **{"ensemble": "logits", "kl_reduction": "paper", **extra}, **STUDENT))
-        out.append(train(f"baseline_s{s}", "baseline", "train_teacher.py", seed=100 + s, **STUDENT))
-    return out
+    return dict(TRAIN, data_dir=data, max_iters=max_iters, warmup_iters=max(2, max_iters // 20),
+                eval_interval=max(1, steps_per_epoch // 2), compile=False, **({"eval_windows": 64} if args.smoke else {}))
+
+
+def sweep_step(args, work, common, family):
+    """The learning-rate sweep of a family ("teacher" or "baseline") as one experiments/sweep.py command."""
+    arch, seed = (TEACHER, 1) if family == "teacher" else (STUDENT, 101)
+    lrs = LRS[1:3] if args.smoke else LRS
+    fixed = {**common, "seed": seed, **arch}
+    cmd = ["experiments/sweep.py", "train_teacher.py", "--grid", "lr=" + ",".join(repr(v) for v in lrs),
+           "--fixed", *[f"{k}={v}" for k, v in fixed.items()], "--out", os.path.join(work, "sweep", family)]
+    return (f"sweep_{family}", "sweep", cmd, None)
+
+
+def read_sweep(work, family):
+    """[(lr, best val CE, best step, seconds, out_dir)] of a finished sweep, in lr order."""
+    rows = [json.loads(line) for line in open(os.path.join(work, "sweep", family, "results.jsonl"))]
+    out = []
+    for r in rows:
+        log = read_log(os.path.join(r["out_dir"], "log.jsonl"))
+        best = min((e for e in log if "val_loss" in e), key=lambda e: e["val_loss"])
+        out.append((r["values"]["lr"], best["val_loss"], best["step"], r["seconds"], r["out_dir"]))
+    return sorted(out)
+
+
+def best_lr(work, family):
+    lr, _, _, seconds, out_dir = min(read_sweep(work, family), key=lambda r: r[1])
+    return lr, out_dir, seconds
+
+
+def model_steps(args, work, common, lr_teacher, lr_student):
+    """[(name, role, argv or None, out_dir)]: every model after the sweeps, in the order they run.
+    teacher1 and baseline_s1 are the sweeps' runs at the chosen lr (argv None: nothing to train)."""
+    out = lambda name: os.path.join(work, "out", name)
+    teachers = [os.path.join(work, "out", f"teacher{k}", "ckpt.pt") for k in (1, 2, 3)]
+
+    def train(name, role, script, **kw):
+        return (name, role, [script, *kv(**{**common, "out_dir": out(name), **kw})], out(name))
+
+    def student(name, role, s, teacher_list, **kw):
+        return train(f"{name}_s{s}", role, "distill.py", seed=100 + s, lr=lr_student, teachers=",".join(teacher_list),
+                     **{**DISTILL, **kw}, **STUDENT)
+
+    seeds = range(1, args.seeds + 1)
+    steps = [("teacher1", "teacher", None, out("teacher1")),
+             train("teacher2", "teacher", "train_teacher.py", seed=2, lr=lr_teacher, **TEACHER)]
+    for s in seeds:
+        steps.append(student("student", "student", s, teachers[:2]))
+        steps.append(("baseline_s1", "baseline", None, out("baseline_s1")) if s == 1 else
+                     train(f"baseline_s{s}", "baseline", "train_teacher.py", seed=100 + s, lr=lr_student, **STUDENT))
+    for s in seeds:
+        for m in ("sampled", "topk"):  # the cache is built by the first seed's run, then read by the others
+            steps.append(student(f"student_cache_{m}", f"cache_{m}", s, teachers[:2],
+                                 teacher_cache=os.path.join(work, f"cache_{m}"), cache_method=m, cache_k=16))
+    for s in seeds:
+        steps += [student("student_t1", "single_t1", s, teachers[:1]), student("student_t2", "single_t2", s, teachers[1:2])]
+    for s in seeds:
+        steps += [student("student_mean", "mean", s, teachers[:2], kl_reduction="mean"),
+                  student("student_probs", "probs", s, teachers[:2], ensemble="probs")]
+    steps.append(train("teacher3", "teacher", "train_teacher.py", seed=3, lr=lr_teacher, **TEACHER))
+    for s in seeds:
+        steps.append(student("student_3t", "three", s, teachers))
+    return steps
+
+
+def link_sweep_run(name, sweep_dir, work):
+    """teacher1 / baseline_s1 are the sweep's run at the chosen lr: a symlink keeps one copy on disk."""
+    path = os.path.join(work, "out", name)
+    if os.path.islink(path) and os.path.realpath(path) == os.path.realpath(sweep_dir):
+        return
+    if os.path.lexists(path):
+        sys.exit(f"error: {path} exists and is not the sweep's run {sweep_dir}; move it away and run again")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.symlink(os.path.realpath(sweep_dir), path)
 
 
 @torch.no_grad()
@@ -163,177 +234,296 @@ def test_ce_windows(ckpt_path, data_dir, windows):
     return out
 
 
+def evaluate_model(args, work, data, name, role, out_dir, train_seconds, label):
+    """BLiMP + supplement (eval_blimp.py, a step with a marker) and test CE; writes work/results/NAME.json."""
+    path = os.path.join(work, "results", f"{name}.json")
+    if os.path.isfile(path):
+        return
+    ckpt_path, blimp_json = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "blimp.json")
+    eval_seconds = run_once(f"{name}_blimp", ["eval_blimp.py", "--ckpt", ckpt_path, "--data", os.path.join(SHARED, "blimp_filtered"),
+                                              "--supplement", os.path.join(SHARED, "blimp_supplement"), "--out", blimp_json,
+                                              *(["--limit", "20"] if args.smoke else [])], None, work, label)
+    b = json.load(open(blimp_json))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ce_windows = test_ce_windows(ckpt_path, data, 64 if args.smoke else TEST_WINDOWS)
+    log = read_log(os.path.join(out_dir, "log.jsonl"))
+    cfg = ckpt["config"]
+    result = {"role": role, "seed": cfg["seed"], "lr": cfg["lr"], "params": sum(v.numel() for v in ckpt["model"].values()),
+              "best_step": ckpt["step"], "steps": cfg["max_iters"], "tokens_seen": cfg["max_iters"] * cfg["batch_size"] * cfg["seq_len"],
+              "train_seconds": train_seconds, "eval_seconds": eval_seconds, "val_ce": ckpt["val_loss"],
+              "test_ce": sum(ce_windows) / len(ce_windows), "test_ce_windows": ce_windows,
+              "blimp": b["blimp"]["score"], "supplement": b["supplement"]["score"], "blimp_field": b["blimp"]["field"],
+              "blimp_correct": {t: r["correct"] for t, r in b["blimp"]["tasks"].items()},
+              "supplement_correct": {t: r["correct"] for t, r in b["supplement"]["tasks"].items()},
+              "val_curve": [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)  # a kill leaves no half-written result
+    print(f"[{label}] {name}: val CE {result['val_ce']:.4f}, test CE {result['test_ce']:.4f}, BLiMP {result['blimp']:.1f}, "
+          f"supplement {result['supplement']:.1f}", flush=True)
+
+
+def prepare_command(work, data):
+    return ["prepare_data.py", "--src", os.path.join(work, "src"), "--out", data, "--vocab_size", "4096"]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--work", default=os.path.join(ROOT, "experiments", "work"))
     p.add_argument("--words", type=int, default=30000, help="words per training source (6 sources)")
     p.add_argument("--epochs", type=float, default=8.0)
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--ablations", action="store_true")
-    p.add_argument("--cache", action="store_true", help="also students from a teacher cache (sampled and top-k)")
+    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny sizes and --limit'ed BLiMP: checks the pipeline")
-    p.add_argument("--report_only", action="store_true", help="rewrite RESULTS.md from work/results.json")
+    p.add_argument("--report_only", action="store_true", help="rewrite RESULTS.md from work/results/ (what has finished)")
     args = p.parse_args()
     if args.smoke:
         args.words, args.epochs, args.seeds = 3000, 2.0, 2
-    work, data = args.work, os.path.join(args.work, "data")
+    work, data = os.path.abspath(args.work), os.path.join(os.path.abspath(args.work), "data")
     where = work if args.smoke else ROOT  # a smoke run is not a result: it stays in the work folder
-    if args.report_only:
-        results = json.load(open(os.path.join(work, "results.json")))
-        write_report(results, os.path.join(where, "RESULTS.md"), "RESULTS_val_ce.png", commands(args, work, data, results["steps_per_epoch"]))
-        return
-    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
-    subset_corpus(os.path.join(SHARED, "babylm_2024_mini"), os.path.join(work, "src"), args.words)
-    n_train = 1 + 2 + args.seeds * (2 + 2 * args.cache) + 2 * args.ablations
-    print(f"{n_train} training runs and {n_train - 1} BLiMP evaluations; on 2 uncontended CPU cores the base experiment took "
-          f"41 min and --cache adds ~20 min (a busy machine takes longer). Interrupt at any time: run it again to continue.", flush=True)
-    prep = prepare_command(work, data)
-    total = n_train + (n_train - 1)
-    timings = {"prepare": run_once("prepare", prep[2], None, work, 1, total)}
+    if not args.report_only:
+        os.makedirs(os.path.join(work, "logs"), exist_ok=True)
+        subset_corpus(os.path.join(SHARED, "babylm_2024_mini"), os.path.join(work, "src"), args.words)
+        print("On 2 uncontended CPU cores the whole experiment takes about 4.5 hours. Interrupt it at any time and run the "
+              "same command again to continue; RESULTS.md is rewritten after every model.", flush=True)
+        run_once("prepare", prepare_command(work, data), None, work, "prepare")
+    elif not os.path.isdir(os.path.join(work, "results")):
+        sys.exit(f"error: {os.path.join(work, 'results')} does not exist: no model of this experiment has finished")
     n_windows = Windows(os.path.join(data, "train.bin"), TRAIN["seq_len"]).n
     steps_per_epoch = n_windows // TRAIN["batch_size"]
-    max_iters = round(args.epochs * steps_per_epoch)
-    models = {}  # name -> (role, out_dir, wall time)
-    for k, (name, role, cmd) in enumerate(commands(args, work, data, steps_per_epoch)[1:], start=2):
-        out_dir = os.path.join(work, "out", name)
-        models[name] = (role, out_dir, run_once(name, cmd, out_dir, work, k, total))
+    common = common_settings(args, data, steps_per_epoch)
+    sweeps = [sweep_step(args, work, common, family) for family in ("baseline", "teacher")]
+    for name, _, cmd, _ in ([] if args.report_only else sweeps):
+        run_once(name, cmd, None, work, name)
+    for family in ("baseline", "teacher"):
+        if not os.path.isfile(os.path.join(work, "logs", f"sweep_{family}.done")):
+            sys.exit(f"error: the {family} learning-rate sweep has not finished: run the experiment without --report_only")
+    (lr_t, t1_dir, t1_seconds), (lr_s, b1_dir, b1_seconds) = best_lr(work, "teacher"), best_lr(work, "baseline")
+    steps = model_steps(args, work, common, lr_t, lr_s)
+    info = {"work": work, "words_per_source": args.words, "epochs": args.epochs, "steps": common["max_iters"], "steps_per_epoch": steps_per_epoch,
+            "train_tokens": int(n_windows * TRAIN["seq_len"]), "smoke": args.smoke,
+            "sweeps": {f: read_sweep(work, f) for f in ("baseline", "teacher")}, "lr": {"teacher": lr_t, "baseline": lr_s}}
+    cmds = [prepare_command(work, data)] + [cmd for _, _, cmd, _ in sweeps] + [cmd for _, _, cmd, _ in steps if cmd]
 
-    results = {"words_per_source": args.words, "epochs": args.epochs, "steps": max_iters, "steps_per_epoch": steps_per_epoch,
-               "train_tokens": int(n_windows * TRAIN["seq_len"]), "smoke": args.smoke, "timings": timings, "models": {}}
-    blimp_limit = ["--limit", "20"] if args.smoke else []
-    for k, (name, (role, out, seconds)) in enumerate(models.items(), start=len(models) + 2):
-        ckpt_path = os.path.join(out, "ckpt.pt")
-        blimp_json = os.path.join(out, "blimp.json")
-        run_once(f"{name}_blimp", ["eval_blimp.py", "--ckpt", ckpt_path, "--data", os.path.join(SHARED, "blimp_filtered"), "--supplement",
-                                   os.path.join(SHARED, "blimp_supplement"), "--out", blimp_json, *blimp_limit], None, work, k, total)
-        b = json.load(open(blimp_json))
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        ce_windows = test_ce_windows(ckpt_path, data, 64 if args.smoke else 2048)
-        log = read_log(os.path.join(out, "log.jsonl"))
-        results["models"][name] = {
-            "role": role, "params": sum(v.numel() for v in ckpt["model"].values()), "best_step": ckpt["step"],
-            "tokens_seen": max_iters * TRAIN["batch_size"] * TRAIN["seq_len"], "train_seconds": seconds,
-            "val_ce": ckpt["val_loss"], "test_ce": sum(ce_windows) / len(ce_windows), "test_ce_windows": ce_windows,
-            "blimp_correct": {t: r["correct"] for t, r in b["blimp"]["tasks"].items()},
-            "supplement_correct": {t: r["correct"] for t, r in b["supplement"]["tasks"].items()},
-            "blimp": b["blimp"]["score"], "supplement": b["supplement"]["score"], "blimp_field": b["blimp"]["field"],
-            "val_curve": [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]}
-    with open(os.path.join(work, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    write_report(results, os.path.join(where, "RESULTS.md"), "RESULTS_val_ce.png", commands(args, work, data, steps_per_epoch))
-    plot(results, os.path.join(where, "RESULTS_val_ce.png"))
+    def report():
+        results = {}
+        for name, *_ in steps:
+            path = os.path.join(work, "results", f"{name}.json")
+            if os.path.isfile(path):
+                results[name] = json.load(open(path))
+        logs = os.path.join(work, "logs")
+        info["total_seconds"] = sum(json.load(open(os.path.join(logs, f)))["seconds"] for f in os.listdir(logs) if f.endswith(".done"))
+        missing = [name for name, *_ in steps if name not in results]
+        write_report(results, info, os.path.join(where, "RESULTS.md"), missing, cmds)
+        plot(results, info, os.path.join(where, "RESULTS_val_ce.png"), os.path.join(where, "RESULTS_lr_sweep.png"))
+
+    if not args.report_only:
+        link_sweep_run("teacher1", t1_dir, work)
+        link_sweep_run("baseline_s1", b1_dir, work)
+        for k, (name, role, cmd, out_dir) in enumerate(steps, start=1):
+            label = f"{k}/{len(steps)}"
+            seconds = run_once(name, cmd, out_dir, work, label) if cmd else t1_seconds if name == "teacher1" else b1_seconds
+            if not os.path.isfile(os.path.join(work, "results", f"{name}.json")):
+                evaluate_model(args, work, data, name, role, out_dir, seconds, label)
+                report()
+    report()
+    print(f"report: {os.path.join(where, 'RESULTS.md')}")
 
 
-def spread(values):
-    return (max(values) - min(values)) if len(values) > 1 else float("nan")
+# -----------------------------------------------------------------------------------------------
+# The report: every number in RESULTS.md comes from work/results/*.json and the sweeps
 
 
-def write_report(r, path, png, cmds=()):
-    m = r["models"]
-    rows = ["| model | role | params | best step | tokens seen | train s | val CE | test CE | BLiMP | supplement |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+LOWER_IS_BETTER = ("val_ce", "test_ce")
+METRICS = {"val_ce": "validation CE (nats)", "test_ce": "test CE (nats)", "blimp": "BLiMP (points)", "supplement": "supplement (points)"}
+
+
+def mean_sd(values, fmt):
+    if len(values) < 2:
+        return f"{values[0]:{fmt}}"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:{fmt}} ± {sd:{fmt}}"
+
+
+def flags(per_task, prefix=""):
+    """(0/1 list, paradigm labels) of a model's per-pair correctness, tasks in name order."""
+    tasks = sorted(per_task)
+    return [int(c) for t in tasks for c in per_task[t]], [prefix + t for t in tasks for _ in per_task[t]]
+
+
+def compare(m, a_role, b, per_seed=False):
+    """[(metric, method, CI)] of A - B: the seeds of role a_role against b, which is either a role (matched
+    by seed: same seed = same initialisation and data order, so the pairs are paired) or one model's name
+    (a fixed model, e.g. the best teacher). Paired bootstraps on the same items with the seeds pooled
+    (the mean over seeds of each seed's difference; items resampled within each seed and paradigm), then t
+    intervals over seeds; with per_seed, a paired bootstrap for each seed too."""
+    a = {x["seed"]: n for n, x in m.items() if x["role"] == a_role}
+    b_seed = {x["seed"]: n for n, x in m.items() if x["role"] == b}
+    pairs = [(a[s], b if b in m else b_seed[s]) for s in sorted(a) if b in m or s in b_seed]
+    if not pairs:
+        return []
+
+    def item_cis(pairs):
+        out = []
+        for metric, key in (("blimp", "blimp_correct"), ("supplement", "supplement_correct")):
+            ca, cb, labels = [], [], []
+            for i, (x, y) in enumerate(pairs):
+                fa, lab = flags(m[x][key], f"{i}:")
+                ca, cb, labels = ca + fa, cb + flags(m[y][key])[0], labels + lab
+            out.append((metric, blimp_diff_ci(ca, cb, labels)))
+        wa = [w for x, _ in pairs for w in m[x]["test_ce_windows"]]
+        wb = [w for _, y in pairs for w in m[y]["test_ce_windows"]]
+        return out + [("test_ce", ce_diff_ci(wa, wb))]
+
+    rows = [(metric, f"paired bootstrap, {len(pairs)} seed{'s' * (len(pairs) > 1)} pooled", ci) for metric, ci in item_cis(pairs)]
+    if len(pairs) >= 2:
+        for metric in ("val_ce", "test_ce", "blimp", "supplement"):
+            rows.append((metric, f"t interval over {len(pairs)} seeds", seeds_diff_ci([m[x][metric] for x, _ in pairs], [m[y][metric] for _, y in pairs], paired=True)))
+    if per_seed and len(pairs) >= 2:
+        for x, y in pairs:
+            rows += [(metric, f"paired bootstrap, seed {m[x]['seed']} ({x} - {y})", ci) for metric, ci in item_cis([(x, y)])]
+    return rows
+
+
+def winner(metric, ci):
+    """"A", "B" or None: which side the interval shows to be better (lower CE, higher accuracy)."""
+    if not excludes_zero(ci):
+        return None
+    return "A" if (ci.hi < 0) == (metric in LOWER_IS_BETTER) else "B"
+
+
+def comparison_section(title, intro, m, a_role, b, b_label, per_seed=False):
+    rows = compare(m, a_role, b, per_seed)
+    a_label = ROLES[a_role]
+    if not rows:
+        return []
+    num = lambda v: f"{round(v, 9):+.4g}"  # rounded: a bound of -1e-15 is a bound of 0
+    table = ["| metric | interval | A - B | 95% CI | excludes 0 | better |", "|---|---|---|---|---|---|"]
+    for metric, method, ci in rows:
+        w = winner(metric, ci)
+        table.append(f"| {METRICS[metric]} | {method} | {num(ci.diff)} | [{num(ci.lo)}, {num(ci.hi)}] | "
+                     f"{'yes' if excludes_zero(ci) else 'no'} | {'A' if w == 'A' else 'B' if w == 'B' else '-'} |")
+    groups = {"A": [], "B": [], None: []}
+    for metric, method, ci in rows:
+        if not method.startswith("paired bootstrap, seed "):  # the per-seed rows are in the table only
+            groups[winner(metric, ci)].append(f"{METRICS[metric].split(' (')[0]} {'over seeds' if method.startswith('t ') else 'on the items'}")
+    parts = ([f"A is better on {', '.join(groups['A'])}"] if groups["A"] else []) + \
+            ([f"B is better on {', '.join(groups['B'])}"] if groups["B"] else []) + \
+            ([f"the intervals include zero on {', '.join(groups[None])}"] if groups[None] else [])
+    return [f"### {title}", "", f"A = {a_label}, B = {b_label}. {intro}", "", *table, "",
+            f"**{title}:** " + "; ".join(parts) + ".", ""]
+
+
+def write_report(m, info, path, missing=(), cmds=()):
+    """RESULTS.md from the results of the finished models (m: name -> result) and the sweeps."""
+    roles = [r for r in ROLES if any(x["role"] == r for x in m.values())]
+    models = ["| model | role | lr | params | best step | train s | val CE | test CE | BLiMP | supplement |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, x in m.items():
-        rows.append(f"| {name} | {x['role']} | {x['params']:,} | {x['best_step']} | {x['tokens_seen']:,} | {x['train_seconds']:.0f} | "
-                    f"{x['val_ce']:.4f} | {x['test_ce']:.4f} | {x['blimp']:.1f} | {x['supplement']:.1f} |")
+        models.append(f"| {name} | {x['role']} | {x['lr']:g} | {x['params']:,} | {x['best_step']} | {x['train_seconds']:.0f} | "
+                      f"{x['val_ce']:.4f} | {x['test_ce']:.4f} | {x['blimp']:.1f} | {x['supplement']:.1f} |")
+    summary = ["| models | seeds | val CE | test CE | BLiMP | supplement | train s (mean) |", "|---|---|---|---|---|---|---|"]
+    for role in roles:
+        xs = [x for x in m.values() if x["role"] == role]
+        cell = lambda key, fmt: mean_sd([x[key] for x in xs], fmt)
+        summary.append(f"| {ROLES[role]} | {len(xs)} | {cell('val_ce', '.4f')} | {cell('test_ce', '.4f')} | {cell('blimp', '.2f')} | "
+                       f"{cell('supplement', '.2f')} | {sum(x['train_seconds'] for x in xs) / len(xs):.0f} |")
     fields = sorted({f for x in m.values() for f in x["blimp_field"]})
     frows = ["| model | " + " | ".join(fields) + " |", "|---|" + "---|" * len(fields)]
     for name, x in m.items():
         frows.append(f"| {name} | " + " | ".join(f"{x['blimp_field'].get(f, float('nan')):.1f}" for f in fields) + " |")
-    summary = []
-    for metric, better in (("val_ce", min), ("test_ce", min), ("blimp", max), ("supplement", max)):
-        group = lambda role: [x[metric] for x in m.values() if x["role"] == role]
-        st, bl, te = group("student"), group("baseline"), group("teacher")
-        if not (st and bl and te):
-            continue
-        mean = lambda v: sum(v) / len(v)
-        gap_t = mean(st) - better(te)
-        gap_b = mean(st) - mean(bl)
-        sp = max(spread(st), spread(bl))
-        summary.append(f"| {metric} | {mean(st):.4g} | {mean(bl):.4g} | {better(te):.4g} | {gap_b:+.3g} | {gap_t:+.3g} | {sp:.3g} | "
-                       f"{'yes' if abs(gap_b) > sp else 'no'} | {'yes' if abs(gap_t) > sp else 'no'} |")
-    ci_section = confidence_intervals(m)
-    cache_rows = []
-    for role, label in (("student", "live teachers"), ("cache_sampled", "cache, sampled (unbiased), k = 16"), ("cache_topk", "cache, top-k, k = 16")):
-        xs = [x for x in m.values() if x["role"] == role]
-        if xs and any(x["role"].startswith("cache") for x in m.values()):
-            cell = lambda key, fmt: f"{sum(x[key] for x in xs) / len(xs):{fmt}} ± {spread([x[key] for x in xs]) / 2:{fmt}}"
-            cache_rows.append(f"| {label} | {len(xs)} | {cell('val_ce', '.4f')} | {cell('test_ce', '.4f')} | {cell('blimp', '.1f')} | "
-                              f"{cell('supplement', '.1f')} | {sum(x['train_seconds'] for x in xs) / len(xs):.0f} |")
-    cache_section = ["## Students from a teacher cache", "",
-                     "The same student recipe, its distillation targets read from a cache built once (the build time is part of the first "
-                     "seed's train seconds) instead of running the teachers at every step. Mean ± half the max-min spread over seeds.", "",
-                     "| targets | seeds | val CE | test CE | BLiMP | supplement | train s |", "|---|---|---|---|---|---|---|", *cache_rows, ""] if cache_rows else []
+    sweeps = []
+    for family, rows in info["sweeps"].items():
+        chosen = info["lr"][family]
+        sweeps += [f"**{'Teacher' if family == 'teacher' else 'Baseline (and student)'}** ({'seed 1, teacher size' if family == 'teacher' else 'seed 101, student size'}):", "",
+                   "| lr | best val CE | at step | train s | chosen |", "|---|---|---|---|---|"]
+        sweeps += [f"| {lr:g} | {val:.4f} | {step} | {sec:.0f} | {'yes' if lr == chosen else ''} |" for lr, val, step, sec, _ in rows]
+        lrs = [r[0] for r in rows]
+        edge = " It is at the edge of the grid: a wider sweep might find a better value." if chosen in (min(lrs), max(lrs)) else ""
+        sweeps += ["", f"Chosen: lr = {chosen:g}.{edge}", ""]
+    teachers = [n for n in ("teacher1", "teacher2") if n in m]
+    best = min(teachers, key=lambda n: m[n]["val_ce"]) if teachers else None
+    how = ("Each row is an interval for A - B. *paired bootstrap*: both models scored on the same items (BLiMP pairs and supplement "
+           "items resampled within each paradigm or task, test CE over the same test windows; 10,000 resamples), the seeds "
+           "pooled: this is the variation from the finite test sets. *t interval over seeds*: the seed-matched differences "
+           "(same seed = same initialisation and data order): the variation from training. CE in nats (lower is better), "
+           "BLiMP and supplement in points (higher is better).")
+    claims = []
+    if best:
+        claims += comparison_section("Student vs baseline", how, m, "student", "baseline", ROLES["baseline"], per_seed=True)
+        claims += comparison_section("Student vs best teacher", f"The best teacher by validation CE is {best}.", m, "student", best, best, per_seed=True)
+    ensemble = [*comparison_section("Two teachers vs teacher1 alone", "", m, "student", "single_t1", ROLES["single_t1"]),
+                *comparison_section("Two teachers vs teacher2 alone", "", m, "student", "single_t2", ROLES["single_t2"]),
+                *comparison_section("Three teachers vs two", "", m, "three", "student", ROLES["student"])]
+    ablations = [*comparison_section("Mean reduction vs the papers' reduction", "", m, "mean", "student", ROLES["student"]),
+                 *comparison_section("Probs ensemble vs logits ensemble", "", m, "probs", "student", ROLES["student"])]
+    cache = [*comparison_section("Cache, sampled vs live teachers", "", m, "cache_sampled", "student", ROLES["student"]),
+             *comparison_section("Cache, top-k vs live teachers", "", m, "cache_topk", "student", ROLES["student"])]
+    status = (f"**Partial: {len(m)} of {len(m) + len(missing)} models finished.** Still to run: {', '.join(missing)}. "
+              "Run the same command again to continue." if missing else f"All {len(m)} models finished.")
+    hours = info.get("total_seconds", 0) / 3600
+    n_test = len(next(iter(m.values()))["test_ce_windows"]) if m else TEST_WINDOWS
+    params = {role: next((x["params"] for x in m.values() if x["role"] == role), None) for role in ("teacher", "baseline")}
+    sizes = (f"Teachers {params['teacher'] / 1e6:.1f}M parameters, student and baseline {params['baseline'] / 1e6:.1f}M."
+             if all(params.values()) else "")
     text = "\n".join([
-        "# Reproducing the distillation claim on a CPU" + (" (smoke run: tiny sizes, not a result)" if r["smoke"] else ""),
-        "", f"Generated by `python experiments/reproduce_cpu.py{' --smoke' if r['smoke'] else ''}`; do not edit by hand.",
-        f"Corpus: the first {r['words_per_source']:,} words of each babylm_2024_mini training source ({r['train_tokens']:,} training tokens), "
-        f"{r['epochs']} epochs = {r['steps']} steps of 32 x 128 tokens ({r['steps_per_epoch']} per epoch). Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}.",
-        "", "## Models", "", *rows, "", "## BLiMP by field", "", *frows, "",
-        "## Student vs teachers and baseline", "",
-        "Student and baseline are means over seeds; teachers: the better teacher. Spread = largest max-min over seeds of student or baseline.", "",
-        "| metric | student | baseline | best teacher | student - baseline | student - teacher | spread | vs baseline exceeds spread | vs teacher exceeds spread |",
-        "|---|---|---|---|---|---|---|---|---|", *summary, "", *ci_section, *cache_section, f"![validation CE]({png})", "",
-        "## Commands", "", "Run from the project root, in this order (then `eval_blimp.py` on each `ckpt.pt`, full sets):", "", "```",
-        *[f"python {' '.join(c if ' ' not in c and '[' not in c else repr(c) for c in cmd)}".replace(ROOT + "/", "") for _, _, cmd in cmds], "```", ""])
-    with open(path, "w") as f:
+        "# Reproducing the distillation claim on a CPU" + (" (smoke run: tiny sizes, not a result)" if info["smoke"] else ""), "",
+        f"Generated by `python experiments/reproduce_cpu.py{' --smoke' if info['smoke'] else ''}`; do not edit by hand. {status}", "",
+        f"Corpus: the first {info['words_per_source']:,} words of each babylm_2024_mini training source ({info['train_tokens']:,} training "
+        f"tokens), {info['epochs']:g} epochs = {info['steps']} steps of 32 x 128 tokens ({info['steps_per_epoch']} per epoch); validation: "
+        f"the official validation split; test: the official dev files, {n_test:,} windows. {sizes} Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. Compute so far: {hours:.1f} hours of "
+        "wall time on these cores (every training run, sweep and evaluation).", "",
+        "## 1. Learning-rate sweeps", "",
+        "Every model family is tuned on validation CE before the comparison (BabyLlama-2's second claim: the gain is not an "
+        "artefact of badly tuned teachers or baselines). The chosen run of each sweep is itself teacher1 or baseline_s1.", "",
+        *sweeps, "![learning-rate sweeps](RESULTS_lr_sweep.png)", "",
+        "## Summary over seeds", "", "Mean ± standard deviation over seeds (teachers: over the teacher models).", "", *summary, "",
+        "## 2. Does the student beat the baseline and its teachers?", "", *claims,
+        "## 3. Does the ensemble matter?", "", *(ensemble or ["Not run yet.", ""]),
+        "## 4. Ablations of the loss", "", *(ablations or ["Not run yet.", ""]),
+        "## 5. Students from a teacher cache", "",
+        "The same student, its distillation targets read from a cache built once (teacher_cache.py; the build is part of the "
+        "first seed's train seconds) instead of running the teachers at every step.", "", *(cache or ["Not run yet.", ""]),
+        "## All models", "", *models, "", "## BLiMP by field", "", *frows, "",
+        "![validation CE](RESULTS_val_ce.png)", "",
+        "## Commands", "", "Run from the project root, in this order, with WORK the work folder (each model then gets `eval_blimp.py` "
+        "on its `ckpt.pt`, full sets; teacher1 and baseline_s1 are links to the sweeps' runs at the chosen learning rate):", "", "```",
+        *[f"python {' '.join(c if ' ' not in c else repr(c) for c in cmd)}".replace(info.get("work", "\0"), "$WORK").replace(ROOT + "/", "")
+          for cmd in cmds], "```", ""])
+    with open(path + ".tmp", "w") as f:
         f.write(text)
+    os.replace(path + ".tmp", path)
 
 
-def flags(per_task):
-    """(0/1 array, paradigm labels) of a model's per-pair correctness, tasks in name order."""
-    tasks = sorted(per_task)
-    return [int(c) for t in tasks for c in per_task[t]], [t for t in tasks for _ in per_task[t]]
-
-
-def confidence_intervals(m):
-    """The report's 95% intervals: paired bootstraps over the same items (BLiMP pairs within each paradigm,
-    supplement items within each task, test windows) for each seed's student against the baseline of the
-    same seed and against the best teacher, and Welch t intervals across seeds. One sentence each."""
-    students = sorted(n for n, x in m.items() if x["role"] == "student" and "blimp_correct" in x)
-    teachers = [n for n, x in m.items() if x["role"] == "teacher" and "blimp_correct" in x]
-    if not students or not teachers:
-        return []
-    best = min(teachers, key=lambda n: m[n]["val_ce"])
-    lines = ["## Confidence intervals (95%)", "",
-             f"Paired bootstraps on the same items (10,000 resamples; BLiMP pairs and supplement items resampled within each "
-             f"paradigm or task, test CE over {len(m[students[0]]['test_ce_windows'])} test windows), each student seed against the "
-             f"baseline of the same seed and against the best teacher by validation CE ({best}); then Welch t intervals over seeds. "
-             "BLiMP and supplement in points (higher is better), test CE in nats (lower is better).", ""]
-    for s in students:
-        others = [(f"baseline_{s.split('_')[-1]}", "baseline"), (best, "best teacher")]
-        for other, label in others:
-            if other not in m or "blimp_correct" not in m[other]:
-                continue
-            a, b = m[s], m[other]
-            for metric, key in (("BLiMP", "blimp_correct"), ("supplement", "supplement_correct")):
-                (ca, labels), (cb, _) = flags(a[key]), flags(b[key])
-                lines.append("- " + verdict(blimp_diff_ci(ca, cb, labels), f"{s} - {other} ({label}), {metric}"))
-            lines.append("- " + verdict(ce_diff_ci(a["test_ce_windows"], b["test_ce_windows"]), f"{s} - {other} ({label}), test CE"))
-    baselines = sorted(n for n, x in m.items() if x["role"] == "baseline")
-    if len(students) >= 2 and len(baselines) >= 2:
-        for metric in ("blimp", "supplement", "test_ce", "val_ce"):
-            ci = seeds_diff_ci([m[n][metric] for n in students], [m[n][metric] for n in baselines])
-            lines.append("- " + verdict(ci, f"student - baseline over seeds, {metric}"))
-    return lines + [""]
-
-
-def plot(r, path):
+def plot(m, info, curves_path, sweep_path):
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): no plot written")
+        print("matplotlib is not installed (pip install matplotlib): no plots written")
         return
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, x in r["models"].items():
-        steps, vals = zip(*x["val_curve"])
-        ax.plot(steps, vals, label=name, linestyle="-" if x["role"] in ("teacher", "student") else ":" if x["role"].startswith("cache") else "--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation CE (nats/token)")
+    for family, rows in info["sweeps"].items():
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", label=family)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("best validation CE (nats/token)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(sweep_path, dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, x in m.items():  # the teachers and the first seed of every other model
+        if x["role"] == "teacher" or name.endswith("_s1"):
+            steps, vals = zip(*x["val_curve"])
+            ax.plot(steps, vals, label=name, linestyle="-" if x["role"] in ("teacher", "student", "baseline") else ":")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation CE (nats/token)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(curves_path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
