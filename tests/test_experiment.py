@@ -1,13 +1,14 @@
-"""experiments/reproduce_cpu.py: the corpus subset and the generated report (the full run takes ~90 min and
+"""experiments/reproduce_cpu.py: the corpus subset and the generated report (the full run takes hours and
 is not part of the tests; `--smoke` exercises the whole pipeline). Run: python -m pytest tests/test_experiment.py"""
 
 import os
+import random
 import sys
 
 from conftest import ROOT, write_corpus
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
-from reproduce_cpu import subset_corpus, write_report  # noqa: E402
+from reproduce_cpu import compare, subset_corpus, write_report  # noqa: E402
 
 
 def test_subset_keeps_the_first_words_of_each_source(tmp_path):
@@ -20,46 +21,82 @@ def test_subset_keeps_the_first_words_of_each_source(tmp_path):
     assert open(tmp_path / "sub" / "dev" / "childes.dev").read() == open(os.path.join(src, "dev", "childes.dev")).read()
 
 
-def test_report_compares_the_student_with_the_spread(tmp_path):
-    model = lambda role, val, blimp: {"role": role, "params": 10, "best_step": 5, "tokens_seen": 100, "train_seconds": 1.0, "val_ce": val,
-                                      "test_ce": val + 0.1, "blimp": blimp, "supplement": 50.0, "blimp_field": {"syntax": blimp}, "val_curve": []}
-    r = {"smoke": False, "words_per_source": 10, "train_tokens": 100, "epochs": 1.0, "steps": 5, "steps_per_epoch": 5, "models": {
-        "teacher1": model("teacher", 4.0, 60.0), "teacher2": model("teacher", 4.1, 61.0),
-        "student_s1": model("student", 3.90, 63.0), "student_s2": model("student", 3.92, 63.5),
-        "baseline_s1": model("baseline", 3.95, 62.9), "baseline_s2": model("baseline", 3.99, 63.4)}}
+def fake_model(role, seed, p_correct, ce, lr=2e-3):
+    """A result as evaluate_model writes it: per-pair BLiMP/supplement correctness drawn with p_correct,
+    2 paradigms of 400 pairs, 200 test windows around ce; the supplement answered the same by every model."""
+    r = random.Random(seed * 1000 + int(100 * p_correct) + int(100 * ce))
+    pairs = lambda p, n: "".join("1" if r.random() < p else "0" for _ in range(n))
+    return {"role": role, "seed": seed, "lr": lr, "params": 10, "best_step": 5, "train_seconds": 1.0, "val_ce": ce, "test_ce": ce,
+            "test_ce_windows": [ce + r.gauss(0, 0.05) for _ in range(200)], "blimp": 100 * p_correct, "supplement": 50.0,
+            "blimp_field": {"syntax": 100 * p_correct}, "val_curve": [(1, ce)],
+            "blimp_correct": {"a": pairs(p_correct, 400), "b": pairs(p_correct, 400)}, "supplement_correct": {"s": "10" * 50}}  # the same for every model
+
+
+def fake_info(chosen=2e-3):
+    rows = lambda best: [(lr, 4.0 + (0.0 if lr == best else 0.1), 5, 1.0, f"/w/sweep/lr={lr}") for lr in (1e-3, 2e-3, 4e-3, 1e-2)]
+    return {"smoke": False, "words_per_source": 10, "train_tokens": 100, "epochs": 1.0, "steps": 5, "steps_per_epoch": 5,
+            "sweeps": {"baseline": rows(chosen), "teacher": rows(1e-2)}, "lr": {"baseline": chosen, "teacher": 1e-2}, "total_seconds": 7200}
+
+
+def sentences(text):
+    return {l.split(":**")[0].strip("*"): l for l in text.splitlines() if l.startswith("**") and ":**" in l}
+
+
+def test_report_states_for_each_comparison_which_intervals_exclude_zero(tmp_path):
+    m = {"teacher1": fake_model("teacher", 1, 0.60, 4.0), "teacher2": fake_model("teacher", 2, 0.60, 4.1)}
+    for s in (101, 102, 103):  # the student: far more pairs right and lower CE than the baseline of its seed
+        m[f"student_s{s - 100}"] = fake_model("student", s, 0.80, 3.50 + 0.01 * (s - 101))
+        m[f"baseline_s{s - 100}"] = fake_model("baseline", s, 0.60, 3.90 + 0.012 * (s - 101))
+        m[f"student_t1_s{s - 100}"] = fake_model("single_t1", s, 0.80, 3.50 + 0.01 * (s - 101))  # the same as the student
     path = tmp_path / "RESULTS.md"
-    write_report(r, str(path), "plot.png")
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in path.read_text().splitlines() if line.startswith("| val_ce") or line.startswith("| blimp")}
-    # val CE: student 3.91 vs baseline 3.97 (gap 0.06 > spread 0.04) and vs best teacher 4.0 (gap 0.09)
-    assert rows["val_ce"][-2:] == ["yes", "yes"]
-    # BLiMP: student 63.25 vs baseline 63.15 (gap 0.1 < spread 0.5); vs best teacher 61 (gap 2.25 > 0.5)
-    assert rows["blimp"][-2:] == ["no", "yes"]
-    assert "![validation CE](plot.png)" in path.read_text()
-
-
-def test_report_states_paired_intervals_and_whether_they_exclude_zero(tmp_path):
-    import random
-    rng = random.Random(0)
-
-    def model(role, p_correct, ce, seed):
-        r = random.Random(seed)
-        pairs = lambda p, n: "".join("1" if r.random() < p else "0" for _ in range(n))
-        return {"role": role, "params": 10, "best_step": 5, "tokens_seen": 100, "train_seconds": 1.0, "val_ce": ce, "test_ce": ce,
-                "test_ce_windows": [ce + rng.gauss(0, 0.05) for _ in range(200)], "blimp": 100 * p_correct, "supplement": 50.0,
-                "blimp_field": {}, "val_curve": [], "blimp_correct": {"a": pairs(p_correct, 400), "b": pairs(p_correct, 400)},
-                "supplement_correct": {"s": pairs(0.5, 100)}}
-    r = {"smoke": False, "words_per_source": 10, "train_tokens": 100, "epochs": 1.0, "steps": 5, "steps_per_epoch": 5, "models": {
-        "teacher1": model("teacher", 0.60, 4.0, 1), "teacher2": model("teacher", 0.60, 4.1, 2),
-        "student_s1": model("student", 0.80, 3.5, 3), "student_s2": model("student", 0.80, 3.51, 4),
-        "baseline_s1": model("baseline", 0.60, 3.9, 5), "baseline_s2": model("baseline", 0.61, 3.92, 6)}}
-    path = tmp_path / "RESULTS.md"
-    write_report(r, str(path), "plot.png")
+    write_report(m, fake_info(), str(path), missing=["student_3t_s1"])
     text = path.read_text()
-    assert "## Confidence intervals (95%)" in text and "best teacher by validation CE (teacher1)" in text
-    line = next(l for l in text.splitlines() if l.startswith("- student_s1 - baseline_s1 (baseline), BLiMP"))
-    assert "the interval excludes zero (A is higher)" in line, line  # 80% vs 60% correct on 800 pairs
-    line = next(l for l in text.splitlines() if l.startswith("- student_s1 - teacher1 (best teacher), test CE"))
-    assert "excludes zero (B is higher)" in line, line  # lower CE is better: student - teacher < 0
-    line = next(l for l in text.splitlines() if l.startswith("- student_s1 - baseline_s1 (baseline), supplement"))
-    assert "the interval includes zero" in line, line  # both 50%: no difference shown
-    assert any(l.startswith("- student - baseline over seeds, blimp") for l in text.splitlines())
+    said = sentences(text)
+    # 80% vs 60% of 800 pairs, CE 0.4 lower: better on the items and over seeds (lower CE counts as better)
+    assert said["Student vs baseline"].startswith("**Student vs baseline:** A is better on BLiMP on the items, test CE on the items, "
+                                                  "validation CE over seeds, test CE over seeds, BLiMP over seeds;"), said["Student vs baseline"]
+    assert "include zero on supplement on the items, supplement over seeds." in said["Student vs baseline"]  # the same answers: a zero difference
+    assert "A is better on BLiMP on the items, test CE on the items, validation CE over seeds" in said["Student vs best teacher"]
+    assert "B is better" not in said["Two teachers vs teacher1 alone"]  # equal in distribution: no side shown better
+    assert "Three teachers vs two" not in said  # not run: no comparison
+    row = next(l for l in text.splitlines() if l.startswith("| test CE (nats) | paired bootstrap, seed 102 (student_s2 - baseline_s2)"))
+    assert row.split("|")[5].strip() == "yes" and row.split("|")[6].strip() == "A", row
+    assert "**Partial: 11 of 12 models finished.** Still to run: student_3t_s1." in text
+    assert "Compute so far: 2.0 hours" in text
+
+
+def test_report_marks_the_chosen_learning_rate_and_a_choice_at_the_edge(tmp_path):
+    m = {"student_s1": fake_model("student", 101, 0.7, 3.5)}
+    path = tmp_path / "RESULTS.md"
+    write_report(m, fake_info(chosen=2e-3), str(path))
+    text = path.read_text()
+    baseline_table = text.split("**Baseline (and student)**")[1].split("Chosen:")[0]
+    assert [l.split("|")[1].strip() for l in baseline_table.splitlines() if l.endswith("| yes |")] == ["0.002"]
+    assert "Chosen: lr = 0.002.\n" in text  # inside the grid: no warning
+    assert "Chosen: lr = 0.01. It is at the edge of the grid" in text  # the teacher's best is the largest value
+    assert "All 1 models finished." in text
+
+
+def test_pooled_bootstrap_is_the_mean_of_the_per_seed_differences():
+    """The pooled paired bootstrap's point estimate must be the mean over seeds of each seed's score difference
+    (score = unweighted mean over paradigms), computed here by hand."""
+    m = {f"student_s{k}": fake_model("student", 100 + k, p, 3.5) for k, p in ((1, 0.7), (2, 0.8))}
+    m.update({f"baseline_s{k}": fake_model("baseline", 100 + k, p, 3.6) for k, p in ((1, 0.6), (2, 0.65))})
+    score = lambda x: sum(sum(map(int, c)) / len(c) for c in x["blimp_correct"].values()) / len(x["blimp_correct"]) * 100
+    by_hand = sum(score(m[f"student_s{k}"]) - score(m[f"baseline_s{k}"]) for k in (1, 2)) / 2
+    rows = {(metric, method): ci for metric, method, ci in compare(m, "student", "baseline")}
+    assert abs(rows["blimp", "paired bootstrap, 2 seeds pooled"].diff - by_hand) < 1e-9
+    ce = lambda x: sum(x["test_ce_windows"]) / len(x["test_ce_windows"])
+    assert abs(rows["test_ce", "t interval over 2 seeds"].diff - (3.5 - 3.6)) < 1e-12
+    assert abs(rows["test_ce", "paired bootstrap, 2 seeds pooled"].diff - sum(ce(m[f"student_s{k}"]) - ce(m[f"baseline_s{k}"]) for k in (1, 2)) / 2) < 1e-9
+
+
+def test_seed_intervals_pair_the_seeds():
+    """Same seed = same initialisation and data order: seeds that move student and baseline together must
+    not widen the interval (a Welch interval over these seeds would include zero)."""
+    m = {}
+    for k, ce in ((1, 3.0), (2, 3.5), (3, 4.0)):
+        m[f"student_s{k}"] = fake_model("student", 100 + k, 0.7, ce)
+        m[f"baseline_s{k}"] = fake_model("baseline", 100 + k, 0.7, ce + 0.1)
+    ci = {(metric, method): ci for metric, method, ci in compare(m, "student", "baseline")}["val_ce", "t interval over 3 seeds"]
+    assert abs(ci.diff + 0.1) < 1e-12 and ci.hi < 0, ci
