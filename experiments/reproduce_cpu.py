@@ -320,6 +320,9 @@ def main():
     if not args.report_only:
         link_sweep_run("teacher1", t1_dir, work)
         link_sweep_run("baseline_s1", b1_dir, work)
+        finished = [name for name, *_ in steps if os.path.isfile(os.path.join(work, "results", f"{name}.json"))]
+        if finished:
+            print(f"{len(finished)} of {len(steps)} models finished already (skipped): {', '.join(finished)}", flush=True)
         for k, (name, role, cmd, out_dir) in enumerate(steps, start=1):
             label = f"{k}/{len(steps)}"
             seconds = run_once(name, cmd, out_dir, work, label) if cmd else t1_seconds if name == "teacher1" else b1_seconds
