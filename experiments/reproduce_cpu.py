@@ -48,6 +48,7 @@ Results: work/results/*.json (one per model), RESULTS.md, RESULTS_val_ce.png, RE
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -69,6 +70,7 @@ STUDENT = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384)
 # min_lr is fixed (not lr / 10) so that the sweep changes one key; it is 1/10 of the smallest swept lr
 TRAIN = dict(seq_len=128, batch_size=32, micro_batch_size=32, min_lr=1e-4, weight_decay=0.1, log_interval=10, eval_windows=1024)
 LRS = (1e-3, 2e-3, 4e-3, 1e-2)  # the sweep: 4 values spanning 10x, the untuned runs' 2e-3 among them
+MAX_EXTENSIONS = 2  # a best value at the edge of the grid adds a value beyond it, at most this many times
 DISTILL = dict(alpha=0.5, temperature=1.0, ensemble="logits", kl_reduction="paper")  # the papers' loss
 TEST_WINDOWS = 2048
 # role -> what it is, in the report's order (the student of the claim is "student")
@@ -120,7 +122,12 @@ def run_once(name, cmd, out_dir, work, label):
     Returns the wall time of the run that finished it (recorded in the marker)."""
     marker = os.path.join(work, "logs", f"{name}.done")
     if os.path.isfile(marker):
-        return json.load(open(marker))["seconds"]
+        done = json.load(open(marker))
+        if done.get("command", cmd) != cmd:  # e.g. a sweep chose another lr: the old result is not this step's
+            sys.exit(f"error: {name} finished earlier with another command ({shlex.join(done['command'])}); "
+                     f"delete {marker} (and {out_dir or 'its output'}) to run it again")
+        return done["seconds"]
+    ran = cmd
     if out_dir and os.path.isfile(os.path.join(out_dir, "last.pt")):
         cmd = cmd + ["--resume=True"]  # killed earlier: continue
     elif out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
@@ -128,7 +135,7 @@ def run_once(name, cmd, out_dir, work, label):
     print(f"\n[{label}] {name}: python {' '.join(cmd)}".replace(ROOT + "/", ""), flush=True)
     seconds = run(cmd, os.path.join(work, "logs", f"{name}.log"))
     with open(marker, "w") as f:
-        json.dump({"seconds": seconds}, f)
+        json.dump({"seconds": seconds, "command": ran}, f)
     result = ""
     if out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         vals = [e["val_loss"] for e in read_log(os.path.join(out_dir, "log.jsonl")) if "val_loss" in e]
@@ -147,14 +154,31 @@ def common_settings(args, data, steps_per_epoch):
                 eval_interval=max(1, steps_per_epoch // 2), compile=False, **({"eval_windows": 64} if args.smoke else {}))
 
 
-def sweep_step(args, work, common, family):
+def sweep_command(work, common, family, lrs):
     """The learning-rate sweep of a family ("teacher" or "baseline") as one experiments/sweep.py command."""
     arch, seed = (TEACHER, 1) if family == "teacher" else (STUDENT, 101)
-    lrs = LRS[1:3] if args.smoke else LRS
     fixed = {**common, "seed": seed, **arch}
-    cmd = ["experiments/sweep.py", "train_teacher.py", "--grid", "lr=" + ",".join(repr(v) for v in lrs),
-           "--fixed", *[f"{k}={v}" for k, v in fixed.items()], "--out", os.path.join(work, "sweep", family)]
-    return (f"sweep_{family}", "sweep", cmd, None)
+    return ["experiments/sweep.py", "train_teacher.py", "--grid", "lr=" + ",".join(repr(v) for v in lrs),
+            "--fixed", *[f"{k}={v}" for k, v in fixed.items()], "--out", os.path.join(work, "sweep", family)]
+
+
+def tune(args, work, common, family):
+    """Sweep the learning rate until the best value is inside the grid: when it is the smallest or the
+    largest value, the grid grows by a factor of 2 on that side and the new run is added to the same sweep
+    (the finished runs are kept), at most MAX_EXTENSIONS times. Returns the sweep commands that ran."""
+    lrs, cmds = list(LRS[1:3] if args.smoke else LRS), []
+    for extension in range(MAX_EXTENSIONS + 1):
+        name = f"sweep_{family}" + (f"_{len(lrs)}" if extension else "")
+        cmds.append(sweep_command(work, common, family, lrs))
+        if args.report_only and not os.path.isfile(os.path.join(work, "logs", f"{name}.done")):
+            sys.exit(f"error: the {family} learning-rate sweep has not finished: run the experiment without --report_only")
+        run_once(name, cmds[-1], None, work, name)
+        best = best_lr(work, family)[0]
+        if best not in (min(lrs), max(lrs)) or extension == MAX_EXTENSIONS:
+            return cmds
+        added = best / 2 if best == min(lrs) else best * 2
+        print(f"{family}: the best lr {best:g} is at the edge of the grid: adding lr={added:g}", flush=True)
+        lrs = sorted([*lrs, added])
 
 
 def read_sweep(work, family):
@@ -292,18 +316,13 @@ def main():
     n_windows = Windows(os.path.join(data, "train.bin"), TRAIN["seq_len"]).n
     steps_per_epoch = n_windows // TRAIN["batch_size"]
     common = common_settings(args, data, steps_per_epoch)
-    sweeps = [sweep_step(args, work, common, family) for family in ("baseline", "teacher")]
-    for name, _, cmd, _ in ([] if args.report_only else sweeps):
-        run_once(name, cmd, None, work, name)
-    for family in ("baseline", "teacher"):
-        if not os.path.isfile(os.path.join(work, "logs", f"sweep_{family}.done")):
-            sys.exit(f"error: the {family} learning-rate sweep has not finished: run the experiment without --report_only")
+    sweeps = [cmd for family in ("baseline", "teacher") for cmd in tune(args, work, common, family)]
     (lr_t, t1_dir, t1_seconds), (lr_s, b1_dir, b1_seconds) = best_lr(work, "teacher"), best_lr(work, "baseline")
     steps = model_steps(args, work, common, lr_t, lr_s)
     info = {"work": work, "words_per_source": args.words, "epochs": args.epochs, "steps": common["max_iters"], "steps_per_epoch": steps_per_epoch,
             "train_tokens": int(n_windows * TRAIN["seq_len"]), "smoke": args.smoke,
             "sweeps": {f: read_sweep(work, f) for f in ("baseline", "teacher")}, "lr": {"teacher": lr_t, "baseline": lr_s}}
-    cmds = [prepare_command(work, data)] + [cmd for _, _, cmd, _ in sweeps] + [cmd for _, _, cmd, _ in steps if cmd]
+    cmds = [prepare_command(work, data)] + sweeps + [cmd for _, _, cmd, _ in steps if cmd]
 
     def report():
         results = {}

@@ -100,3 +100,36 @@ def test_seed_intervals_pair_the_seeds():
         m[f"baseline_s{k}"] = fake_model("baseline", 100 + k, 0.7, ce + 0.1)
     ci = {(metric, method): ci for metric, method, ci in compare(m, "student", "baseline")}["val_ce", "t interval over 3 seeds"]
     assert abs(ci.diff + 0.1) < 1e-12 and ci.hi < 0, ci
+
+
+def test_the_sweep_grows_until_the_best_value_is_inside(monkeypatch, tmp_path):
+    """A best lr at the edge of the grid adds a value beyond it (x2 or /2), at most MAX_EXTENSIONS times."""
+    import argparse
+    import reproduce_cpu
+    ran, best = [], iter([1e-3, 5e-4, 2.5e-4])  # always the smallest value: two extensions, then stop
+    monkeypatch.setattr(reproduce_cpu, "run_once", lambda name, cmd, *a: ran.append((name, cmd[cmd.index("--grid") + 1])))
+    monkeypatch.setattr(reproduce_cpu, "best_lr", lambda work, family: (next(best), None, 0.0))
+    args = argparse.Namespace(smoke=False, report_only=False)
+    cmds = reproduce_cpu.tune(args, str(tmp_path), {"seed": 1}, "teacher")
+    assert ran == [("sweep_teacher", "lr=0.001,0.002,0.004,0.01"), ("sweep_teacher_5", "lr=0.0005,0.001,0.002,0.004,0.01"),
+                   ("sweep_teacher_6", "lr=0.00025,0.0005,0.001,0.002,0.004,0.01")]
+    assert len(cmds) == 3 == reproduce_cpu.MAX_EXTENSIONS + 1
+    ran.clear()
+    best = iter([2e-3])  # inside: one sweep
+    assert len(reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")) == 1 and ran == [("sweep_baseline", "lr=0.001,0.002,0.004,0.01")]
+    best = iter([1e-2, 4e-3])  # the largest, then inside
+    ran.clear()
+    reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")
+    assert [g for _, g in ran] == ["lr=0.001,0.002,0.004,0.01", "lr=0.001,0.002,0.004,0.01,0.02"]
+
+
+def test_a_finished_step_with_another_command_is_refused(tmp_path, capsys):
+    import json
+    import pytest
+    import reproduce_cpu
+    os.makedirs(tmp_path / "logs")
+    json.dump({"seconds": 3.0, "command": ["train_teacher.py", "--lr=0.001"]}, open(tmp_path / "logs" / "teacher2.done", "w"))
+    assert reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.001"], None, str(tmp_path), "1/1") == 3.0
+    with pytest.raises(SystemExit) as e:
+        reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.002"], None, str(tmp_path), "1/1")
+    assert str(e.value).startswith("error: teacher2 finished earlier with another command (train_teacher.py --lr=0.001)")
