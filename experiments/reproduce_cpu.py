@@ -4,7 +4,7 @@ distillation, and does the ensemble matter? (BabyLlama, arXiv 2308.02019; BabyLl
 An end-to-end experiment at CPU scale that runs the project's own commands on real BabyLM text and writes
 RESULTS.md and two plots, every number generated.
 
-    python experiments/reproduce_cpu.py                     # everything (~4.5 h on 2 uncontended cores)
+    python experiments/reproduce_cpu.py                     # everything (about 5 hours on 2 uncontended cores)
     python experiments/reproduce_cpu.py --work /big/disk    # the work folder elsewhere (default experiments/work)
     python experiments/reproduce_cpu.py --report_only       # rewrite RESULTS.md from what has finished
     python experiments/reproduce_cpu.py --smoke             # a few minutes: the same pipeline, tiny sizes
@@ -308,7 +308,7 @@ def main():
     if not args.report_only:
         os.makedirs(os.path.join(work, "logs"), exist_ok=True)
         subset_corpus(os.path.join(SHARED, "babylm_2024_mini"), os.path.join(work, "src"), args.words)
-        print("On 2 uncontended CPU cores the whole experiment takes about 4.5 hours. Interrupt it at any time and run the "
+        print("On 2 uncontended CPU cores the whole experiment takes about 5 hours. Interrupt it at any time and run the "
               "same command again to continue; RESULTS.md is rewritten after every model.", flush=True)
         run_once("prepare", prepare_command(work, data), None, work, "prepare")
     elif not os.path.isdir(os.path.join(work, "results")):
