@@ -18,15 +18,16 @@ is shown as it runs (and kept in work/logs/), and a one-line result follows it.
 The experiment, in the order it runs (the most important comparisons first):
   1. prepare_data.py on a subset corpus: the first --words words of each of the six babylm_2024_mini
      training sources (the official dev files are the test split), a 4,096-token BPE.
-  2. Tune before comparing: a learning-rate sweep (experiments/sweep.py, 4 values spanning 10x) of the
-     same-size baseline and of the teacher, ranked by best validation CE. Each family then uses its best
-     value; the student uses the baseline's (same architecture, so any advantage of tuning goes to the
-     baseline). The sweep's run at the chosen value is itself teacher1 and baseline_s1 (their seeds), so
-     their validation CE is the maximum of four runs: if anything an optimistic number for them.
+  2. Tune before comparing: a learning-rate sweep (experiments/sweep.py, 4 values spanning 10x, and one
+     more value beyond the edge while the best is at an edge) of the same-size baseline and of the teacher,
+     ranked by best validation CE. Each family then uses its best value; the student uses the baseline's
+     (same architecture, so any advantage of tuning goes to the baseline). The sweep's run at the chosen
+     value is itself teacher1 and baseline_s1 (their seeds), so their validation CE is the best of 4 or
+     more runs: if anything an optimistic number for them.
   3. teacher2 (another seed); then for every seed: the student of the two-teacher ensemble (the papers' loss:
-     alpha 0.5, T 1, logits ensemble, "paper" reduction) and the baseline (plain CE, the same steps).
-  4. The same student from a teacher cache (teacher_cache.py): the unbiased sampled estimator and top-k
-     at the same storage (k = 16 slots), every seed.
+     alpha 0.5, T 1, logits ensemble, "paper" reduction), the baseline (plain CE, the same steps), and
+  4. the same student from a teacher cache (teacher_cache.py): the unbiased sampled estimator and top-k
+     at the same storage (k = 16 slots).
   5. Does the ensemble matter: students of teacher1 alone and of teacher2 alone, every seed.
   6. Ablations: the "mean" KL reduction and the "probs" ensemble, every seed.
   7. A third teacher and the student of the three-teacher ensemble, every seed.
@@ -217,7 +218,6 @@ def model_steps(args, work, common, lr_teacher, lr_student):
         steps.append(student("student", "student", s, teachers[:2]))
         steps.append(("baseline_s1", "baseline", None, out("baseline_s1")) if s == 1 else
                      train(f"baseline_s{s}", "baseline", "train_teacher.py", seed=100 + s, lr=lr_student, **STUDENT))
-    for s in seeds:
         for m in ("sampled", "topk"):  # the cache is built by the first seed's run, then read by the others
             steps.append(student(f"student_cache_{m}", f"cache_{m}", s, teachers[:2],
                                  teacher_cache=os.path.join(work, f"cache_{m}"), cache_method=m, cache_k=16))
