@@ -444,12 +444,14 @@ def write_report(m, info, path, missing=(), cmds=()):
     for name, x in m.items():
         models.append(f"| {name} | {x['role']} | {x['lr']:g} | {x['params']:,} | {x['best_step']} | {x['train_seconds']:.0f} | "
                       f"{x['val_ce']:.4f} | {x['test_ce']:.4f} | {x['blimp']:.1f} | {x['supplement']:.1f} |")
-    summary = ["| models | seeds | val CE | test CE | BLiMP | supplement | train s (mean) |", "|---|---|---|---|---|---|---|"]
-    for role in roles:
-        xs = [x for x in m.values() if x["role"] == role]
-        cell = lambda key, fmt: mean_sd([x[key] for x in xs], fmt)
-        summary.append(f"| {ROLES[role]} | {len(xs)} | {cell('val_ce', '.4f')} | {cell('test_ce', '.4f')} | {cell('blimp', '.2f')} | "
-                       f"{cell('supplement', '.2f')} | {sum(x['train_seconds'] for x in xs) / len(xs):.0f} |")
+    def summary(roles):
+        rows = ["| models | seeds | val CE | test CE | BLiMP | supplement | train s (mean) |", "|---|---|---|---|---|---|---|"]
+        for role in roles:
+            xs = [x for x in m.values() if x["role"] == role]
+            cell = lambda key, fmt: mean_sd([x[key] for x in xs], fmt)
+            rows.append(f"| {ROLES[role]} | {len(xs)} | {cell('val_ce', '.4f')} | {cell('test_ce', '.4f')} | {cell('blimp', '.2f')} | "
+                        f"{cell('supplement', '.2f')} | {sum(x['train_seconds'] for x in xs) / len(xs):.0f} |")
+        return rows + [""]
     fields = sorted({f for x in m.values() for f in x["blimp_field"]})
     frows = ["| model | " + " | ".join(fields) + " |", "|---|" + "---|" * len(fields)]
     for name, x in m.items():
@@ -500,13 +502,15 @@ def write_report(m, info, path, missing=(), cmds=()):
         "Every model family is tuned on validation CE before the comparison (BabyLlama-2's second claim: the gain is not an "
         "artefact of badly tuned teachers or baselines). The chosen run of each sweep is itself teacher1 or baseline_s1.", "",
         *sweeps, "![learning-rate sweeps](RESULTS_lr_sweep.png)", "",
-        "## Summary over seeds", "", "Mean ± standard deviation over seeds (teachers: over the teacher models).", "", *summary, "",
+        "## Summary over seeds", "", "Mean ± standard deviation over seeds (teachers: over the teacher models).", "", *summary(roles),
         "## 2. Does the student beat the baseline and its teachers?", "", *claims,
         "## 3. Does the ensemble matter?", "", *(ensemble or ["Not run yet.", ""]),
         "## 4. Ablations of the loss", "", *(ablations or ["Not run yet.", ""]),
         "## 5. Students from a teacher cache", "",
         "The same student, its distillation targets read from a cache built once (teacher_cache.py; the build is part of the "
-        "first seed's train seconds) instead of running the teachers at every step.", "", *(cache or ["Not run yet.", ""]),
+        "first seed's train seconds) instead of running the teachers at every step. Both caches store 16 slots per token "
+        "(100 bytes per token); mean ± standard deviation over seeds:", "",
+        *summary([r for r in ("student", "cache_sampled", "cache_topk") if r in roles]), *(cache or ["Not run yet.", ""]),
         "## All models", "", *models, "", "## BLiMP by field", "", *frows, "",
         "![validation CE](RESULTS_val_ce.png)", "",
         "## Commands", "", "Run from the project root, in this order, with WORK the work folder (each model then gets `eval_blimp.py` "
