@@ -324,18 +324,6 @@ def main():
             "sweeps": {f: read_sweep(work, f) for f in ("baseline", "teacher")}, "lr": {"teacher": lr_t, "baseline": lr_s}}
     cmds = [prepare_command(work, data)] + sweeps + [cmd for _, _, cmd, _ in steps if cmd]
 
-    def report():
-        results = {}
-        for name, *_ in steps:
-            path = os.path.join(work, "results", f"{name}.json")
-            if os.path.isfile(path):
-                results[name] = json.load(open(path))
-        logs = os.path.join(work, "logs")
-        info["total_seconds"] = sum(json.load(open(os.path.join(logs, f)))["seconds"] for f in os.listdir(logs) if f.endswith(".done"))
-        missing = [name for name, *_ in steps if name not in results]
-        write_report(results, info, os.path.join(where, "RESULTS.md"), missing, cmds)
-        plot(results, info, os.path.join(where, "RESULTS_val_ce.png"), os.path.join(where, "RESULTS_lr_sweep.png"))
-
     if not args.report_only:
         link_sweep_run("teacher1", t1_dir, work)
         link_sweep_run("baseline_s1", b1_dir, work)
@@ -347,13 +335,27 @@ def main():
             seconds = run_once(name, cmd, out_dir, work, label) if cmd else t1_seconds if name == "teacher1" else b1_seconds
             if not os.path.isfile(os.path.join(work, "results", f"{name}.json")):
                 evaluate_model(args, work, data, name, role, out_dir, seconds, label)
-                report()
-    report()
+                report(work, where, [name for name, *_ in steps], info, cmds)
+    report(work, where, [name for name, *_ in steps], info, cmds)
     print(f"report: {os.path.join(where, 'RESULTS.md')}")
 
 
 # -----------------------------------------------------------------------------------------------
 # The report: every number in RESULTS.md comes from work/results/*.json and the sweeps
+
+
+def report(work, where, names, info, cmds):
+    """RESULTS.md and the plots in `where`, from the results of the models in `names` that have finished."""
+    results = {}
+    for name in names:
+        path = os.path.join(work, "results", f"{name}.json")
+        if os.path.isfile(path):
+            results[name] = json.load(open(path))
+    logs = os.path.join(work, "logs")
+    info["total_seconds"] = sum(json.load(open(os.path.join(logs, f)))["seconds"] for f in os.listdir(logs) if f.endswith(".done"))
+    missing = [name for name in names if name not in results]
+    write_report(results, info, os.path.join(where, "RESULTS.md"), missing, cmds)
+    plot(results, info, os.path.join(where, "RESULTS_val_ce.png"), os.path.join(where, "RESULTS_lr_sweep.png"))
 
 
 LOWER_IS_BETTER = ("val_ce", "test_ce")
