@@ -178,7 +178,8 @@ def tune(args, work, common, family):
         if best not in (min(lrs), max(lrs)) or extension == MAX_EXTENSIONS:
             return cmds
         added = best / 2 if best == min(lrs) else best * 2
-        print(f"{family}: the best lr {best:g} is at the edge of the grid: adding lr={added:g}", flush=True)
+        if not args.report_only:
+            print(f"{family}: the best lr {best:g} is at the edge of the grid: adding lr={added:g}", flush=True)
         lrs = sorted([*lrs, added])
 
 
