@@ -50,6 +50,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from checkpoint import load_checkpoint, read_log  # noqa: E402
+from checkpoint import atomic_write, load_checkpoint, read_log  # noqa: E402
 from stats import blimp_diff_ci, ce_diff_ci, seeds_diff_ci, verdict, excludes_zero  # noqa: E402
 from train import Windows, eval_indices  # noqa: E402
 
@@ -281,10 +282,7 @@ def evaluate_model(args, work, data, name, role, out_dir, train_seconds, label):
               "blimp_correct": {t: r["correct"] for t, r in b["blimp"]["tasks"].items()},
               "supplement_correct": {t: r["correct"] for t, r in b["supplement"]["tasks"].items()},
               "val_curve": [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)  # a kill leaves no half-written result
+    atomic_write(path, lambda f: json.dump(result, f), "w")  # a kill leaves no half-written result
     print(f"[{label}] {name}: val CE {result['val_ce']:.4f}, test CE {result['test_ce']:.4f}, BLiMP {result['blimp']:.1f}, "
           f"supplement {result['supplement']:.1f}", flush=True)
 
@@ -364,11 +362,8 @@ METRICS = {"val_ce": "validation CE (nats)", "test_ce": "test CE (nats)", "blimp
 
 
 def mean_sd(values, fmt):
-    if len(values) < 2:
-        return f"{values[0]:{fmt}}"
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:{fmt}} ± {sd:{fmt}}"
+    """Mean ± sample standard deviation over seeds (a single value alone)."""
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}" if len(values) > 1 else f"{values[0]:{fmt}}"
 
 
 def flags(per_task, prefix=""):
@@ -520,9 +515,7 @@ def write_report(m, info, path, missing=(), cmds=()):
         "on its `ckpt.pt`, full sets; teacher1 and baseline_s1 are links to the sweeps' runs at the chosen learning rate):", "", "```",
         *[f"python {' '.join(c if ' ' not in c else repr(c) for c in cmd)}".replace(info.get("work", "\0"), "$WORK").replace(ROOT + "/", "")
           for cmd in cmds], "```", ""])
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: f.write(text), "w")
 
 
 def plot(m, info, curves_path, sweep_path):
