@@ -502,8 +502,17 @@ def write_report(m, info, path, missing=(), cmds=()):
         *sweeps, "![learning-rate sweeps](RESULTS_lr_sweep.png)", "",
         "## Summary over seeds", "", "Mean ± standard deviation over seeds (teachers: over the teacher models).", "", *summary(roles),
         "## 2. Does the student beat the baseline and its teachers?", "", *claims,
-        "## 3. Does the ensemble matter?", "", *(ensemble or ["Not run yet.", ""]),
-        "## 4. Ablations of the loss", "", *(ablations or ["Not run yet.", ""]),
+        "## 3. Does the ensemble matter?", "",
+        "The same student recipe and seeds, distilled from teacher1 alone, from teacher2 alone, from the two-teacher ensemble "
+        "(the student of section 2) and from three teachers (teacher3: the teacher recipe with another seed). BabyLlama-2's third "
+        "claim is that the ensemble beats a single teacher. Mean ± standard deviation over seeds:", "",
+        *summary([r for r in ("student", "single_t1", "single_t2", "three") if r in roles]), *(ensemble or ["Not run yet.", ""]),
+        "## 4. Ablations of the loss", "",
+        "Two choices of the published loss, changed one at a time: `kl_reduction=mean` averages the KL over tokens instead of "
+        "summing it over positions and dividing by the batch (\"paper\": with 128 positions the KL term weighs 128 times more "
+        "against the CE); `ensemble=probs` averages the teachers' probabilities instead of their logits. Mean ± standard "
+        "deviation over seeds:", "",
+        *summary([r for r in ("student", "mean", "probs") if r in roles]), *(ablations or ["Not run yet.", ""]),
         "## 5. Students from a teacher cache", "",
         "The same student, its distillation targets read from a cache built once (teacher_cache.py; the build is part of the "
         "first seed's train seconds) instead of running the teachers at every step. Both caches store 16 slots per token "
