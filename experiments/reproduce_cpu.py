@@ -129,15 +129,16 @@ def run_once(name, cmd, out_dir, work, label):
             sys.exit(f"error: {name} finished earlier with another command ({shlex.join(done['command'])}); "
                      f"delete {marker} (and {out_dir or 'its output'}) to run it again")
         return done["seconds"]
-    ran = cmd
+    ran, resumed = cmd, False
     if out_dir and os.path.isfile(os.path.join(out_dir, "last.pt")):
+        resumed = True
         cmd = cmd + ["--resume=True"]  # killed earlier: continue
     elif out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         cmd = cmd + ["--overwrite=True"]  # killed before its first checkpoint: start again
     print(f"\n[{label}] {name}: python {' '.join(cmd)}".replace(ROOT + "/", ""), flush=True)
     seconds = run(cmd, os.path.join(work, "logs", f"{name}.log"))
     with open(marker, "w") as f:
-        json.dump({"seconds": seconds, "command": ran}, f)
+        json.dump({"seconds": seconds, "command": ran, "resumed": resumed}, f)  # resumed: seconds miss the killed part
     result = ""
     if out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         vals = [e["val_loss"] for e in read_log(os.path.join(out_dir, "log.jsonl")) if "val_loss" in e]
@@ -351,7 +352,11 @@ def report(work, where, names, info, cmds):
         if os.path.isfile(path):
             results[name] = json.load(open(path))
     logs = os.path.join(work, "logs")
-    info["total_seconds"] = sum(json.load(open(os.path.join(logs, f)))["seconds"] for f in os.listdir(logs) if f.endswith(".done"))
+    markers = {f[:-5]: json.load(open(os.path.join(logs, f))) for f in os.listdir(logs) if f.endswith(".done")}
+    # a sweep's marker times only the invocation that finished it; the sweep adds up each run's launches itself
+    info["total_seconds"] = (sum(x["seconds"] for name, x in markers.items() if not name.startswith("sweep_"))
+                             + sum(row[3] for rows in info["sweeps"].values() for row in rows))
+    info["resumed"] = sorted(name for name, x in markers.items() if x.get("resumed"))
     missing = [name for name in names if name not in results]
     write_report(results, info, os.path.join(where, "RESULTS.md"), missing, cmds)
     plot(results, info, os.path.join(where, "RESULTS_val_ce.png"), os.path.join(where, "RESULTS_lr_sweep.png"))
@@ -518,7 +523,10 @@ def write_report(m, info, path, missing=(), cmds=()):
         "first seed's train seconds) instead of running the teachers at every step. Both caches store 16 slots per token "
         "(100 bytes per token); mean ± standard deviation over seeds:", "",
         *summary([r for r in ("student", "cache_sampled", "cache_topk") if r in roles]), *(cache or ["Not run yet.", ""]),
-        "## All models", "", *models, "", "## BLiMP by field", "", *frows, "",
+        "## All models", "", *models, "",
+        *([f"Resumed after a kill: {', '.join(info['resumed'])}. Their train s, and the compute total, count only the run "
+           "that finished them, not the part before the kill.", ""] if info.get("resumed") else []),
+        "## BLiMP by field", "", *frows, "",
         "![validation CE](RESULTS_val_ce.png)", "",
         "## Commands", "", "Run from the project root, in this order, with WORK the work folder (each model then gets `eval_blimp.py` "
         "on its `ckpt.pt`, full sets; teacher1 and baseline_s1 are links to the sweeps' runs at the chosen learning rate):", "", "```",

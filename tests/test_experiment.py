@@ -133,3 +133,36 @@ def test_a_finished_step_with_another_command_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.002"], None, str(tmp_path), "1/1")
     assert str(e.value).startswith("error: teacher2 finished earlier with another command (train_teacher.py --lr=0.001)")
+
+
+def test_compute_total_counts_every_launch_of_a_sweep_and_the_report_names_resumed_models(tmp_path):
+    import json
+    import reproduce_cpu
+    work = tmp_path / "work"
+    os.makedirs(work / "logs")
+    os.makedirs(work / "results")
+    markers = {"prepare": {"seconds": 100.0, "command": ["p"]},
+               "sweep_baseline": {"seconds": 1000.0, "command": ["s"]},  # its last launch only: the sweep rows count 4 x 1 s
+               "teacher2": {"seconds": 3500.0, "command": ["t"], "resumed": True},
+               "student_s1": {"seconds": 3600.0, "command": ["d"], "resumed": False}}
+    for name, x in markers.items():
+        json.dump(x, open(work / "logs" / f"{name}.done", "w"))
+    json.dump(fake_model("teacher", 2, 0.6, 4.0), open(work / "results" / "teacher2.json", "w"))
+    info = {**fake_info(), "sweeps": {"baseline": fake_info()["sweeps"]["baseline"]}}  # train s 1.0 per run
+    reproduce_cpu.report(str(work), str(tmp_path), ["teacher2", "student_s1"], info, [])
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert f"Compute so far: {(100 + 3500 + 3600 + 4) / 3600:.1f} hours" in text  # 2.0; with the sweep marker 2.3
+    assert "Resumed after a kill: teacher2." in text
+
+
+def test_a_step_resumed_after_a_kill_is_marked_resumed(tmp_path):
+    import json
+    import reproduce_cpu
+    os.makedirs(tmp_path / "logs")
+    for name, killed in (("fresh", False), ("killed", True)):
+        out = tmp_path / "out" / name
+        os.makedirs(out)
+        if killed:
+            open(out / "last.pt", "wb").close()  # what a killed run leaves behind
+        reproduce_cpu.run_once(name, ["-c", "pass"], str(out), str(tmp_path), "1/1")  # python -c pass [--resume=True]
+        assert json.load(open(tmp_path / "logs" / f"{name}.done"))["resumed"] is killed
