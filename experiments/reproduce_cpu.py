@@ -34,8 +34,8 @@ The experiment, in the order it runs (the most important comparisons first):
   Each model, as soon as it is trained: validation CE (best checkpoint), test CE over 2,048 fixed test
   windows, full BLiMP and the supplement (eval_blimp.py).
 Statistics (experiments/stats.py): paired bootstrap 95% intervals on the same items (BLiMP pairs within
-each paradigm, supplement items within each task, test windows), per seed and with the seeds pooled, and
-t intervals across seeds.
+each paradigm, supplement items within each task, test windows), per seed and with the seeds pooled (an item
+resampled with all its seeds), and t intervals across seeds.
 
 How the sizes were chosen: a first teacher that still improved at the end of its run (configs/tiny_teacher1.py,
 0.2 epochs of 4.3M tokens) shows nothing about the claim, so the corpus is cut to ~280k tokens and every model
@@ -381,8 +381,8 @@ def compare(m, a_role, b, per_seed=False):
     """[(metric, method, CI)] of A - B: the seeds of role a_role against b, which is either a role (matched
     by seed: same seed = same initialisation and data order, so the pairs are paired) or one model's name
     (a fixed model, e.g. the best teacher). Paired bootstraps on the same items with the seeds pooled
-    (the mean over seeds of each seed's difference; items resampled within each seed and paradigm), then t
-    intervals over seeds; with per_seed, a paired bootstrap for each seed too."""
+    (the mean over seeds of each seed's difference; an item resampled with all its seeds, within its
+    paradigm), then t intervals over seeds; with per_seed, a paired bootstrap for each seed too."""
     a = {x["seed"]: n for n, x in m.items() if x["role"] == a_role}
     b_seed = {x["seed"]: n for n, x in m.items() if x["role"] == b}
     pairs = [(a[s], b if b in m else b_seed[s]) for s in sorted(a) if b in m or s in b_seed]
@@ -390,21 +390,21 @@ def compare(m, a_role, b, per_seed=False):
         return []
 
     def item_cis(pairs):
+        """A pair of models per seed; the seeds share the items, so an item is resampled with all its seeds."""
         out = []
         for metric, key in (("blimp", "blimp_correct"), ("supplement", "supplement_correct")):
-            ca, cb, labels = [], [], []
-            for i, (x, y) in enumerate(pairs):
-                fa, lab = flags(m[x][key], f"{i}:")
-                ca, cb, labels = ca + fa, cb + flags(m[y][key])[0], labels + lab
+            labels = flags(m[pairs[0][0]][key])[1]
+            ca = [flags(m[x][key])[0] for x, _ in pairs]  # (seeds, pairs)
+            cb = [flags(m[y][key])[0] for _, y in pairs]
             out.append((metric, blimp_diff_ci(ca, cb, labels)))
-        wa = [w for x, _ in pairs for w in m[x]["test_ce_windows"]]
-        wb = [w for _, y in pairs for w in m[y]["test_ce_windows"]]
-        return out + [("test_ce", ce_diff_ci(wa, wb))]
+        return out + [("test_ce", ce_diff_ci([m[x]["test_ce_windows"] for x, _ in pairs], [m[y]["test_ce_windows"] for _, y in pairs]))]
 
     rows = [(metric, f"paired bootstrap, {len(pairs)} seed{'s' * (len(pairs) > 1)} pooled", ci) for metric, ci in item_cis(pairs)]
+    # against one fixed model the t interval holds the seeds of A only: B's own seed variation is not in it
+    t_label = f"t interval over {len(pairs)} seeds" + (f" of A (B: one model)" if b in m else "")
     if len(pairs) >= 2:
         for metric in ("val_ce", "test_ce", "blimp", "supplement"):
-            rows.append((metric, f"t interval over {len(pairs)} seeds", seeds_diff_ci([m[x][metric] for x, _ in pairs], [m[y][metric] for _, y in pairs], paired=True)))
+            rows.append((metric, t_label, seeds_diff_ci([m[x][metric] for x, _ in pairs], [m[y][metric] for _, y in pairs], paired=True)))
     if per_seed and len(pairs) >= 2:
         for x, y in pairs:
             rows += [(metric, f"paired bootstrap, seed {m[x]['seed']} ({x} - {y})", ci) for metric, ci in item_cis([(x, y)])]
@@ -423,11 +423,11 @@ def comparison_section(title, intro, m, a_role, b, b_label, per_seed=False):
     a_label = ROLES[a_role]
     if not rows:
         return []
-    num = lambda v: f"{round(v, 9):+.4g}"  # rounded: a bound of -1e-15 is a bound of 0
+    num = lambda v, metric: f"{round(v, 9) + 0.0:+.{4 if metric in LOWER_IS_BETTER else 2}f}"  # CE: 4 decimals, points: 2; never -0
     table = ["| metric | interval | A - B | 95% CI | excludes 0 | better |", "|---|---|---|---|---|---|"]
     for metric, method, ci in rows:
         w = winner(metric, ci)
-        table.append(f"| {METRICS[metric]} | {method} | {num(ci.diff)} | [{num(ci.lo)}, {num(ci.hi)}] | "
+        table.append(f"| {METRICS[metric]} | {method} | {num(ci.diff, metric)} | [{num(ci.lo, metric)}, {num(ci.hi, metric)}] | "
                      f"{'yes' if excludes_zero(ci) else 'no'} | {'A' if w == 'A' else 'B' if w == 'B' else '-'} |")
     groups = {"A": [], "B": [], None: []}
     for metric, method, ci in rows:
@@ -470,15 +470,22 @@ def write_report(m, info, path, missing=(), cmds=()):
         sweeps += ["", f"Chosen: lr = {chosen:g}.{edge}", ""]
     teachers = [n for n in ("teacher1", "teacher2") if n in m]
     best = min(teachers, key=lambda n: m[n]["val_ce"]) if teachers else None
-    how = ("Each row is an interval for A - B. *paired bootstrap*: both models scored on the same items (BLiMP pairs and supplement "
-           "items resampled within each paradigm or task, test CE over the same test windows; 10,000 resamples), the seeds "
-           "pooled: this is the variation from the finite test sets. *t interval over seeds*: the seed-matched differences "
-           "(same seed = same initialisation and data order): the variation from training. CE in nats (lower is better), "
-           "BLiMP and supplement in points (higher is better).")
+    how = ("How to read the comparisons of sections 2 to 5: each row is a 95% interval for A - B. *paired bootstrap*: both "
+           "models scored on the same items (BLiMP pairs and supplement items resampled within each paradigm or task, test CE "
+           "over the same test windows; 10,000 resamples); with several seeds the difference is the mean over seeds and an item "
+           "is resampled with all its seeds (they share the items). It measures the variation from the finite test sets, for "
+           "these trained models. *t interval over seeds*: the seed-matched differences (same seed = same initialisation and "
+           "data order): the variation from training, the one that says whether the recipe wins. CE in nats (lower is better); "
+           "BLiMP (67 paradigms) and the supplement (5 tasks) in percentage points, the unweighted mean over paradigms or tasks "
+           "(higher is better; chance is 50). Validation CE is each model's best over its run, on the split it was tuned and "
+           "stopped on, so it is optimistic (baseline_s1's is the best of 4 or more sweep runs); test CE was used for no choice. "
+           "With {n} intervals in this report, a few of them excluding zero by chance alone is expected.")
     claims = []
     if best:
-        claims += comparison_section("Student vs baseline", how, m, "student", "baseline", ROLES["baseline"], per_seed=True)
+        claims += comparison_section("Student vs baseline", "", m, "student", "baseline", ROLES["baseline"], per_seed=True)
         claims += comparison_section("Student vs best teacher", f"The best teacher by validation CE is {best}.", m, "student", best, best, per_seed=True)
+        claims += comparison_section("Baseline vs best teacher", "Context for the claim: are the larger teachers better than the "
+                                     "small plain-CE model at all?", m, "baseline", best, best)
     ensemble = [*comparison_section("Two teachers vs teacher1 alone", "", m, "student", "single_t1", ROLES["single_t1"]),
                 *comparison_section("Two teachers vs teacher2 alone", "", m, "student", "single_t2", ROLES["single_t2"]),
                 *comparison_section("Three teachers vs two", "", m, "three", "student", ROLES["student"])]
@@ -486,6 +493,8 @@ def write_report(m, info, path, missing=(), cmds=()):
                  *comparison_section("Probs ensemble vs logits ensemble", "", m, "probs", "student", ROLES["student"])]
     cache = [*comparison_section("Cache, sampled vs live teachers", "", m, "cache_sampled", "student", ROLES["student"]),
              *comparison_section("Cache, top-k vs live teachers", "", m, "cache_topk", "student", ROLES["student"])]
+    n_intervals = sum(line.startswith("| ") and not line.startswith("| metric") for line in claims + ensemble + ablations + cache)
+    how = how.format(n=n_intervals)
     status = (f"**Partial: {len(m)} of {len(m) + len(missing)} models finished.** Still to run: {', '.join(missing)}. "
               "Run the same command again to continue." if missing else f"All {len(m)} models finished.")
     hours = info.get("total_seconds", 0) / 3600
@@ -499,14 +508,16 @@ def write_report(m, info, path, missing=(), cmds=()):
         f"Corpus: the first {info['words_per_source']:,} words of each babylm_2024_mini training source ({info['train_tokens']:,} training "
         f"tokens), {info['epochs']:g} epochs = {info['steps']} steps of 32 x 128 tokens ({info['steps_per_epoch']} per epoch); validation: "
         f"the last 5% of each training source (held out by prepare_data.py), the split every model is tuned and stopped on; "
-        f"test: the official dev files, never looked at before this report, {n_test:,} windows. {sizes} Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. Compute so far: {hours:.1f} hours of "
+        f"test: the official dev files, used for no choice (tuning, early stopping), {n_test:,} windows of {TRAIN['seq_len']} tokens, evenly spread over the split. {sizes} Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. Compute so far: {hours:.1f} hours of "
         "wall time on these cores (every training run, sweep and evaluation).", "",
         "## 1. Learning-rate sweeps", "",
-        "Every model family is tuned on validation CE before the comparison (BabyLlama-2's second claim: the gain is not an "
-        "artefact of badly tuned teachers or baselines). The chosen run of each sweep is itself teacher1 or baseline_s1.", "",
+        "The learning rates of the teacher and of the baseline are tuned on validation CE before the comparison (BabyLlama-2's "
+        "second claim: the gain is not an artefact of badly tuned teachers or baselines); the student uses the baseline's "
+        "(the same architecture), and alpha and T are the papers' (not swept). The chosen run of each sweep is itself "
+        "teacher1 or baseline_s1.", "",
         *sweeps, "![learning-rate sweeps](RESULTS_lr_sweep.png)", "",
         "## Summary over seeds", "", "Mean ± standard deviation over seeds (teachers: over the teacher models).", "", *summary(roles),
-        "## 2. Does the student beat the baseline and its teachers?", "", *claims,
+        "## 2. Does the student beat the baseline and its teachers?", "", how, "", *claims,
         "## 3. Does the ensemble matter?", "",
         "The same student recipe and seeds, distilled from teacher1 alone, from teacher2 alone, from the two-teacher ensemble "
         "(the student of section 2) and from three teachers (teacher3: the teacher recipe with another seed). BabyLlama-2's third "
@@ -524,6 +535,8 @@ def write_report(m, info, path, missing=(), cmds=()):
         "(100 bytes per token); mean ± standard deviation over seeds:", "",
         *summary([r for r in ("student", "cache_sampled", "cache_topk") if r in roles]), *(cache or ["Not run yet.", ""]),
         "## All models", "", *models, "",
+        "train s: wall time of the training run on the shared 2 cores (a run beside other work on the machine is slower). "
+        f"best step = {info['steps']}, the last: the model was still improving on validation when training stopped.", "",
         *([f"Resumed after a kill: {', '.join(info['resumed'])}. Their train s, and the compute total, count only the run "
            "that finished them, not the part before the kill.", ""] if info.get("resumed") else []),
         "## BLiMP by field", "", *frows, "",

@@ -38,44 +38,50 @@ def _percentile_ci(point, boots, level, method):
 def blimp_diff_ci(correct_a, correct_b, paradigms=None, n_boot=10_000, level=0.95, seed=0):
     """Paired bootstrap CI of accuracy(A) - accuracy(B) in percentage points, on the same pairs.
 
-    correct_a, correct_b: equal-length 0/1 arrays (pair i of A and of B is the same minimal pair).
-    paradigms: optional labels of the same length; then the score is the unweighted mean over paradigms
-    of the per-paradigm accuracy and pairs are resampled within each paradigm.
+    correct_a, correct_b: 0/1 arrays of the same shape, (pairs,) or (seeds, pairs): pair i of A and of B is
+    the same minimal pair; with seeds, row s of A and of B are models of seed s and the difference is the
+    mean over seeds. A pair is resampled as one item with all its seeds: the seeds share the test items, so
+    pooling them must not count a pair as S independent pairs (that would shrink the interval by sqrt(S)).
+    paradigms: optional labels, one per pair; then the score is the unweighted mean over paradigms of the
+    per-paradigm accuracy and pairs are resampled within each paradigm.
 
-    For 0/1 correctness the per-pair difference is -1, 0 or +1, so a resample of a paradigm's n pairs is
-    fully described by how many +1 and -1 it draws: a multinomial(n, observed shares) draw. That is the same
-    distribution as resampling the pairs one by one, in O(n_boot) memory per paradigm."""
-    a, b = np.asarray(correct_a, dtype=np.int64), np.asarray(correct_b, dtype=np.int64)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"correct_a and correct_b must be non-empty 1-D arrays of the same length ({a.shape} vs {b.shape})")
+    Summed over S seeds, a pair's difference is an integer in [-S, S], so a resample of a paradigm's n pairs
+    is fully described by how many of each value it draws: a multinomial(n, observed shares) draw. That is
+    the same distribution as resampling the pairs one by one, in O(n_boot) memory per paradigm."""
+    a, b = np.atleast_2d(np.asarray(correct_a, dtype=np.int64)), np.atleast_2d(np.asarray(correct_b, dtype=np.int64))
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"correct_a and correct_b must be non-empty arrays of the same shape, (pairs,) or (seeds, pairs) ({a.shape} vs {b.shape})")
     if not (np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all()):
         raise ValueError("correctness arrays must hold only 0 and 1")
-    labels = np.zeros(len(a), dtype=np.int64) if paradigms is None else np.unique(np.asarray(paradigms), return_inverse=True)[1].ravel()
-    if len(labels) != len(a):
-        raise ValueError(f"paradigms has {len(labels)} labels for {len(a)} pairs")
+    n_seeds, n_pairs = a.shape
+    labels = np.zeros(n_pairs, dtype=np.int64) if paradigms is None else np.unique(np.asarray(paradigms), return_inverse=True)[1].ravel()
+    if len(labels) != n_pairs:
+        raise ValueError(f"paradigms has {len(labels)} labels for {n_pairs} pairs")
     rng = np.random.default_rng(seed)
-    d = a - b
+    d = (a - b).sum(axis=0)  # (pairs,): integers in [-S, S]
     groups = np.unique(labels)
     point, boots = 0.0, np.zeros(n_boot)
     for g in groups:  # tens of paradigms: a short loop; each is vectorised over the resamples
         dg = d[labels == g]
         n = len(dg)
-        shares = [np.mean(dg == 1), np.mean(dg == -1), np.mean(dg == 0)]
-        counts = rng.multinomial(n, shares, size=n_boot)
-        boots += (counts[:, 0] - counts[:, 1]) / n
-        point += dg.mean()
+        values, counts = np.unique(dg, return_counts=True)
+        draws = rng.multinomial(n, counts / n, size=n_boot)  # (n_boot, distinct values)
+        boots += draws @ values / (n * n_seeds)
+        point += dg.mean() / n_seeds
     scale = 100.0 / len(groups)  # unweighted mean over paradigms, in points
     return _percentile_ci(point * scale, boots * scale, level, "paired bootstrap, pairs resampled within each paradigm")
 
 
 def ce_diff_ci(ce_a, ce_b, n_boot=10_000, level=0.95, seed=0, chunk=1000):
     """Paired bootstrap CI of mean(ce_a) - mean(ce_b) over the same windows (resampling windows).
+    ce_a, ce_b: (windows,) or (seeds, windows); with seeds a window is resampled with all its seeds (they
+    share the test windows) and the difference is the mean over seeds.
     (Equal-size windows: the mean of per-window CE is the per-token CE.)"""
-    a, b = np.asarray(ce_a, dtype=np.float64), np.asarray(ce_b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"ce_a and ce_b must be non-empty 1-D arrays of the same length ({a.shape} vs {b.shape})")
+    a, b = np.atleast_2d(np.asarray(ce_a, dtype=np.float64)), np.atleast_2d(np.asarray(ce_b, dtype=np.float64))
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"ce_a and ce_b must be non-empty arrays of the same shape, (windows,) or (seeds, windows) ({a.shape} vs {b.shape})")
     rng = np.random.default_rng(seed)
-    d = a - b
+    d = (a - b).mean(axis=0)  # (windows,)
     boots = np.empty(n_boot)
     for start in range(0, n_boot, chunk):  # chunks bound the memory: chunk x n indices at a time
         m = min(chunk, n_boot - start)

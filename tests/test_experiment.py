@@ -166,3 +166,16 @@ def test_a_step_resumed_after_a_kill_is_marked_resumed(tmp_path):
             open(out / "last.pt", "wb").close()  # what a killed run leaves behind
         reproduce_cpu.run_once(name, ["-c", "pass"], str(out), str(tmp_path), "1/1")  # python -c pass [--resume=True]
         assert json.load(open(tmp_path / "logs" / f"{name}.done"))["resumed"] is killed
+
+
+def test_pooled_seeds_share_the_items_so_copies_do_not_narrow_the_interval():
+    """Three seeds that answered every item exactly alike are one seed's evidence about the test set: pooling
+    them must give that seed's interval, not one sqrt(3) narrower (an item resampled with all its seeds)."""
+    one_a, one_b = fake_model("student", 1, 0.7, 3.5), fake_model("baseline", 1, 0.6, 3.65)  # their own window noise
+    m = {}
+    for k in (1, 2, 3):
+        m[f"student_s{k}"], m[f"baseline_s{k}"] = {**one_a, "seed": 100 + k}, {**one_b, "seed": 100 + k}
+    rows = {(metric, method): ci for metric, method, ci in compare(m, "student", "baseline", per_seed=True)}
+    for metric in ("blimp", "test_ce"):
+        pooled, single = rows[metric, "paired bootstrap, 3 seeds pooled"], rows[metric, "paired bootstrap, seed 101 (student_s1 - baseline_s1)"]
+        assert abs(pooled.lo - single.lo) < 1e-9 and abs(pooled.hi - single.hi) < 1e-9, (metric, pooled, single)
