@@ -539,7 +539,8 @@ def write_report(m, info, path, missing=(), cmds=()):
         f"best step = {info['steps']}, the last: the model was still improving on validation when training stopped.", "",
         *([f"Resumed after a kill: {', '.join(info['resumed'])}. Their train s, and the compute total, count only the run "
            "that finished them, not the part before the kill.", ""] if info.get("resumed") else []),
-        "## BLiMP by field", "", *frows, "",
+        "## BLiMP by field", "", "Pooled accuracy over the pairs of each field, as eval_blimp.py reports it. BLiMP's own files spell "
+        "one field two ways (syntax_semantics in 13 paradigms, syntax/semantics in 1); the labels are kept as given.", "", *frows, "",
         "![validation CE](RESULTS_val_ce.png)", "",
         "## Commands", "", "Run from the project root, in this order, with WORK the work folder (each model then gets `eval_blimp.py` "
         "on its `ckpt.pt`, full sets; teacher1 and baseline_s1 are links to the sweeps' runs at the chosen learning rate):", "", "```",
