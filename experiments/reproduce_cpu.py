@@ -490,7 +490,10 @@ def write_report(m, info, path, missing=(), cmds=()):
                 *comparison_section("Two teachers vs teacher2 alone", "", m, "student", "single_t2", ROLES["single_t2"]),
                 *comparison_section("Three teachers vs two", "", m, "three", "student", ROLES["student"])]
     ablations = [*comparison_section("Mean reduction vs the papers' reduction", "", m, "mean", "student", ROLES["student"]),
-                 *comparison_section("Probs ensemble vs logits ensemble", "", m, "probs", "student", ROLES["student"])]
+                 *comparison_section("Probs ensemble vs logits ensemble", "", m, "probs", "student", ROLES["student"]),
+                 *comparison_section("Mean-reduction student vs baseline", "A comparison chosen after seeing the ablation "
+                                     "(not planned): does the student with the mean reduction beat the baseline on both splits?",
+                                     m, "mean", "baseline", ROLES["baseline"])]
     cache = [*comparison_section("Cache, sampled vs live teachers", "", m, "cache_sampled", "student", ROLES["student"]),
              *comparison_section("Cache, top-k vs live teachers", "", m, "cache_topk", "student", ROLES["student"])]
     n_intervals = sum(line.startswith("| ") and not line.startswith("| metric") for line in claims + ensemble + ablations + cache)
