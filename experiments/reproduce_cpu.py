@@ -401,7 +401,7 @@ def compare(m, a_role, b, per_seed=False):
 
     rows = [(metric, f"paired bootstrap, {len(pairs)} seed{'s' * (len(pairs) > 1)} pooled", ci) for metric, ci in item_cis(pairs)]
     # against one fixed model the t interval holds the seeds of A only: B's own seed variation is not in it
-    t_label = f"t interval over {len(pairs)} seeds" + (f" of A (B: one model)" if b in m else "")
+    t_label = f"t interval over {len(pairs)} seeds" + (" of A (B: one model)" if b in m else "")
     if len(pairs) >= 2:
         for metric in ("val_ce", "test_ce", "blimp", "supplement"):
             rows.append((metric, t_label, seeds_diff_ci([m[x][metric] for x, _ in pairs], [m[y][metric] for _, y in pairs], paired=True)))
@@ -571,10 +571,11 @@ def plot(m, info, curves_path, sweep_path):
     fig.savefig(sweep_path, dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for name, x in m.items():  # the teachers and the first seed of every other model
-        if x["role"] == "teacher" or name.endswith("_s1"):
-            steps, vals = zip(*x["val_curve"])
-            ax.plot(steps, vals, label=name, linestyle="-" if x["role"] in ("teacher", "student", "baseline") else ":")
+    shown = [name for name, x in m.items() if x["role"] == "teacher" or name.endswith("_s1")]  # teachers, first seed of the rest
+    for k, name in enumerate(shown):
+        steps, vals = zip(*m[name]["val_curve"])
+        ax.plot(steps, vals, label=name, color=plt.get_cmap("tab20")(k % 20),  # 20 colours: the default 10 repeat here
+                linestyle="-" if m[name]["role"] in ("teacher", "student", "baseline") else ":")
     ax.set_xlabel("step")
     ax.set_ylabel("validation CE (nats/token)")
     ax.legend(fontsize=8)
