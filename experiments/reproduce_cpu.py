@@ -476,7 +476,7 @@ def write_report(m, info, path, missing=(), cmds=()):
            "is resampled with all its seeds (they share the items). It measures the variation from the finite test sets, for "
            "these trained models. *t interval over seeds*: the seed-matched differences (same seed = same initialisation and "
            "data order): the variation from training, the one that says whether the recipe wins. CE in nats (lower is better); "
-           "BLiMP (67 paradigms) and the supplement (5 tasks) in percentage points, the unweighted mean over paradigms or tasks "
+           "BLiMP ({paradigms} paradigms) and the supplement ({tasks} tasks) in percentage points, the unweighted mean over paradigms or tasks "
            "(higher is better; chance is 50). Validation CE is each model's best over its run, on the split it was tuned and "
            "stopped on, so it is optimistic (baseline_s1's is the best of 4 or more sweep runs); test CE was used for no choice. "
            "With {n} intervals in this report, a few of them excluding zero by chance alone is expected.")
@@ -497,7 +497,8 @@ def write_report(m, info, path, missing=(), cmds=()):
     cache = [*comparison_section("Cache, sampled vs live teachers", "", m, "cache_sampled", "student", ROLES["student"]),
              *comparison_section("Cache, top-k vs live teachers", "", m, "cache_topk", "student", ROLES["student"])]
     n_intervals = sum(line.startswith("| ") and not line.startswith("| metric") for line in claims + ensemble + ablations + cache)
-    how = how.format(n=n_intervals)
+    first = next(iter(m.values()), {"blimp_correct": (), "supplement_correct": ()})
+    how = how.format(n=n_intervals, paradigms=len(first["blimp_correct"]), tasks=len(first["supplement_correct"]))
     status = (f"**Partial: {len(m)} of {len(m) + len(missing)} models finished.** Still to run: {', '.join(missing)}. "
               "Run the same command again to continue." if missing else f"All {len(m)} models finished.")
     hours = info.get("total_seconds", 0) / 3600

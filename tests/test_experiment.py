@@ -1,13 +1,17 @@
 """experiments/reproduce_cpu.py: the corpus subset and the generated report (the full run takes hours and
 is not part of the tests; `--smoke` exercises the whole pipeline). Run: python -m pytest tests/test_experiment.py"""
 
+import json
 import os
 import random
 import sys
 
+import pytest
+
 from conftest import ROOT, write_corpus
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import reproduce_cpu  # noqa: E402
 from reproduce_cpu import compare, subset_corpus, write_report  # noqa: E402
 
 
@@ -105,7 +109,6 @@ def test_seed_intervals_pair_the_seeds():
 def test_the_sweep_grows_until_the_best_value_is_inside(monkeypatch, tmp_path):
     """A best lr at the edge of the grid adds a value beyond it (x2 or /2), at most MAX_EXTENSIONS times."""
     import argparse
-    import reproduce_cpu
     ran, best = [], iter([1e-3, 5e-4, 2.5e-4])  # always the smallest value: two extensions, then stop
     monkeypatch.setattr(reproduce_cpu, "run_once", lambda name, cmd, *a: ran.append((name, cmd[cmd.index("--grid") + 1])))
     monkeypatch.setattr(reproduce_cpu, "best_lr", lambda work, family: (next(best), None, 0.0))
@@ -124,9 +127,6 @@ def test_the_sweep_grows_until_the_best_value_is_inside(monkeypatch, tmp_path):
 
 
 def test_a_finished_step_with_another_command_is_refused(tmp_path, capsys):
-    import json
-    import pytest
-    import reproduce_cpu
     os.makedirs(tmp_path / "logs")
     json.dump({"seconds": 3.0, "command": ["train_teacher.py", "--lr=0.001"]}, open(tmp_path / "logs" / "teacher2.done", "w"))
     assert reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.001"], None, str(tmp_path), "1/1") == 3.0
@@ -136,8 +136,6 @@ def test_a_finished_step_with_another_command_is_refused(tmp_path, capsys):
 
 
 def test_compute_total_counts_every_launch_of_a_sweep_and_the_report_names_resumed_models(tmp_path):
-    import json
-    import reproduce_cpu
     work = tmp_path / "work"
     os.makedirs(work / "logs")
     os.makedirs(work / "results")
@@ -153,11 +151,10 @@ def test_compute_total_counts_every_launch_of_a_sweep_and_the_report_names_resum
     text = (tmp_path / "RESULTS.md").read_text()
     assert f"Compute so far: {(100 + 3500 + 3600 + 4) / 3600:.1f} hours" in text  # 2.0; with the sweep marker 2.3
     assert "Resumed after a kill: teacher2." in text
+    assert "BLiMP (2 paradigms) and the supplement (1 tasks)" in text  # counted from the results
 
 
 def test_a_step_resumed_after_a_kill_is_marked_resumed(tmp_path):
-    import json
-    import reproduce_cpu
     os.makedirs(tmp_path / "logs")
     for name, killed in (("fresh", False), ("killed", True)):
         out = tmp_path / "out" / name
