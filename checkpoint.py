@@ -1,6 +1,6 @@
 """
-What a run leaves on disk, and how every script reads it back: one checkpoint format, one loader,
-one way to write a file, one log format.
+What a run leaves on disk, and how every script reads it back: one checkpoint format, one loader (with the
+tokenizer it was trained with), one way to write a file, one log format.
 
 A checkpoint is a dict of tensors and plain Python values saved with torch.save:
     model        : state_dict of the bare (uncompiled, unwrapped) model
@@ -22,6 +22,7 @@ from dataclasses import asdict
 import torch
 
 from config import InputError
+from data import load_tokenizer
 from model import Llama, ModelConfig
 
 
@@ -122,13 +123,31 @@ def load_checkpoint(path, device="cpu", tokenizer=None):
     return model, ckpt
 
 
-def check_same_tokenizer(a, b, name_a, name_b):
-    """Logits of two models (or a model and data) are only comparable if they share one tokenizer."""
+def load_model_and_tokenizer(ckpt_path, data_dir=None, device="cpu"):
+    """(model, checkpoint, tiktoken.Encoding, tokenizer info) for evaluation, sampling and export: the tokenizer
+    comes from data_dir, or the data_dir the checkpoint was trained on, and must be the one the model was trained with."""
+    ckpt_model, ckpt = load_checkpoint(ckpt_path, device)
+    if not data_dir:  # the folder the run recorded (absolute), else the checkpoint's own folder (an import)
+        recorded = ckpt.get("config", {}).get("data_dir") or ""
+        here = os.path.dirname(os.path.abspath(ckpt_path))
+        data_dir = next((d for d in (recorded, here) if d and os.path.isfile(os.path.join(d, "meta.json"))), None)
+        if data_dir is None:
+            raise InputError(f"{ckpt_path}: its tokenizer folder {recorded or '(none recorded)'} has no meta.json; "
+                             "pass --data_dir=FOLDER, the prepared data folder the model was trained on")
+    enc, info = load_tokenizer(data_dir)
+    check_same_tokenizer(ckpt["tokenizer"], info, ckpt_path, os.path.join(data_dir, "meta.json"),
+                         "pass --data_dir=FOLDER, the prepared data folder the model was trained on")
+    return ckpt_model, ckpt, enc, info
+
+
+def check_same_tokenizer(a, b, name_a, name_b, fix="use the prepared data folder the models were trained on (--data_dir)"):
+    """Logits of two models (or a model and data) are only comparable if they share one tokenizer.
+    The message names both tokenizers and ends with `fix`, what to do about it."""
     if a.get("vocab_size") != b.get("vocab_size") or a.get("sha256") != b.get("sha256"):
         raise InputError(
             f"{name_a} was made with tokenizer {a.get('name')!r} (vocab {a.get('vocab_size')}, "
             f"sha256 {str(a.get('sha256'))[:12]}) but {name_b} uses {b.get('name')!r} "
-            f"(vocab {b.get('vocab_size')}, sha256 {str(b.get('sha256'))[:12]})"
+            f"(vocab {b.get('vocab_size')}, sha256 {str(b.get('sha256'))[:12]}): {fix}"
         )
 
 

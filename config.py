@@ -16,7 +16,8 @@ numbers against their bounds, and an unknown key suggests the nearest known one,
 Config files are executed Python, as in nanoGPT: run only config files you trust.
 
 runtime(cfg) is the one place where the CPU and the CUDA paths differ: device, bf16 autocast, pin
-memory, torch.compile and the DDP backend. Everything else runs the same code on both.
+memory, torch.compile and the DDP backend. Everything else runs the same code on both. peak_flops(device)
+measures the machine: the FLOP/s that training's MFU is reported against.
 """
 
 import ast
@@ -24,6 +25,7 @@ import difflib
 import math
 import os
 import sys
+import time
 import traceback
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -239,3 +241,36 @@ def print0(*args, **kwargs):
     """print on the first process only (every process of a torchrun job runs the same script)."""
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs)
+
+
+# -----------------------------------------------------------------------------------------------
+# Measuring the machine: the peak that MFU (model FLOPs utilisation) is measured against
+
+
+def measure_matmul_flops(n=2048, device="cpu", reps=5):
+    """Achieved FLOP/s of an n x n fp32 matmul: the practical peak that MFU on this machine is measured against."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity). H200: the H100's SXM peak.
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "RTX 3090": 71e12, "RTX 4090": 165e12}
+
+
+def peak_flops(device):
+    """Peak FLOP/s for MFU: the data-sheet number for known GPUs, a measured fp32 matmul otherwise."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return value
+    return measure_matmul_flops(device=str(device))

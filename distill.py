@@ -28,12 +28,16 @@ The KL reduction, kl_reduction=
 The log shows ce and kl_term exactly as they enter the loss (loss = alpha ce + (1 - alpha) kl_term), and
 kl, the per-token KL(p || q).
 
-Two implementations of one loss: distill_loss() is the formula as written above, on full (B, T, V) logits;
-FusedHeadLoss, which training runs, applies the output heads chunk by chunk and computes the gradient in
-the forward pass, so that no (B, T, V) tensor ever exists (tests check the two agree in value and gradient).
+What trains: Distillation.loss computes the student's and the teachers' logits and calls distill_loss(),
+the formula as written above, on full (B, T, V) logits; train.py compiles it where runtime() compiles.
 With teacher_cache=DIR the teachers run once, over every training window, and the student then learns from
 a stored sparse estimate of p (teacher_cache.py: k sampled tokens with importance weights, an unbiased
-estimate of the distillation gradient; or top-k, the biased baseline): CachedDistillation below.
+estimate of the distillation gradient; or top-k, the biased baseline): sparse_distill_loss() and
+CachedDistillation below, the same formula over the k stored tokens.
+The same loss, at scale (loss_impl="fused", an opt-in): FusedHeadLoss applies the output heads chunk by
+chunk and computes the gradient during the forward pass, so that no (B, T, V) tensor ever exists; it saves
+memory on a GPU and time on a CPU (the README's numbers). The tests check it against the plain loss, in
+value and every gradient.
 Teachers are frozen, in eval mode, and cast to bf16 when the run uses bf16 autocast. The loop is train.py's
 (the same optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds teacher replicas).
 """
@@ -48,10 +52,11 @@ import torch.nn.functional as F
 
 from checkpoint import check_same_tokenizer, load_checkpoint, unwrap
 from config import InputError, load_config, merge_keys, print0, run_main, runtime
+from data import load_tokenizer
 from model import Llama, ModelConfig
-from prepare_data import load_tokenizer
+from run_dir import start_run, take_out_dir
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
-from train import TRAIN_KEYS, CausalLM, Windows, check_run, check_train_config, eval_indices, evaluate, finish, model_config, take_out_dir, train
+from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, plan_run, train
 
 DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
     "data and output": {"out_dir": ("out/student", "where ckpt.pt (best validation), last.pt (latest) and log.jsonl go")},
@@ -62,13 +67,14 @@ DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
         "temperature": (1.0, "softmax temperature T of teachers and student (BabyLlama-2: 1.0; BabyLlama 58M: 2.0)", ">0"),
         "ensemble": ("logits", "'logits' (mean of logits, the papers) or 'probs' (mean of probabilities)", ("logits", "probs")),
         "kl_reduction": ("paper", "'paper' (KL summed over positions / batch, as published) or 'mean' (per token)", ("paper", "mean")),
-        "loss_chunk": (256, "positions per chunk of the fused head + loss (0 = all at once); larger on GPUs", ">=0"),
+        "loss_impl": ("plain", "'plain' (the formula on full logits, as written) or 'fused' (the same loss chunked, hand-differentiated)", ("plain", "fused")),
+        "loss_chunk": (256, "positions per chunk of the fused loss (loss_impl='fused') and of a cache build's teacher pass (0 = all at once)", ">=0"),
     },
 }, CACHE_KEYS)
 
 
 # -----------------------------------------------------------------------------------------------
-# The loss as written in the papers: clear, and (B, T, V)-sized
+# The loss as written in the papers: what trains by default
 
 
 def ensemble_log_probs(teacher_logits, weights, temperature, ensemble):
@@ -92,8 +98,98 @@ def distill_loss(student_logits, teacher_logits, y, weights, alpha, temperature,
     return alpha * ce + (1 - alpha) * kl_term, ce, kl_term, kl_sum / (B * L)
 
 
+class Distillation(CausalLM):
+    """The student's objective: distill_loss against frozen teachers, whose logits are computed for every batch."""
+
+    def __init__(self, student, teachers, weights, cfg, teacher_val=None):
+        super().__init__(student)
+        self.teachers, self.weights = teachers, weights
+        self.alpha, self.temperature, self.ensemble, self.kl_reduction = cfg.alpha, cfg.temperature, cfg.ensemble, cfg.kl_reduction
+        self.chunk = cfg.loss_chunk  # used by the fused loss only
+        self.record = dict(teacher_val or {})  # the teachers' validation losses, beside the student's in the log
+
+    def flops_per_token(self, seq_len):
+        """6N for the student (forward + backward), 2N per teacher (forward only)."""
+        return self.model.flops_per_token(seq_len) + sum(t.flops_per_token(seq_len, backward=False) for t in self.teachers)
+
+    def loss(self, student, x, y):
+        with torch.no_grad():
+            teacher_logits = [t.logits(x) for t in self.teachers]  # (B, L, V) each
+        student_logits = unwrap(student).output(student(x))  # (B, L, V): through the (DDP) wrapper's forward, then the head
+        loss, ce, kl_term, kl = distill_loss(student_logits, teacher_logits, y, self.weights, self.alpha, self.temperature,
+                                             self.ensemble, self.kl_reduction)
+        return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
+
+
 # -----------------------------------------------------------------------------------------------
-# The same loss, fused: what training runs
+# The teachers run once: a cached sparse target (teacher_cache.py) and the loss that reads it
+
+
+@torch.no_grad()
+def teacher_block(teachers, windows, lo, hi, header, rt, chunk=256):
+    """What the cache stores for windows lo..hi-1: (ids (n, L, k) uint16, weights (n, L, k) float32,
+    plogp (n, L) float32), from one pass of the teachers (teacher_cache.build_cache calls it per block)."""
+    L, k, T = header["seq_len"], header["k"], header["temperature"]
+    x, _ = windows.get(torch.arange(lo, hi), rt.device)
+    with rt.autocast:
+        t_h = [t(x).reshape((hi - lo) * L, -1) for t in teachers]  # (n L, dim_k) final hidden states
+    u = None
+    if header["method"] == "sampled":  # the uniforms of window i depend on (seed, i) only
+        g = torch.Generator()
+        u = torch.cat([torch.rand(L * k, generator=g.manual_seed(header["seed"] * 1_000_003 + i)) for i in range(lo, hi)]).view(-1, k)
+    N = (hi - lo) * L
+    out_ids, out_w, out_plogp = torch.empty(N, k, dtype=torch.int64), torch.empty(N, k), torch.empty(N)
+    for i in range(0, N, chunk):
+        log_p = ensemble_log_probs([th[i : i + chunk] @ t.output.weight.t() for th, t in zip(t_h, teachers)], header["teacher_weights"], T, header["ensemble"])
+        out_plogp[i : i + chunk] = (log_p.exp() * log_p).sum(-1).cpu()  # log_p is finite (a log-softmax): no 0 * inf
+        ids, w = sparse_target(log_p.cpu(), k, header["method"], None if u is None else u[i : i + chunk], header["proposal_temperature"] or 1.0)
+        out_ids[i : i + chunk], out_w[i : i + chunk] = ids, w
+    n = hi - lo
+    return out_ids.view(n, L, k).numpy().astype(np.uint16), out_w.view(n, L, k).numpy(), out_plogp.view(n, L).numpy()
+
+
+def sparse_distill_loss(student_logits, y, ids, weights, plogp, alpha, temperature, kl_reduction):
+    """distill_loss with the ensemble target p replaced by the cache's sparse estimate p_hat: per position, k
+    token ids and weights (B, L, k), and plogp (B, L) = sum_v p_v log p_v, stored exactly when the cache was built.
+    As log q_v = s_v / T - logsumexp(s / T) and sum_v p_v = 1,
+        KL(p || q) = sum_v p_v log p_v - (p . s) / T + logsumexp(s / T),
+    and only the middle term needs p: with p_hat, a sum over the k stored slots. It is linear in p, so with the
+    sampled cache (E[p_hat] = p) the loss and its gradient are unbiased estimates of the live ones."""
+    B, L, V = student_logits.shape
+    s = student_logits.float()
+    ce = F.cross_entropy(s.reshape(B * L, V), y.reshape(B * L))
+    p_hat_dot_s = (weights.float() * s.gather(-1, ids)).sum()  # over B, L and the k slots
+    kl_sum = plogp.float().sum() - p_hat_dot_s / temperature + torch.logsumexp(s / temperature, dim=-1).sum()
+    kl_term = temperature**2 * kl_sum / (B if kl_reduction == "paper" else B * L)
+    return alpha * ce + (1 - alpha) * kl_term, ce, kl_term, kl_sum / (B * L)
+
+
+class CachedDistillation(Distillation):
+    """The student's objective with a teacher cache: each batch's targets are read by window index, and no
+    teacher runs (so the FLOPs per token are the student's alone)."""
+
+    def __init__(self, student, cache, cfg, teacher_val=None):
+        super().__init__(student, [], [], cfg, teacher_val)
+        self.cache = cache
+
+    def batch(self, x, y, idx, step, micro, rank):
+        ids, weights, plogp = self.cache.get(idx)
+        return x, y, ids.to(x.device), weights.to(x.device), plogp.to(x.device)
+
+    def loss(self, student, x, y, ids, weights, plogp):
+        student_logits = unwrap(student).output(student(x))  # (B, L, V): through the (DDP) wrapper's forward, then the head
+        loss, ce, kl_term, kl = sparse_distill_loss(student_logits, y, ids, weights, plogp, self.alpha, self.temperature, self.kl_reduction)
+        return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
+
+
+# -----------------------------------------------------------------------------------------------
+# The same loss, at scale (loss_impl="fused"): chunked, with a hand-written gradient
+#
+# The plain loss holds (B, L, V) logits for the student and every teacher, and autograd keeps several more
+# of that size for the backward: at 345M on a GPU (micro-batch 32 x 128, V = 16k) each is 262 MB in fp32.
+# The fused loss never holds more than (chunk, V): it applies the output heads to `chunk` positions at a
+# time and, since d loss / d logits is known in closed form, computes the gradient in the same pass.
+# tests/test_distill.py checks both fused objectives against the plain ones, in value and every gradient.
 
 
 def add_ce_gradient_and_backprop(g, log_s, yc, a_ce, hc, W, grad_h_rows, grad_W):
@@ -155,58 +251,18 @@ class FusedHeadLoss(torch.autograd.Function):
         return grad_h * grad_loss, grad_W * grad_loss, None, None, None, None, None, None, None, None, None
 
 
-class Distillation(CausalLM):
-    """The student's objective: the fused distillation loss against frozen teachers."""
-
-    def __init__(self, student, teachers, weights, cfg, teacher_val=None):
-        self.teachers, self.weights, self.teacher_val = teachers, weights, teacher_val or {}
-        self.alpha, self.temperature, self.ensemble, self.kl_reduction, self.chunk = cfg.alpha, cfg.temperature, cfg.ensemble, cfg.kl_reduction, cfg.loss_chunk
-        self.paths = list(cfg.teachers)
-        # FLOPs per token: 6N for the student (forward + backward), 2N per teacher (forward only).
-        self.flops_per_token = lambda seq_len: student.flops_per_token(seq_len) + sum(t.flops_per_token(seq_len, backward=False) for t in teachers)
+class FusedDistillation(Distillation):
+    """Distillation with FusedHeadLoss: the same loss, chunked, without (B, L, V) logits."""
 
     def loss(self, student, x, y):
         with torch.no_grad():
-            teacher_h = [t(x) for t in self.teachers]  # (B, L, dim_k) each: small
+            teacher_h = [t(x) for t in self.teachers]  # (B, L, dim_k) final hidden states: small
         h = student(x)  # (B, L, dim): through the (DDP) wrapper's forward
         B, L = y.shape
         W = unwrap(student).output.weight
         loss, ce, kl_term, kl = FusedHeadLoss.apply(h, W, teacher_h, [t.output.weight for t in self.teachers], y, self.weights, self.alpha,
                                                     self.temperature, self.ensemble, B if self.kl_reduction == "paper" else B * L, self.chunk or B * L)
         return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
-
-    def eval_fields(self):
-        return self.teacher_val
-
-    def checkpoint_fields(self):
-        return {"teacher_val_loss": self.teacher_val, "teachers": self.paths}
-
-
-# -----------------------------------------------------------------------------------------------
-# The teachers run once: a cached sparse target (teacher_cache.py) and the loss that reads it
-
-
-@torch.no_grad()
-def teacher_block(teachers, windows, lo, hi, header, rt, chunk=256):
-    """What the cache stores for windows lo..hi-1: (ids (n, L, k) uint16, weights (n, L, k) float32,
-    plogp (n, L) float32), from one pass of the teachers (teacher_cache.build_cache calls it per block)."""
-    L, k, T = header["seq_len"], header["k"], header["temperature"]
-    x, _ = windows.get(torch.arange(lo, hi), rt.device)
-    with rt.autocast:
-        t_h = [t(x).reshape((hi - lo) * L, -1) for t in teachers]  # (n L, dim_k) final hidden states
-    u = None
-    if header["method"] == "sampled":  # the uniforms of window i depend on (seed, i) only
-        g = torch.Generator()
-        u = torch.cat([torch.rand(L * k, generator=g.manual_seed(header["seed"] * 1_000_003 + i)) for i in range(lo, hi)]).view(-1, k)
-    N = (hi - lo) * L
-    out_ids, out_w, out_plogp = torch.empty(N, k, dtype=torch.int64), torch.empty(N, k), torch.empty(N)
-    for i in range(0, N, chunk):
-        log_p = ensemble_log_probs([th[i : i + chunk] @ t.output.weight.t() for th, t in zip(t_h, teachers)], header["teacher_weights"], T, header["ensemble"])
-        out_plogp[i : i + chunk] = (log_p.exp() * log_p).sum(-1).cpu()  # log_p is finite (a log-softmax): no 0 * inf
-        ids, w = sparse_target(log_p.cpu(), k, header["method"], None if u is None else u[i : i + chunk], header["proposal_temperature"] or 1.0)
-        out_ids[i : i + chunk], out_w[i : i + chunk] = ids, w
-    n = hi - lo
-    return out_ids.view(n, L, k).numpy().astype(np.uint16), out_w.view(n, L, k).numpy(), out_plogp.view(n, L).numpy()
 
 
 class FusedSparseHeadLoss(torch.autograd.Function):
@@ -247,17 +303,8 @@ class FusedSparseHeadLoss(torch.autograd.Function):
         return grad_h * grad_loss, grad_W * grad_loss, None, None, None, None, None, None, None, None
 
 
-class CachedDistillation(Distillation):
-    """The student's objective with a teacher cache: each batch's targets are read by window index."""
-
-    def __init__(self, student, cache, cfg, teacher_val=None):
-        super().__init__(student, [], [], cfg, teacher_val)
-        self.cache = cache
-        self.flops_per_token = student.flops_per_token  # no teacher forward any more
-
-    def batch(self, x, y, idx, step, micro, rank):
-        ids, weights, plogp = self.cache.get(idx)
-        return x, y, ids.to(x.device), weights.to(x.device), plogp.to(x.device)
+class FusedCachedDistillation(CachedDistillation):
+    """CachedDistillation with FusedSparseHeadLoss: the same sparse loss, chunked, without (B, L, V) logits."""
 
     def loss(self, student, x, y, ids, weights, plogp):
         h = student(x)  # (B, L, dim): through the (DDP) wrapper's forward
@@ -266,7 +313,6 @@ class CachedDistillation(Distillation):
         loss, ce, kl_term, kl = FusedSparseHeadLoss.apply(h, W, y, ids, weights, plogp, self.alpha, self.temperature,
                                                           B if self.kl_reduction == "paper" else B * L, self.chunk or B * L)
         return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
-
 
 def load_teachers(paths, tok_info, data_dir, rt):
     """Frozen, eval-mode teachers on rt.device, all with the data's tokenizer (one-line error otherwise)."""
@@ -277,8 +323,9 @@ def load_teachers(paths, tok_info, data_dir, rt):
         model, ckpt = load_checkpoint(path, rt.device)
         info = ckpt.get("tokenizer", {})
         if infos:  # teachers among themselves first: the message then names both teacher files
-            check_same_tokenizer(info, infos[0], path, paths[0])
-        check_same_tokenizer(info, tok_info, path, os.path.join(data_dir, "meta.json"))
+            check_same_tokenizer(info, infos[0], path, paths[0], "an ensemble needs one tokenizer: train every teacher on one prepared data folder")
+        check_same_tokenizer(info, tok_info, path, os.path.join(data_dir, "meta.json"),
+                             f"distil on the data folder the teachers were trained on (--data_dir={ckpt.get('config', {}).get('data_dir')})")
         model.eval().requires_grad_(False)
         if rt.dtype == "bfloat16":
             model.to(torch.bfloat16)  # teachers need no fp32 master weights
@@ -302,9 +349,10 @@ def main(argv=None):
     weights = teacher_weights(cfg)
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
-    teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    start = check_run(cfg, rt, tok_info, train_w)  # out_dir is taken only after the teachers' work below
+    plan_run(cfg, rt.world, train_w.n)  # the batch and the run's length, checked before any work
+    teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
+    start = start_run(cfg, tok_info, rt)  # out_dir is taken only after the teachers' work below
 
     # Each teacher's validation CE on the very windows the student is validated on, once.
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
@@ -324,10 +372,12 @@ def main(argv=None):
     student = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:
         student.load_state_dict(start["model"])
+    fused = cfg.loss_impl == "fused"
     if cfg.teacher_cache:
-        objective = CachedDistillation(student, TeacherCache(cfg.teacher_cache, expect=header), cfg, teacher_val)
+        cache = TeacherCache(cfg.teacher_cache, expect=header)
+        objective = (FusedCachedDistillation if fused else CachedDistillation)(student, cache, cfg, teacher_val)
     else:
-        objective = Distillation(student, teachers, weights, cfg, teacher_val)
+        objective = (FusedDistillation if fused else Distillation)(student, teachers, weights, cfg, teacher_val)
     summary = train(cfg, rt, student, objective, train_w, tok_info, start=start)
     finish(summary, "student", cfg.out_dir)
     print0("teachers: " + ", ".join(f"{v:.4f}" for v in teacher_val.values()))

@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_writable
+from checkpoint import atomic_write, check_writable, load_model_and_tokenizer
 from config import RUNTIME_KEYS, InputError, load_config, merge_keys, run_main, runtime
-from prepare_data import load_model_and_tokenizer
 
 PROTOCOLS = {"2023": (" ", "eos_id"), "2024": (" ", "bos_id"), "2025": ("", "bos_id")}  # (prefix, context token)
 

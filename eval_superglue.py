@@ -41,9 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_writable, unwrap
+from checkpoint import atomic_write, check_writable, load_model_and_tokenizer, unwrap
 from config import RUNTIME_KEYS, InputError, convert_value, load_config, merge_keys, run_main, runtime
-from prepare_data import load_model_and_tokenizer
 
 HPARAM_KEYS = {  # the BabyLM 2024 fine-tuning defaults
     "lr": (5e-5, "AdamW learning rate, decayed linearly to 0, no warmup", ">0"),

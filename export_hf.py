@@ -37,10 +37,11 @@ import sys
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_writable_dir, model_checkpoint, save_checkpoint
+from checkpoint import atomic_write, check_writable_dir, load_model_and_tokenizer, model_checkpoint, save_checkpoint
 from config import InputError, load_config, run_main
 from model import Llama, ModelConfig
-from prepare_data import PAT_STR, load_model_and_tokenizer, replace_folder, tokenizer_sha256, write_ranks
+from data import tokenizer_sha256
+from prepare_data import PAT_STR, replace_folder, write_ranks  # writing a tokenizer: the one script besides prepare_data.py that does
 
 # -----------------------------------------------------------------------------------------------
 # Weight names: project <-> Hugging Face Llama

@@ -208,6 +208,26 @@ class Llama(nn.Module):
         """(B, T, vocab) next-token logits: for evaluation, where (B, T, vocab) fits in memory."""
         return self.output(self(idx, causal))
 
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, generator=None):
+        """Continue token ids idx (B, T) by max_new_tokens tokens, one at a time: the logits of the last
+        position, divided by the temperature (0 = greedy: always the most likely token), cut to the top_k
+        most likely tokens (0 = all), then sampled. The context is cropped to the last max_seq_len tokens.
+        No KV cache: every token runs the whole context again, simple and fast enough at these sizes."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.max_seq_len :]  # (B, <= max_seq_len)
+            logits = self.logits(context)[:, -1, :].float()  # (B, vocab): the next token after the context
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+        return idx
+
     # ----- what a trainer needs -----
 
     def num_params(self, matmul_only=False):

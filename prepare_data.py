@@ -58,8 +58,9 @@ import tiktoken
 import tiktoken.load
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_same_tokenizer, check_writable_dir, load_checkpoint
+from checkpoint import atomic_write, check_writable_dir
 from config import InputError, load_config, run_main
+from data import tokenizer_sha256
 
 # The official BabyLM 2024 text release (strict-small train_10M plus dev) lives in OSF project ad7qg
 # (https://osf.io/ad7qg/). This URL asks OSF for a zip of the project's storage; the layout finder
@@ -314,18 +315,6 @@ def write_ranks(ranks, f):
         f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
 
 
-def read_ranks(path):
-    ranks = {}
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-            except ValueError:
-                raise InputError(f"{path}:{lineno}: expected 'base64-token rank'") from None
-    return ranks
-
-
 def gpt2_ranks(gpt2_bpe=None):
     """GPT-2's ranks: from tiktoken's cache/download, or offline from encoder.json + vocab.bpe."""
     if gpt2_bpe:
@@ -338,55 +327,6 @@ def gpt2_ranks(gpt2_bpe=None):
         return tiktoken.get_encoding("gpt2")._mergeable_ranks
     except Exception as e:
         raise InputError(f"tiktoken could not fetch the gpt2 encoding ({type(e).__name__}); pass --gpt2_bpe DIR with vocab.bpe and encoder.json") from None
-
-
-# -----------------------------------------------------------------------------------------------
-# The tokenizer every later stage loads
-
-
-def load_tokenizer(data_dir):
-    """(tiktoken.Encoding, info) for a prepared data folder. info = meta.json's 'tokenizer' entry:
-    name, vocab_size, sha256 (of the ranks file, the pattern and the specials) and special token ids."""
-    meta_path = os.path.join(data_dir, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise InputError(f"{meta_path}: not found (run prepare_data.py first)")
-    try:
-        with open(meta_path) as f:
-            info = json.load(f)["tokenizer"]
-        ranks_path = os.path.join(data_dir, info["file"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise InputError(f"{meta_path}: damaged (not the JSON prepare_data.py writes); run prepare_data.py again") from None
-    if not os.path.isfile(ranks_path):
-        raise InputError(f"{ranks_path}: not found (run prepare_data.py again)")
-    # The hash in meta.json must be the file's: a tokenizer swapped under a model would score garbage silently.
-    if tokenizer_sha256(ranks_path, info["pat_str"], info["special_tokens"]) != info["sha256"]:
-        raise InputError(f"{ranks_path}: does not match the sha256 recorded in {meta_path} (run prepare_data.py again)")
-    ranks = read_ranks(ranks_path)
-    enc = tiktoken.Encoding(info["name"], pat_str=info["pat_str"], mergeable_ranks=ranks,
-                            special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
-    return enc, info
-
-
-def load_model_and_tokenizer(ckpt_path, data_dir=None, device="cpu"):
-    """(model, checkpoint, tiktoken.Encoding, tokenizer info) for evaluation and export: the tokenizer comes
-    from data_dir, or the data_dir the checkpoint was trained on, and must be the one the model was trained with."""
-    ckpt_model, ckpt = load_checkpoint(ckpt_path, device)
-    if not data_dir:  # the folder the run recorded (absolute), else the checkpoint's own folder (an import)
-        recorded = ckpt.get("config", {}).get("data_dir") or ""
-        here = os.path.dirname(os.path.abspath(ckpt_path))
-        data_dir = next((d for d in (recorded, here) if d and os.path.isfile(os.path.join(d, "meta.json"))), None)
-        if data_dir is None:
-            raise InputError(f"{ckpt_path}: its tokenizer folder {recorded or '(none recorded)'} has no meta.json; pass --data_dir")
-    enc, info = load_tokenizer(data_dir)
-    check_same_tokenizer(ckpt["tokenizer"], info, ckpt_path, os.path.join(data_dir, "meta.json"))
-    return ckpt_model, ckpt, enc, info
-
-
-def tokenizer_sha256(ranks_path, pat_str, special):
-    """The tokenizer's identity: its ranks file, pre-tokenisation pattern and special tokens."""
-    h = hashlib.sha256(open(ranks_path, "rb").read())
-    h.update(json.dumps([pat_str, special]).encode())
-    return h.hexdigest()
 
 
 def tokenizer_info(name, ranks_path, n_ranks, pat_str):
@@ -407,18 +347,6 @@ def encode_docs(enc, docs, bos_id):
         out[pos + 1 : pos + 1 + len(p)] = p
         pos += 1 + len(p)
     return out
-
-
-def read_bin(path):
-    """Token ids of a .bin file as a read-only uint16 memmap (validated)."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: not found (run prepare_data.py first)")
-    size = os.path.getsize(path)
-    if size % 2:
-        raise InputError(f"{path}: size {size} bytes is not a multiple of 2 (expected uint16 token ids)")
-    if size == 0:
-        raise InputError(f"{path}: empty token file")
-    return np.memmap(path, dtype=np.uint16, mode="r")
 
 
 # -----------------------------------------------------------------------------------------------

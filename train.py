@@ -12,23 +12,24 @@ Top to bottom:
    Each epoch visits every window once, in a fresh order drawn from (seed, epoch). Batch contents are a
    pure function of the step number, so resuming needs no data-loader state. (BabyLlama's final models were
    also trained on fixed windows without random offsets: Timiryasov & Tastet, arXiv 2308.02019.)
+   plan_run() fixes the run's shape (gradient accumulation, steps) and checks it, before any work.
 3. The objective: CausalLM below is the plain one (next-token cross-entropy). An objective makes the
    loss inputs of a batch (batch) and the loss (loss); AntLM (train_teacher.py) and distillation
    (distill.py) are objectives too, so the loop itself has no branch for either.
 4. train(): AdamW (decay on 2-D weights), linear warmup then cosine decay, gradient accumulation (DDP
    syncs on the last micro-step only), clipping, a validation loss on fixed windows every eval_interval
    steps, checkpoints (ckpt.pt when validation improves, then last.pt), and a clean stop on Ctrl-C or
-   SIGTERM (preemption) that saves last.pt first.
+   SIGTERM (preemption) that saves last.pt first. Owning out_dir (start, resume, the lock, signals) is
+   run_dir.py's; measuring the machine for MFU is config.py's.
 
 Global batch = batch_size sequences per optimizer step, whatever the number of processes:
 grad_accum = batch_size / (micro_batch_size * world_size).
 """
 
-import atexit
 import math
 import os
-import signal
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -36,10 +37,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import append_log, atomic_write, check_same_tokenizer, check_writable_dir, model_checkpoint, read_checkpoint, read_log, save_checkpoint, unwrap, write_log
-from config import RUNTIME_KEYS, InputError, merge_keys, print0
+from checkpoint import append_log, check_writable_dir, model_checkpoint, read_log, save_checkpoint, unwrap, write_log
+from config import GPU_PEAK_FLOPS, RUNTIME_KEYS, InputError, merge_keys, peak_flops, print0
+from data import read_bin
 from model import ModelConfig
-from prepare_data import read_bin
+from run_dir import running
 
 TRAIN_KEYS = merge_keys({
     "data and output": {
@@ -89,17 +91,9 @@ TRAIN_KEYS = merge_keys({
     },
 }, RUNTIME_KEYS)
 
-# Keys that may differ between a run and its resumption: they change where and how it is computed or
-# logged, not what is learned. Anything else (the data, the model, the schedule, the seed, the batch)
-# would make the resumed steps differ from the run that wrote last.pt, so resume refuses it.
-RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "micro_batch_size", "device", "compile",
-                  "wandb_log", "wandb_project", "wandb_run_name"}
-
-
 def check_train_config(cfg):
-    """Mistakes that involve several keys, caught before any work."""
-    if cfg.max_iters and cfg.max_iters <= cfg.warmup_iters:
-        raise InputError(f"max_iters={cfg.max_iters} is not larger than warmup_iters={cfg.warmup_iters}")
+    """Mistakes that involve several keys, caught before any work (those that also involve the data and the
+    number of processes are plan_run's)."""
     if cfg.seq_len > cfg.max_seq_len:
         raise InputError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}")
     if cfg.min_lr > cfg.lr:
@@ -107,8 +101,6 @@ def check_train_config(cfg):
     if cfg.wandb_log:
         wandb_module()  # a missing package is a one-line error now, not after the first steps
     check_writable_dir(cfg.out_dir, "out_dir")  # empty, a file, under a file or read-only: now, not at the first checkpoint
-    if cfg.batch_size % cfg.micro_batch_size:
-        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
     try:
         ModelConfig(**model_fields(cfg, vocab_size=cfg.vocab_size or 1))
     except ValueError as e:
@@ -215,23 +207,46 @@ def lr_at(step, cfg, max_iters):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
+def plan_run(cfg, world, n_windows, epochs=None):
+    """The run's shape, and every check of it (the one place): the global batch against the micro-batches of
+    all processes and against the data, the number of steps against the warmup. `epochs` is the objective's
+    own run length (AntLM's schedule), else cfg.epochs. Called before any work, and again by train()."""
+    if cfg.batch_size % (cfg.micro_batch_size * world):
+        per_step = f"micro_batch_size*world_size={cfg.micro_batch_size * world}" if world > 1 else f"micro_batch_size={cfg.micro_batch_size}"
+        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of {per_step}")
+    sampler = EpochSampler(n_windows, cfg.batch_size, cfg.micro_batch_size, world, cfg.seed)  # refuses batch_size > windows
+    max_iters = cfg.max_iters or max(1, round((epochs or cfg.epochs) * sampler.steps_per_epoch))
+    if max_iters <= cfg.warmup_iters:
+        steps = f"max_iters={cfg.max_iters}" if cfg.max_iters else f"the run's {max_iters} steps (epochs={epochs or cfg.epochs:g})"
+        raise InputError(f"{steps} is not larger than warmup_iters={cfg.warmup_iters}")
+    return SimpleNamespace(sampler=sampler, max_iters=max_iters, grad_accum=cfg.batch_size // (cfg.micro_batch_size * world))
+
+
 # -----------------------------------------------------------------------------------------------
 # The plain objective. Others subclass it and change what they need.
 
 
 class CausalLM:
-    """Next-token cross-entropy: what a teacher or a baseline learns.
+    """Next-token cross-entropy: what a teacher or a baseline learns. What an objective gives the loop:
 
+    epochs                  None, or the run length in epochs when the objective has a schedule (AntLM)
+    record                  fixed numbers added to every validation entry and checkpoint (distillation: the
+                            teachers' validation losses)
+    flops_per_token(L)      for MFU
     batch(x, y, idx, step, micro, rank) -> the loss inputs of one micro-batch (idx: its window indices)
-    loss(model, *inputs) -> (loss, {name: scalar tensor to log}); compiled when rt.compile, so it must not
-        take the step number (a Python int argument would recompile at every step)
-    log_fields(step), eval_fields(), checkpoint_fields() -> dicts added to the log and the checkpoints
+    loss(model, *inputs)    -> (loss, {name: scalar tensor to log}); compiled when rt.compile, so it must not
+                            take the step number (a Python int argument would recompile at every step)
+    log_fields(step)        -> plain values added to the log line of a step (AntLM: the phase)
     """
 
-    epochs = None  # an objective with a schedule of its own (AntLM) sets the run length in epochs
+    epochs = None
+    record = {}
 
     def __init__(self, model):
-        self.flops_per_token = model.flops_per_token
+        self.model = model
+
+    def flops_per_token(self, seq_len):
+        return self.model.flops_per_token(seq_len)
 
     def batch(self, x, y, idx, step, micro, rank):
         return x, y
@@ -244,144 +259,6 @@ class CausalLM:
     def log_fields(self, step):
         return {}
 
-    def eval_fields(self):
-        return {}
-
-    def checkpoint_fields(self):
-        return {}
-
-
-# -----------------------------------------------------------------------------------------------
-# Starting, resuming, stopping
-
-
-def start_run(cfg, tok_info, device):
-    """The checkpoint to resume from (cfg.resume) or None for a fresh start, after every check that
-    protects an existing run: one run per out_dir, no silent overwrite, no resume with a changed config."""
-    last = os.path.join(cfg.out_dir, "last.pt")
-    has_run = os.path.isfile(last) or os.path.isfile(os.path.join(cfg.out_dir, "log.jsonl"))
-    if not cfg.resume:
-        if has_run and not cfg.overwrite:
-            raise InputError(f"{cfg.out_dir} already holds a run: resume it with --resume=True, "
-                             "choose another --out_dir, or replace it with --overwrite=True")
-        return None
-    if not os.path.isfile(last):
-        raise InputError(f"{last}: nothing to resume from (run without --resume=True to start)")
-    try:
-        ckpt = read_checkpoint(last, device)
-    except InputError as e:
-        best = os.path.join(cfg.out_dir, "ckpt.pt")
-        hint = f"; {best} (best validation) may still be good: copy it to last.pt to resume from it" if os.path.isfile(best) else ""
-        raise InputError(f"{e}{hint}") from None
-    check_same_tokenizer(ckpt["tokenizer"], tok_info, last, f"the data in {cfg.data_dir}")
-    old = ckpt.get("config", {})
-    changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in vars(cfg).items() if k in old and k not in RESUMABLE_KEYS and old[k] != v]
-    if changed:
-        raise InputError(f"{last} was written with another config: {'; '.join(changed)} (only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume)")
-    return ckpt
-
-
-def open_run(cfg, rt, tok_info, train_w=None):
-    """Check that this run can start (check_run), then take out_dir for it (take_out_dir). Returns the
-    checkpoint to resume from, or None."""
-    return take_out_dir(cfg, rt, check_run(cfg, rt, tok_info, train_w))
-
-
-def check_run(cfg, rt, tok_info, train_w=None):
-    """Everything that can refuse a run, before out_dir is touched: the batch against the world size and
-    (given the training windows) the data, then start_run's checks. Returns the checkpoint to resume from."""
-    if cfg.batch_size % (cfg.micro_batch_size * rt.world):
-        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size*world_size={cfg.micro_batch_size * rt.world}")
-    if train_w is not None:
-        EpochSampler(train_w.n, cfg.batch_size, cfg.micro_batch_size, rt.world, cfg.seed)  # raises if batch_size > windows
-    start = start_run(cfg, tok_info, rt.device)
-    if rt.ddp:  # every rank has looked at out_dir before rank 0 changes it
-        dist.barrier()
-    return start
-
-
-def take_out_dir(cfg, rt, start):
-    """Rank 0 makes out_dir, locks it for this run, and clears what a killed or replaced run left there."""
-    if rt.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        atexit.register(release_lock, lock_out_dir(cfg.out_dir))
-        for name in os.listdir(cfg.out_dir):  # a run killed mid-write leaves a *.tmp beside the intact file
-            if name.endswith(".tmp") or (start is None and name in ("last.pt", "ckpt.pt", "log.jsonl")):  # --overwrite=True
-                os.remove(os.path.join(cfg.out_dir, name))
-    return start
-
-
-def lock_out_dir(out_dir):
-    """One run per out_dir: a lock file naming the holder's pid; a dead holder's lock is taken over."""
-    path = os.path.join(out_dir, "run.lock")
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            return path
-        except FileExistsError:
-            try:
-                pid = int(open(path).read().strip() or 0)
-                if pid == os.getpid():  # this process's own earlier run (in-process tests, notebooks)
-                    raise ProcessLookupError
-                os.kill(pid, 0)  # raises if no such process
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                os.remove(path) if os.path.exists(path) else None  # stale: its process is gone
-                continue
-            except PermissionError:
-                pass  # alive, owned by someone else
-            raise InputError(f"{out_dir} is in use by another run (pid {pid}, {path}); wait for it or choose another out_dir") from None
-    raise InputError(f"{path}: cannot take the lock")
-
-
-def release_lock(path):
-    if os.path.isfile(path) and open(path).read() == str(os.getpid()):
-        os.remove(path)
-
-
-class StopSignal:
-    """Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and torchrun send on preemption) set a flag;
-    the loop saves last.pt at the next step boundary and exits. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.signum = 0
-
-    def __call__(self, signum, frame):
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print0(f"\n{signal.Signals(signum).name}: finishing this step, saving last.pt, then exiting (Ctrl-C again to abort)")
-
-
-def measure_matmul_flops(n=2048, device="cpu", reps=5):
-    """Achieved FLOP/s of an n x n fp32 matmul: the practical peak that MFU on this machine is measured against."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b  # warm up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
-GPU_PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "RTX 3090": 71e12, "RTX 4090": 165e12}
-
-
-def peak_flops(device):
-    """Peak FLOP/s for MFU: the data-sheet number for known GPUs, a measured fp32 matmul otherwise."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value
-    return measure_matmul_flops(device=str(device))
-
 
 # -----------------------------------------------------------------------------------------------
 # The training loop
@@ -390,122 +267,95 @@ def peak_flops(device):
 def train(cfg, rt, model, objective, train_w, tok_info, start=None):
     """Train `model` (bare Llama, on rt.device) on the windows train_w with `objective`, resuming from the
     checkpoint dict `start` (its weights already loaded) if given. Returns a summary dict."""
+    plan = plan_run(cfg, rt.world, train_w.n, objective.epochs)
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
     val_idx = eval_indices(val_w.n, cfg.eval_windows)
-    micro_per_step = cfg.micro_batch_size * rt.world
-    if cfg.batch_size % micro_per_step:
-        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size*world_size={micro_per_step}")
-    grad_accum = cfg.batch_size // micro_per_step
-    sampler = EpochSampler(train_w.n, cfg.batch_size, cfg.micro_batch_size, rt.world, cfg.seed)
-    max_iters = cfg.max_iters or max(1, round((objective.epochs or cfg.epochs) * sampler.steps_per_epoch))
-    if max_iters <= cfg.warmup_iters:
-        raise InputError(f"the run has {max_iters} steps, not more than warmup_iters={cfg.warmup_iters}")
-
     optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps)
     step, best_val = 0, float("inf")
     if start is not None:
         optimizer.load_state_dict(start["optimizer"])
         step, best_val = start["step"], start["best_val_loss"]
-    log_path = os.path.join(cfg.out_dir, "log.jsonl")
-    if rt.master:  # the log of a resumed run is cut back to its checkpoint: it then equals an uninterrupted run's
-        write_log(log_path, [e for e in read_log(log_path) if start is not None and e["step"] <= step])
-
+    log = RunLog(cfg, rt, step if start is not None else None)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.ddp else model
     loss_fn = torch.compile(objective.loss) if rt.compile else objective.loss
+    flops_per_step = objective.flops_per_token(cfg.seq_len) * cfg.batch_size * cfg.seq_len
     peak = peak_flops(rt.device) * rt.world
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-    wandb_run = None  # a resumed run logs to a new W&B run; log.jsonl holds the whole history
-    if cfg.wandb_log and rt.master:
-        wandb_run = wandb_module().init(project=cfg.wandb_project, name=cfg.wandb_run_name or os.path.basename(os.path.normpath(cfg.out_dir)),
-                                        config=vars(cfg))
+    print_header(cfg, rt, model, plan, peak)
+    bar = tqdm(total=plan.max_iters, initial=step, desc="train", disable=not rt.master, mininterval=1, dynamic_ncols=True)
+    t_run = t0 = time.perf_counter()
+    t0_step = step
+    with running(cfg, rt) as stop:
+        try:
+            while step < plan.max_iters:
+                # ---- every step: the learning rate, gradients over grad_accum micro-batches, one AdamW step
+                lr = lr_at(step, cfg, plan.max_iters)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                named, norm, stop_requested = forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, plan, step, stop)
+                if all(map(math.isfinite, [*named.values(), norm])):  # never step with a NaN: the weights stay good
+                    optimizer.step()
+                elif cfg.nonfinite == "stop":
+                    raise FloatingPointError(f"non-finite loss or gradient at step {step}; the last good checkpoint is "
+                                             f"{os.path.join(cfg.out_dir, 'last.pt')} (--nonfinite=skip skips such steps)")
+                else:
+                    print0(f"step {step}: non-finite loss or gradient, step skipped")
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
 
-    stop = StopSignal()
-    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    print0(f"{model.num_params():,} parameters | {max_iters} steps ({sampler.steps_per_epoch} per epoch) | "
-           f"global batch {cfg.batch_size} x {cfg.seq_len} tokens, grad_accum {grad_accum}, world {rt.world} | "
-           f"device {rt.device} {rt.dtype}, compile {rt.compile}")
-    print0(f"MFU is measured against {peak / 1e12:.3g} TFLOP/s: " + ("the data sheet's dense bf16 peak" if peak / rt.world in GPU_PEAK_FLOPS.values()
-           else "the best fp32 matmul reading so far on this machine (re-measured when a reading would exceed 100%)"))
-    bar = tqdm(total=max_iters, initial=step, desc="train", disable=not rt.master, mininterval=1, dynamic_ncols=True)
-    t_run = time.perf_counter()
-    t0, t0_step = time.perf_counter(), step
-    try:
-        while step < max_iters:
-            lr = lr_at(step, cfg, max_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            named, norm, stop_requested = forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, sampler, step, grad_accum, stop)
-            if all(map(math.isfinite, [*named.values(), norm])):  # never step with a NaN: the weights stay good
-                optimizer.step()
-            elif cfg.nonfinite == "stop":
-                raise FloatingPointError(f"non-finite loss or gradient at step {step}; the last good checkpoint is "
-                                         f"{os.path.join(cfg.out_dir, 'last.pt')} (--nonfinite=skip skips such steps)")
-            else:
-                print0(f"step {step}: non-finite loss or gradient, step skipped")
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % cfg.log_interval == 0 or step == max_iters:
-                dt = (time.perf_counter() - t0) / (step - t0_step)
-                tok_s = tokens_per_step / dt
-                if objective.flops_per_token(cfg.seq_len) * tok_s > peak:  # the first reading was low (a busy machine)
-                    peak = max(peak, peak_flops(rt.device) * rt.world)
-                entry = {"step": step, **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
-                         "tok_per_s": tok_s, "mfu": objective.flops_per_token(cfg.seq_len) * tok_s / peak}
-                if rt.master:
-                    append_log(log_path, entry, wandb_run)
-                    bar.write(format_entry(entry))
-                t0, t0_step = time.perf_counter(), step
-            if step % cfg.eval_interval == 0 or step == max_iters:
-                val = evaluate(model, val_w, val_idx, cfg.micro_batch_size, rt)
-                if not math.isfinite(val):
-                    raise FloatingPointError(f"non-finite validation loss at step {step}; the last good checkpoint is "
-                                             f"{os.path.join(cfg.out_dir, 'last.pt')}")
-                entry = {"step": step, "val_loss": val, **objective.eval_fields()}
-                improved, best_val = val < best_val, min(best_val, val)
-                if rt.master:
-                    append_log(log_path, entry, wandb_run)
-                # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes
-                # both again, so the best checkpoint is never left behind by a resumed run.
-                if improved:
-                    save_run("ckpt.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
-                save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
-                if rt.master:
-                    bar.write(format_entry({**entry, "best val_loss": best_val}))
-                t0, t0_step = time.perf_counter(), step  # evaluation time is not training time
-            if stop_requested and step < max_iters:
-                save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, None)
-                bar.close()
-                print0(f"saved {os.path.join(cfg.out_dir, 'last.pt')} at step {step}; resume with --resume=True")
-                break
-    finally:
-        bar.close()
-        for s, handler in old_handlers.items():
-            signal.signal(s, handler)
-        if rt.master:
-            release_lock(os.path.join(cfg.out_dir, "run.lock"))
-        if wandb_run is not None:
-            wandb_run.finish()
-    return {"best_val_loss": best_val, "steps": step, "max_iters": max_iters, "seconds": time.perf_counter() - t_run,
+                # ---- every log_interval steps: the losses, the learning rate, speed and MFU
+                if step % cfg.log_interval == 0 or step == plan.max_iters:
+                    dt = (time.perf_counter() - t0) / (step - t0_step)
+                    if flops_per_step / dt > peak:  # the first reading of the peak was low (a busy machine)
+                        peak = max(peak, peak_flops(rt.device) * rt.world)
+                    log(bar, {"step": step, **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
+                              "tok_per_s": cfg.batch_size * cfg.seq_len / dt, "mfu": flops_per_step / dt / peak})
+                    t0, t0_step = time.perf_counter(), step
+
+                # ---- every eval_interval steps: the validation loss, then checkpoints
+                if step % cfg.eval_interval == 0 or step == plan.max_iters:
+                    val = evaluate(model, val_w, val_idx, cfg.micro_batch_size, rt)
+                    if not math.isfinite(val):
+                        raise FloatingPointError(f"non-finite validation loss at step {step}; the last good checkpoint is "
+                                                 f"{os.path.join(cfg.out_dir, 'last.pt')}")
+                    improved, best_val = val < best_val, min(best_val, val)
+                    log(bar, {"step": step, "val_loss": val, **objective.record}, shown={"best val_loss": best_val})
+                    # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes
+                    # both again, so the best checkpoint is never left behind by a resumed run.
+                    if improved:
+                        save_run("ckpt.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
+                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
+                    t0, t0_step = time.perf_counter(), step  # evaluation time is not training time
+
+                # ---- a stop request (Ctrl-C, SIGTERM or stop_at): save last.pt and leave
+                if stop_requested and step < plan.max_iters:
+                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, None)
+                    bar.close()
+                    print0(f"saved {os.path.join(cfg.out_dir, 'last.pt')} at step {step}; resume with --resume=True")
+                    break
+        finally:
+            bar.close()
+            log.close()
+    return {"best_val_loss": best_val, "steps": step, "max_iters": plan.max_iters, "seconds": time.perf_counter() - t_run,
             "signal": stop.signum}
 
 
-def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, sampler, step, grad_accum, stop):
-    """Gradients of one optimizer step over grad_accum micro-batches, clipped. Returns the logged means
+def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, plan, step, stop):
+    """Gradients of one optimizer step over plan.grad_accum micro-batches, clipped. Returns the logged means
     ({"loss": ..., **logs}), the gradient norm, and whether any rank asked to stop (a signal, or stop_at)."""
     loss_sum, logs_sum = 0.0, {}
-    for micro in range(grad_accum):
-        idx = sampler.indices(step, micro, rt.rank)
+    for micro in range(plan.grad_accum):
+        idx = plan.sampler.indices(step, micro, rt.rank)
         x, y = train_w.get(idx, rt.device, rt.pin_memory)
         inputs = objective.batch(x, y, idx, step, micro, rt.rank)
         if rt.ddp:  # all-reduce gradients on the last micro-step only
-            ddp_model.require_backward_grad_sync = micro == grad_accum - 1
+            ddp_model.require_backward_grad_sync = micro == plan.grad_accum - 1
         with rt.autocast:
             loss, logs = loss_fn(ddp_model, *inputs)
-        (loss / grad_accum).backward()
-        loss_sum = loss_sum + loss.detach() / grad_accum
+        (loss / plan.grad_accum).backward()
+        loss_sum = loss_sum + loss.detach() / plan.grad_accum
         for k, v in logs.items():
-            logs_sum[k] = logs_sum.get(k, 0.0) + v.detach() / grad_accum
+            logs_sum[k] = logs_sum.get(k, 0.0) + v.detach() / plan.grad_accum
     # clip_grad_norm_ also returns the norm: a non-finite gradient is caught even when the loss is finite
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
     # One tensor, one all-reduce and one host sync per step: loss and logs (means over the global batch, as in
@@ -522,10 +372,46 @@ def save_run(name, cfg, rt, model, optimizer, objective, tok_info, step, best_va
     """ckpt.pt or last.pt of the run: everything resume needs (rank 0 writes, every rank waits)."""
     if rt.master:
         ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, best_val_loss=best_val,
-                                val_loss=val_loss, config=vars(cfg), **objective.checkpoint_fields())
+                                val_loss=val_loss, config=vars(cfg), **objective.record)
         save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
     if rt.ddp:
         dist.barrier()
+
+
+# -----------------------------------------------------------------------------------------------
+# What the run prints and logs
+
+
+class RunLog:
+    """log.jsonl (the record; rank 0 writes it) and, with wandb_log=True, the same numbers to W&B. A resumed
+    run's log is first cut back to its checkpoint's step, so that it then equals an uninterrupted run's
+    (a resumed run logs to a new W&B run; log.jsonl holds the whole history)."""
+
+    def __init__(self, cfg, rt, resumed_step=None):
+        self.path, self.master, self.wandb = os.path.join(cfg.out_dir, "log.jsonl"), rt.master, None
+        if rt.master:
+            write_log(self.path, [e for e in read_log(self.path) if resumed_step is not None and e["step"] <= resumed_step])
+            if cfg.wandb_log:
+                name = cfg.wandb_run_name or os.path.basename(os.path.normpath(cfg.out_dir))
+                self.wandb = wandb_module().init(project=cfg.wandb_project, name=name, config=vars(cfg))
+
+    def __call__(self, bar, entry, shown=None):
+        """Append entry to the log, and print it (with `shown`, numbers for the terminal only) above the bar."""
+        if self.master:
+            append_log(self.path, entry, self.wandb)
+            bar.write(format_entry({**entry, **(shown or {})}))
+
+    def close(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def print_header(cfg, rt, model, plan, peak):
+    print0(f"{model.num_params():,} parameters | {plan.max_iters} steps ({plan.sampler.steps_per_epoch} per epoch) | "
+           f"global batch {cfg.batch_size} x {cfg.seq_len} tokens, grad_accum {plan.grad_accum}, world {rt.world} | "
+           f"device {rt.device} {rt.dtype}, compile {rt.compile}")
+    print0(f"MFU is measured against {peak / 1e12:.3g} TFLOP/s: " + ("the data sheet's dense bf16 peak" if peak / rt.world in GPU_PEAK_FLOPS.values()
+           else "the best fp32 matmul reading so far on this machine (re-measured when a reading would exceed 100%)"))
 
 
 def format_entry(entry):

@@ -30,9 +30,10 @@ import sys
 import torch
 
 from config import InputError, load_config, merge_keys, run_main, runtime
-from prepare_data import load_tokenizer
-from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, open_run, train
+from data import load_tokenizer
 from model import Llama, ModelConfig
+from run_dir import start_run, take_out_dir
+from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, plan_run, train
 
 TEACHER_KEYS = merge_keys(TRAIN_KEYS, {
     "objective": {
@@ -59,6 +60,11 @@ def parse_objective(text):
     return schedule
 
 
+def schedule_epochs(schedule):
+    """The run length an AntLM schedule sets (the sum of its phases' epochs), or None for 'clm' / 'mlm' alone."""
+    return sum(epochs for _, epochs in schedule) if schedule[0][1] is not None else None
+
+
 def mask_tokens(x, y, probability, mask_id, n_regular, generator):
     """MLM inputs and targets from a window (x, y = x shifted by one), with the shifted read-out above."""
     select = torch.rand(x.shape, generator=generator) < probability
@@ -81,8 +87,7 @@ class AntLM(CausalLM):
     def __init__(self, model, text, steps_per_epoch, tok_info, probability, seed):
         super().__init__(model)
         self.schedule = parse_objective(text)
-        if self.schedule[0][1] is not None:
-            self.epochs = sum(e for _, e in self.schedule)  # the schedule sets the run's length
+        self.epochs = schedule_epochs(self.schedule)  # the schedule sets the run's length
         self.steps_per_epoch, self.probability, self.seed = steps_per_epoch, probability, seed
         if "mask_id" not in tok_info:
             raise InputError("the tokenizer has no <|mask|> token: re-run prepare_data.py")
@@ -114,11 +119,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(TEACHER_KEYS, argv or ["--help"], __doc__)
     check_train_config(cfg)
-    parse_objective(cfg.objective)
+    epochs = schedule_epochs(parse_objective(cfg.objective))
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    start = open_run(cfg, rt, tok_info, train_w)
+    plan_run(cfg, rt.world, train_w.n, epochs)  # the batch and the run's length, checked before any work
+    start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt))
     torch.manual_seed(cfg.seed)
     model = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:

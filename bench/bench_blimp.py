@@ -20,8 +20,8 @@ import torch  # noqa: E402
 
 from eval_blimp import encode_sentence, read_tasks, score_one, score_sentences  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
-from train import measure_matmul_flops  # noqa: E402
-from prepare_data import load_tokenizer  # noqa: E402
+from config import measure_matmul_flops  # noqa: E402
+from data import load_tokenizer  # noqa: E402
 
 SIZES = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384),

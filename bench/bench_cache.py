@@ -41,7 +41,8 @@ from config import flat_defaults  # noqa: E402
 from distill import CachedDistillation, Distillation, teacher_block  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_bytes  # noqa: E402
-from train import CausalLM, Windows, measure_matmul_flops  # noqa: E402
+from config import measure_matmul_flops  # noqa: E402
+from train import CausalLM, Windows  # noqa: E402
 
 CACHE_DEFAULTS = flat_defaults(CACHE_KEYS)
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from distill import Distillation  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
-from train import measure_matmul_flops  # noqa: E402
+from config import measure_matmul_flops  # noqa: E402
 
 SIZES = {
     "58m": dict(vocab_size=16000, dim=512, n_layers=16, n_heads=8, hidden_dim=1024),  # configs/babyllama_58m.py

@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from eval_superglue import Classifier, batch_logits, encode_examples, length_batches, load_task  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
-from prepare_data import load_tokenizer  # noqa: E402
+from data import load_tokenizer  # noqa: E402
 
 SIZES = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384),

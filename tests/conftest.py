@@ -17,6 +17,25 @@ sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that fails because a function of the project raises NotImplementedError (an exercise of
+    EXERCISES.md, blanked for a student) says so in two lines instead of a traceback."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is None or not call.excinfo.errisinstance(NotImplementedError):
+        return
+    for entry in reversed(call.excinfo.traceback):
+        path = os.path.abspath(str(entry.path))
+        if path.startswith(ROOT + os.sep) and os.sep + "tests" + os.sep not in path:
+            code = entry.frame.code.raw
+            name = getattr(code, "co_qualname", code.co_name)
+            report.longrepr = (f"{os.path.relpath(path, ROOT)}:{entry.lineno + 1}: {name} is not implemented yet "
+                               f"(it raises NotImplementedError).\nThis test needs it: implement {name} "
+                               "(EXERCISES.md says what it must do), then run the test again.")
+            return
+
+
 def shared_path(*parts):
     """A path under ../shared/data, or skip the test when it is not there."""
     path = os.path.join(SHARED, *parts)
@@ -93,7 +112,7 @@ def random_ckpt(prepared, tmp_path):
     import torch
     from checkpoint import model_checkpoint, save_checkpoint
     from model import Llama, ModelConfig
-    from prepare_data import load_tokenizer
+    from data import load_tokenizer
 
     _, info = load_tokenizer(prepared)
     torch.manual_seed(0)

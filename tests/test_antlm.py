@@ -17,7 +17,8 @@ from train_teacher import AntLM, main, mask_tokens, parse_objective
 INFO = {"bos_id": 317, "mask_id": 319}
 
 
-def test_schedule_parsing():
+@pytest.mark.core
+def test_antlm_schedule_parsing():
     assert parse_objective("clm") == [("clm", None)]
     assert parse_objective("clm:4, mlm:16,clm:4") == [("clm", 4.0), ("mlm", 16.0), ("clm", 4.0)]
     assert parse_objective("clm:0.5,mlm:1.5") == [("clm", 0.5), ("mlm", 1.5)]
@@ -26,7 +27,8 @@ def test_schedule_parsing():
             parse_objective(bad)
 
 
-def test_phase_at_each_step():
+@pytest.mark.core
+def test_antlm_phase_at_each_step():
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
     obj = AntLM(model, "clm:1,mlm:2,clm:0.5", steps_per_epoch=10, tok_info=INFO, probability=0.15, seed=0)
     phases = [obj.phase(s) for s in range(40)]
@@ -36,6 +38,7 @@ def test_phase_at_each_step():
     assert AntLM(model, "mlm", 10, INFO, 0.15, 0).epochs is None, "a single objective leaves the run length to epochs"
 
 
+@pytest.mark.core
 def test_masking_statistics_on_a_large_batch():
     x = torch.randint(0, 300, (1024, 129))  # ~19,700 selected positions: 1 sd of the 80% share is 0.003
     y = torch.roll(x, -1, dims=1)
@@ -57,7 +60,8 @@ def test_masking_statistics_on_a_large_batch():
     assert torch.equal(ym[:, :-1][selected[:, 1:]], x[:, 1:][selected[:, 1:]]), "targets are the original tokens"
 
 
-def test_mlm_loss_covers_selected_positions_only():
+@pytest.mark.core
+def test_masking_mlm_loss_covers_selected_positions_only():
     torch.manual_seed(0)
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
     x = torch.randint(0, 300, (4, 16))

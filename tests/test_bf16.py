@@ -14,7 +14,7 @@ from checkpoint import load_checkpoint, read_log
 from conftest import student_argv, tiny_argv
 from distill import main as distill_main
 from eval_blimp import evaluate_set, score_sentences
-from prepare_data import load_tokenizer
+from data import load_tokenizer
 from train_teacher import main as teacher_main
 
 STEPS = dict(max_iters=6, eval_interval=3, warmup_iters=1, log_interval=1)

@@ -14,7 +14,8 @@ from conftest import shared_path
 from eval_blimp import evaluate_set, limit_tasks, main, pair_results, read_tasks, score_one, score_sentences, summarize
 from config import InputError
 from model import Llama, ModelConfig
-from prepare_data import load_model_and_tokenizer, load_tokenizer
+from checkpoint import load_model_and_tokenizer
+from data import load_tokenizer
 
 # A byte-level tokenizer (one token per character) with the project's three special tokens.
 ENC = tiktoken.Encoding("bytes", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
@@ -39,7 +40,8 @@ def bigram_table(seed=0):
     return torch.randn(259, 259) * 2
 
 
-def test_known_log_probs_pick_the_expected_sentence():
+@pytest.mark.core
+def test_sentence_scores_of_a_known_model_pick_the_expected_sentence():
     table = bigram_table()
     model = BigramModel(table)
     logp = torch.log_softmax(table, -1)
@@ -52,7 +54,28 @@ def test_known_log_probs_pick_the_expected_sentence():
     assert per_task["t"]["acc"] == (100.0 if by_hand(good) >= by_hand(bad) else 0.0)
 
 
-def test_protocol_2025_drops_the_leading_space():
+@pytest.mark.core
+def test_score_one_of_a_made_up_model_is_the_sum_of_its_token_log_probs():
+    table = bigram_table(1)
+    logp = torch.log_softmax(table, -1)
+    ids = [32, 116, 104, 101]  # " the": each token conditioned on the one before it, the first on the context 256
+    expected = logp[256, 32] + logp[32, 116] + logp[116, 104] + logp[104, 101]
+    assert score_one(BigramModel(table), 256, ids, "cpu") == pytest.approx(expected.item(), abs=1e-5)
+    assert score_one(BigramModel(table), 97, ids[:1], "cpu") == pytest.approx(logp[97, 32].item(), abs=1e-6), "one token: log p(token | context)"
+
+
+@pytest.mark.core
+def test_score_one_equals_the_batched_scores_of_a_random_llama():
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64)).eval()
+    sentences = ["the cat sat.", "a dog", "the cat sat on the mat.", "x", "Who did she see?"]
+    batched = score_sentences(model, ENC, INFO, sentences, "2024", "cpu", batch_tokens=40, progress=False)
+    for s in sentences:  # right-padded batches of several lengths give each sentence's own score
+        assert batched[s] == pytest.approx(score_one(model, 256, ENC.encode_ordinary(" " + s), "cpu"), abs=1e-4), s
+
+
+@pytest.mark.core
+def test_sentence_scores_protocol_2025_drops_the_leading_space():
     model = BigramModel(bigram_table())
     s24 = score_sentences(model, ENC, INFO, ["ab"], "2024", "cpu", progress=False)["ab"]
     s25 = score_sentences(model, ENC, INFO, ["ab"], "2025", "cpu", progress=False)["ab"]
@@ -61,6 +84,7 @@ def test_protocol_2025_drops_the_leading_space():
     assert s24 == pytest.approx(logp[256, 32].item() + logp[32, 97].item() + logp[97, 98].item(), abs=1e-4)
 
 
+@pytest.mark.core
 def test_ties_count_as_correct_but_not_strict():
     model = BigramModel(torch.zeros(259, 259))  # uniform: equal-length sentences tie
     tasks = {"t": [{"good": "abc", "bad": "xyz", "field": "", "term": ""}, {"good": "ab", "bad": "xyz", "field": "", "term": ""}]}
@@ -68,6 +92,7 @@ def test_ties_count_as_correct_but_not_strict():
     assert r["tasks"]["t"] == {"n": 2, "acc": 100.0, "strict_acc": 50.0, "ties": 1, "correct": "11"}
 
 
+@pytest.mark.core
 def test_aggregation_unweighted_paradigm_mean_vs_pooled_phenomena():
     scores = {"g": 0.0, "b": -1.0, "w": -2.0}  # "g" beats "b"; "w" loses
     pair = lambda good, bad, term: {"good": good, "bad": bad, "field": "syntax", "term": term}

@@ -5,7 +5,7 @@ import pytest
 
 from config import InputError, flat_defaults, load_config
 from distill import DISTILL_KEYS
-from train import check_train_config
+from train import check_train_config, plan_run
 from train_teacher import TEACHER_KEYS
 
 DEFAULTS = flat_defaults(TEACHER_KEYS)
@@ -118,11 +118,27 @@ def test_help_lists_every_key_with_default_and_meaning(capsys):
 
 
 def test_check_train_config_catches_cross_key_mistakes():
-    with pytest.raises(InputError, match="max_iters=10 is not larger than warmup_iters=600"):
-        check_train_config(load_config(TEACHER_KEYS, ["--max_iters=10"]))
     with pytest.raises(InputError, match="seq_len=512 is longer than the model's max_seq_len=256"):
         check_train_config(load_config(TEACHER_KEYS, ["--seq_len=512"]))
     with pytest.raises(InputError, match="dim=100 is not divisible by n_heads=8"):
         check_train_config(load_config(TEACHER_KEYS, ["--dim=100"]))
     with pytest.raises(InputError, match="min_lr=0.01 is larger than lr=0.001"):
         check_train_config(load_config(TEACHER_KEYS, ["--lr=1e-3", "--min_lr=1e-2"]))
+
+
+def test_plan_run_checks_the_shape_of_a_run():
+    cfg = lambda *a: load_config(TEACHER_KEYS, ["--batch_size=8", "--micro_batch_size=4", "--warmup_iters=2", *a])
+    plan = plan_run(cfg("--epochs=2"), world=1, n_windows=20)  # 2 steps an epoch (4 windows left over)
+    assert (plan.max_iters, plan.grad_accum, plan.sampler.steps_per_epoch) == (4, 2, 2)
+    assert plan_run(cfg("--epochs=2"), world=2, n_windows=20).grad_accum == 1
+    assert plan_run(cfg(), world=1, n_windows=20, epochs=3.0).max_iters == 6, "an objective's own epochs win"
+    with pytest.raises(InputError, match="max_iters=2 is not larger than warmup_iters=2"):
+        plan_run(cfg("--max_iters=2"), world=1, n_windows=20)
+    with pytest.raises(InputError, match=r"the run's 2 steps \(epochs=1\) is not larger than warmup_iters=2"):
+        plan_run(cfg("--epochs=1"), world=1, n_windows=20)
+    with pytest.raises(InputError, match="batch_size=8 is not a multiple of micro_batch_size=3"):
+        plan_run(cfg("--micro_batch_size=3"), world=1, n_windows=20)
+    with pytest.raises(InputError, match=r"batch_size=8 is not a multiple of micro_batch_size\*world_size=12"):
+        plan_run(cfg(), world=3, n_windows=20)
+    with pytest.raises(InputError, match="batch_size=8 is more than the 7 training windows"):
+        plan_run(cfg(), world=1, n_windows=7)

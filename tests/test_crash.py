@@ -27,7 +27,7 @@ from checkpoint import load_checkpoint, model_checkpoint, read_checkpoint, read_
 from config import load_config, run_main, runtime
 from conftest import ROOT, strip_timing, student_argv, tiny_argv, write_corpus
 from model import Llama, ModelConfig
-from prepare_data import load_tokenizer
+from data import load_tokenizer
 from train import CausalLM, Windows, check_train_config, model_config, train
 from train_teacher import TEACHER_KEYS
 

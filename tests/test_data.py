@@ -11,8 +11,8 @@ import tiktoken
 
 from conftest import shared_path, write_corpus
 from config import InputError
-from prepare_data import (PAT_STR, clean_lines, count_pretokens, encode_docs, load_tokenizer, prepare, read_bin,
-                          split_train_val, train_bpe)
+from data import load_tokenizer, read_bin
+from prepare_data import PAT_STR, clean_lines, count_pretokens, encode_docs, prepare, split_train_val, train_bpe
 
 
 def test_prepared_folder_has_every_file_and_meta(prepared):

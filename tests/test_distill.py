@@ -1,5 +1,6 @@
-"""distill.py: the loss against a float64 reference, ensembles, gradients, frozen teachers, compiled ==
-eager, vocabulary errors, an end-to-end tiny run and the 2-process torchrun run.
+"""distill.py: the ensemble target and the loss against float64 references, the loss's gradient against its
+closed form, frozen teachers (the `core` teaching tests); the fused loss against the plain one in value and
+every gradient, compiled == eager, vocabulary errors, end-to-end tiny runs and the 2-process torchrun run.
 Run: python -m pytest tests/test_distill.py   (the compiled and torchrun tests are marked slow)"""
 
 import math
@@ -15,7 +16,8 @@ import torch
 from checkpoint import model_checkpoint, read_log, save_checkpoint
 from config import InputError
 from conftest import ROOT, strip_timing, student_argv
-from distill import Distillation, distill_loss, ensemble_log_probs
+import distill
+from distill import Distillation, FusedDistillation, distill_loss, ensemble_log_probs
 from distill import main as distill_main
 from model import Llama, ModelConfig
 
@@ -43,9 +45,32 @@ def reference_loss(s, teachers, y, weights, alpha, T, ensemble, reduction):
     return alpha * ce + (1 - alpha) * T**2 * kl
 
 
+def reference_log_p(teachers, weights, T, ensemble):
+    """log p of the ensemble target in float64, from its definition (distill.py's docstring)."""
+    z = [t.double() / T for t in teachers]
+    if ensemble == "logits":  # softmax of the weighted mean of logits
+        mean = sum(w * zk for w, zk in zip(weights, z))
+        return mean - torch.log(torch.exp(mean).sum(-1, keepdim=True))
+    mix = sum(w * torch.exp(zk) / torch.exp(zk).sum(-1, keepdim=True) for w, zk in zip(weights, z))  # weighted mean of probabilities
+    return torch.log(mix)
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("ensemble", ["logits", "probs"])
+def test_ensemble_target_matches_float64_reference(ensemble):
+    torch.manual_seed(0)
+    z1, z2, z3 = (torch.randn(2, 3, V) * 3 for _ in range(3))
+    weights = [0.2, 0.5, 0.3]
+    got = ensemble_log_probs([z1, z2, z3], weights, 2.0, ensemble)
+    assert got.shape == (2, 3, V) and got.dtype == torch.float32, "log p has the teachers' (B, L, V) shape, in float32"
+    torch.testing.assert_close(got.double(), reference_log_p([z1, z2, z3], weights, 2.0, ensemble), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.exp().sum(-1), torch.ones(2, 3), msg="p must sum to 1 at each position")
+
+
+@pytest.mark.core
 @pytest.mark.parametrize("ensemble", ["logits", "probs"])
 @pytest.mark.parametrize("reduction", ["paper", "mean"])
-def test_plain_formula_matches_float64_reference(ensemble, reduction):
+def test_distill_loss_matches_float64_reference(ensemble, reduction):
     torch.manual_seed(0)
     s, z1, z2 = (torch.randn(2, 5, V) * 3 for _ in range(3))
     y = torch.randint(0, V, (2, 5))
@@ -53,24 +78,46 @@ def test_plain_formula_matches_float64_reference(ensemble, reduction):
     loss, ce, kl_term, kl = distill_loss(s, [z1, z2], y, weights, alpha, T, ensemble, reduction)
     expected = reference_loss(s, [z1, z2], y, weights, alpha, T, ensemble, reduction)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert loss.item() == pytest.approx(alpha * ce.item() + (1 - alpha) * kl_term.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(alpha * ce.item() + (1 - alpha) * kl_term.item(), rel=1e-6), "loss = alpha ce + (1 - alpha) kl_term"
+    assert kl.item() == pytest.approx(kl_term.item() / T**2 * (2 if reduction == "paper" else 10) / 10, rel=1e-5), "kl is the per-token KL"
 
 
-def test_kl_is_zero_when_student_equals_the_ensemble():
+@pytest.mark.core
+@pytest.mark.parametrize("reduction", ["paper", "mean"])
+def test_distill_loss_gradient_is_the_closed_form(reduction):
+    """d loss / d s = alpha/N (softmax(s) - onehot(y)) + (1 - alpha) T^2 / D (softmax(s/T) - p) / T, per position,
+    N = B L positions, D = B ("paper") or N ("mean")."""
+    torch.manual_seed(1)
+    B, L, alpha, T = 2, 4, 0.3, 2.0
+    s = (torch.randn(B, L, V) * 3).requires_grad_()
+    z1, z2 = torch.randn(B, L, V) * 3, torch.randn(B, L, V) * 3
+    y = torch.randint(0, V, (B, L))
+    distill_loss(s, [z1, z2], y, [0.5, 0.5], alpha, T, "logits", reduction)[0].backward()
+    p = reference_log_p([z1, z2], [0.5, 0.5], T, "logits").exp()
+    N, D = B * L, (B if reduction == "paper" else B * L)
+    onehot = torch.nn.functional.one_hot(y, V).double()
+    expected = alpha / N * (s.double().softmax(-1) - onehot) + (1 - alpha) * T**2 / D * ((s.double() / T).softmax(-1) - p) / T
+    torch.testing.assert_close(s.grad.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.core
+def test_distill_loss_kl_is_zero_when_student_equals_the_ensemble():
     z = torch.randn(3, 4, V)
     for ensemble in ("logits", "probs"):
         _, _, kl_term, kl = distill_loss(z, [z], torch.zeros(3, 4, dtype=torch.long), [1.0], 0.5, 1.5, ensemble, "paper")
         assert abs(kl.item()) < 1e-6 and abs(kl_term.item()) < 1e-5
 
 
-def test_two_identical_teachers_equal_one_teacher():
+@pytest.mark.core
+def test_ensemble_of_two_identical_teachers_equals_one_teacher():
     z = torch.randn(2, 3, V)
     one = ensemble_log_probs([z], [1.0], 2.0, "logits")
     for ensemble in ("logits", "probs"):
         torch.testing.assert_close(ensemble_log_probs([z, z.clone()], [0.5, 0.5], 2.0, ensemble), one, atol=1e-5, rtol=1e-5)
 
 
-def test_logits_and_probs_ensembles_differ_for_different_teachers():
+@pytest.mark.core
+def test_ensemble_of_logits_and_of_probs_differ_for_different_teachers():
     z1, z2 = torch.randn(1, 2, V), torch.randn(1, 2, V)
     a = ensemble_log_probs([z1, z2], [0.5, 0.5], 1.0, "logits")
     b = ensemble_log_probs([z1, z2], [0.5, 0.5], 1.0, "probs")
@@ -112,24 +159,51 @@ def trained_loss_and_grads(loss_fn, student, x, y):
 @pytest.mark.parametrize("reduction", ["paper", "mean"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("chunk", [0, 5])
-def test_trained_loss_equals_autograd_of_the_plain_formula(ensemble, reduction, temperature, chunk):
-    """Value and every student gradient of the fused, hand-differentiated loss that training runs."""
+def test_fused_loss_equals_the_plain_loss_in_value_and_every_gradient(ensemble, reduction, temperature, chunk):
+    """loss_impl="fused" (chunked, hand-differentiated) against the default: autograd of distill_loss."""
     student, teachers = student_and_teachers()
     cfg = cfg_ns(alpha=0.3, temperature=temperature, ensemble=ensemble, kl_reduction=reduction, loss_chunk=chunk)
     weights = [0.35, 0.65]
     x, y = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
-    want_loss, want_grads = plain_loss_and_grads(student, teachers, x, y, weights, cfg)
-    loss, logs, grads = trained_loss_and_grads(Distillation(student, teachers, weights, cfg).loss, student, x, y)
+    want_loss, want_logs, want_grads = trained_loss_and_grads(Distillation(student, teachers, weights, cfg).loss, student, x, y)
+    loss, logs, grads = trained_loss_and_grads(FusedDistillation(student, teachers, weights, cfg).loss, student, x, y)
     torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for key in ("ce", "kl_term", "kl"):
+        torch.testing.assert_close(logs[key], want_logs[key], rtol=1e-5, atol=1e-6)
     for (name, _), g, want in zip(student.named_parameters(), grads, want_grads):
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-7, msg=lambda m: f"gradient of {name}: {m}")
-    # the logged terms are the ones that enter the loss, and kl is the per-token KL
+
+
+@pytest.mark.core
+def test_distill_loss_is_what_the_default_objective_trains(monkeypatch):
+    """Distillation.loss (what train.py runs by default) calls distill_loss on the student's and teachers' logits."""
+    student, teachers = student_and_teachers()
+    cfg = cfg_ns(alpha=0.3, temperature=2.0, ensemble="probs", kl_reduction="mean")
+    x, y = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
+    want_loss, want_grads = plain_loss_and_grads(student, teachers, x, y, [0.4, 0.6], cfg)
+    calls = []
+    monkeypatch.setattr(distill, "distill_loss", lambda *a: calls.append(a) or distill_loss(*a))
+    loss, logs, grads = trained_loss_and_grads(Distillation(student, teachers, [0.4, 0.6], cfg).loss, student, x, y)
+    assert len(calls) == 1, "the default objective must compute its loss with distill_loss"
+    assert calls[0][0].shape == (2, 8, V) and len(calls[0][1]) == 2, "student logits (B, L, V) and one logits tensor per teacher"
+    torch.testing.assert_close(loss, want_loss)
+    assert all(torch.allclose(g, w, rtol=1e-5, atol=1e-8) for g, w in zip(grads, want_grads))
     torch.testing.assert_close(loss, cfg.alpha * logs["ce"] + (1 - cfg.alpha) * logs["kl_term"])
-    per_token = logs["kl_term"] / temperature**2 * (2 if reduction == "paper" else 16) / 16
-    torch.testing.assert_close(logs["kl"], per_token)
 
 
-def test_gradients_reach_only_the_student_and_teachers_stay_fixed():
+def test_a_default_run_needs_distill_loss_and_a_fused_run_does_not(prepared, tiny_teachers, tmp_path, monkeypatch):
+    def blanked(*args):
+        raise NotImplementedError
+    monkeypatch.setattr(distill, "distill_loss", blanked)
+    with pytest.raises(NotImplementedError):
+        distill_main(student_argv(prepared, str(tmp_path / "plain"), tiny_teachers, max_iters=4, eval_interval=2, warmup_iters=1))
+    fused = str(tmp_path / "fused")
+    distill_main(student_argv(prepared, fused, tiny_teachers, max_iters=4, eval_interval=2, warmup_iters=1, loss_impl="fused"))
+    assert [e["step"] for e in read_log(os.path.join(fused, "log.jsonl")) if "loss" in e] == [1, 2, 3, 4]
+
+
+@pytest.mark.core
+def test_distill_loss_gradients_reach_only_the_student_and_teachers_stay_fixed():
     student, teachers = student_and_teachers()
     before = [{k: v.clone() for k, v in t.state_dict().items()} for t in teachers]
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
@@ -144,12 +218,13 @@ def test_gradients_reach_only_the_student_and_teachers_stay_fixed():
 
 
 @pytest.mark.slow
-def test_compiled_trained_loss_equals_autograd_of_the_plain_formula():
+def test_compiled_fused_loss_equals_autograd_of_the_plain_formula():
+    """loss_impl="fused" under torch.compile, as a GPU runs it (tests/test_bf16.py compiles the default, plain loss)."""
     student, teachers = student_and_teachers()
     cfg = cfg_ns(temperature=2.0, ensemble="probs", kl_reduction="paper", loss_chunk=5)
     x, y = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
     want_loss, want_grads = plain_loss_and_grads(student, teachers, x, y, [0.4, 0.6], cfg)
-    compiled = torch.compile(Distillation(student, teachers, [0.4, 0.6], cfg).loss)
+    compiled = torch.compile(FusedDistillation(student, teachers, [0.4, 0.6], cfg).loss)
     loss, _, grads = trained_loss_and_grads(compiled, student, x, y)
     torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
     for g, want in zip(grads, want_grads):

@@ -15,7 +15,8 @@ from conftest import shared_path
 from export_hf import export, import_hf, read_safetensors
 from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from model import Llama, ModelConfig
-from prepare_data import load_tokenizer, prepare
+from data import load_tokenizer
+from prepare_data import prepare
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
 

@@ -1,5 +1,6 @@
 """model.py: causality, bidirectional mode, RoPE against an explicit rotation, GQA against expanded heads,
-RMSNorm, the published parameter counts, checkpoints. Run: python -m pytest tests/test_model.py"""
+RMSNorm, SwiGLU, the published parameter counts, checkpoints. Run: python -m pytest tests/test_model.py
+Every test here is a `core` (teaching) test: EXERCISES.md grades its model exercises with them."""
 
 import math
 import os
@@ -7,14 +8,12 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
 from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
-from config import InputError
-from model import Attention, Llama, ModelConfig, RMSNorm, apply_rope, rope_tables
-from config import load_config
-from distill import DISTILL_KEYS
-from train import model_config
-from train_teacher import TEACHER_KEYS
+from config import InputError, read_config_file
+from conftest import ROOT
+from model import Attention, FeedForward, Llama, ModelConfig, RMSNorm, apply_rope, rope_tables
+
+pytestmark = pytest.mark.core
 
 TINY = ModelConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, max_seq_len=16)
 
@@ -25,7 +24,7 @@ def tiny_model(seed=0, **kw):
     return Llama(cfg).eval()
 
 
-def test_causal_logits_ignore_the_future():
+def test_attention_causal_logits_ignore_the_future():
     model = tiny_model()
     idx = torch.randint(0, 97, (2, 12))
     for t in range(11):
@@ -37,7 +36,7 @@ def test_causal_logits_ignore_the_future():
         assert not torch.allclose(a[:, t + 1], b[:, t + 1])
 
 
-def test_bidirectional_mode_sees_the_future():
+def test_attention_bidirectional_mode_sees_the_future():
     model = tiny_model()
     idx = torch.randint(0, 97, (2, 12))
     changed = idx.clone()
@@ -69,7 +68,7 @@ def test_rope_scores_depend_only_on_relative_position():
     assert torch.allclose(rot(q, 5) @ rot(k, 2), rot(q, 20) @ rot(k, 17), atol=1e-4)
 
 
-def test_gqa_equals_expanded_heads_and_manual_softmax():
+def test_attention_gqa_equals_expanded_heads_and_manual_softmax():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=10, dim=48, n_layers=1, n_heads=6, n_kv_heads=2, max_seq_len=16)
     attn = Attention(cfg)
@@ -97,6 +96,17 @@ def test_rmsnorm_formula():
     torch.testing.assert_close(norm(x), expected)
 
 
+def test_swiglu_feed_forward_formula():
+    torch.manual_seed(0)
+    ffn = FeedForward(ModelConfig(vocab_size=10, dim=8, n_heads=2, hidden_dim=10))
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    w1, w2, w3 = (getattr(ffn, n).weight.double() for n in ("w1", "w2", "w3"))  # (10, 8), (8, 10), (10, 8)
+    gate = x @ w1.t()
+    expected = ((gate * torch.sigmoid(gate)) * (x @ w3.t())) @ w2.t()  # w2(silu(w1 x) * w3 x), silu(a) = a sigmoid(a)
+    torch.testing.assert_close(ffn.double()(x), expected)
+    assert ffn.w1.weight.shape == (10, 8) and ffn.w3.weight.shape == (10, 8) and ffn.w2.weight.shape == (8, 10)
+
+
 def test_swiglu_hidden_rule():
     assert ModelConfig(dim=512, hidden_dim=1024).ffn_hidden_dim() == 1024
     assert ModelConfig(dim=768, multiple_of=256).ffn_hidden_dim() == 2048  # 2/3 * 4 * 768 = 2048
@@ -111,10 +121,9 @@ def test_swiglu_hidden_rule():
     ("teacher2.py", 345_355_200),
 ])
 def test_published_parameter_counts(config, expected):
-    cfg = load_config(DISTILL_KEYS if config in ("student.py", "babyllama_58m.py") else TEACHER_KEYS,
-                      [os.path.join(ROOT, "configs", config)])
+    values = read_config_file(os.path.join(ROOT, "configs", config))  # the model keys of a training config
     with torch.device("meta"):
-        model = Llama(model_config(cfg, {"vocab_size": 16000}))
+        model = Llama(ModelConfig.from_dict({**values, "vocab_size": 16000}))
     assert model.num_params() == expected
 
 

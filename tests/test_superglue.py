@@ -12,7 +12,7 @@ from conftest import shared_path
 from eval_superglue import (Classifier, accuracy, binary_f1, encode_pair, load_task, main, mcc, pad_batch, task_names)
 from config import InputError
 from model import Llama, ModelConfig
-from prepare_data import load_tokenizer
+from data import load_tokenizer
 
 
 def test_metrics_against_hand_computed_values():

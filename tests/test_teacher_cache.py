@@ -1,5 +1,5 @@
 """teacher_cache.py: the cached step equals the live step (k = V), the sampled estimator is unbiased (and
-top-k is not), the fused sparse loss equals autograd of the plain formula, the header check, and an
+top-k is not), the sparse loss is its formula and the fused one equals it, the header check, and an
 interrupted (raised, or SIGKILLed) or rank-sharded build equals an uninterrupted one bit for bit.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_teacher_cache.py   (~20 s; -m "not slow" skips the
 torchrun and torch.compile tests, ~7 s)"""
@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 from checkpoint import model_checkpoint, save_checkpoint
 from config import InputError, flat_defaults
-from distill import CachedDistillation, Distillation, FusedSparseHeadLoss, ensemble_log_probs, main, teacher_block
+from distill import (CachedDistillation, Distillation, FusedCachedDistillation, FusedDistillation, FusedSparseHeadLoss, ensemble_log_probs,
+                     main, sparse_distill_loss, teacher_block)
 from model import Llama, ModelConfig
-from prepare_data import load_tokenizer
+from data import load_tokenizer
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
 from train import EpochSampler, Windows
 
@@ -67,10 +68,11 @@ def cfg_of(s, **kw):
 # Exactness: with every token stored, the cached step is the live step
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("T", [1.0, 2.0])
 @pytest.mark.parametrize("reduction", ["paper", "mean"])
 @pytest.mark.parametrize("ensemble", ["logits", "probs"])
-def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, reduction, T):
+def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, reduction, T, fused):
     cfg = cfg_of(setup, ensemble=ensemble, kl_reduction=reduction, temperature=T, cache_method="topk", cache_k=setup.vocab)
     weights = [0.3, 0.7]
     build(setup, weights, cfg, str(tmp_path / "c"))
@@ -78,11 +80,11 @@ def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, 
     idx = EpochSampler(N_WINDOWS, 4, 4, 1, seed=5).indices(step=1, micro_step=0, rank=0)  # what the loop draws
     x, y = setup.windows.get(idx, RT.device)
     student = tiny(0, setup.vocab)
-    live, live_logs = Distillation(student, setup.teachers, weights, cfg).loss(student, x, y)
+    live, live_logs = (FusedDistillation if fused else Distillation)(student, setup.teachers, weights, cfg).loss(student, x, y)
     live.backward()
     g_live = [p.grad.clone() for p in student.parameters()]
     student.zero_grad(set_to_none=True)
-    objective = CachedDistillation(student, cache, cfg)
+    objective = (FusedCachedDistillation if fused else CachedDistillation)(student, cache, cfg)
     cached, cached_logs = objective.loss(student, *objective.batch(x, y, idx, 1, 0, 0))  # as the loop calls it
     cached.backward()
     torch.testing.assert_close(cached, live, rtol=1e-5, atol=1e-6)
@@ -93,7 +95,7 @@ def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, 
 
 
 # -----------------------------------------------------------------------------------------------
-# The fused function is the plain formula
+# The sparse loss is its formula; the fused one equals it
 
 
 def plain_sparse_loss(h, W, y, ids, w, plogp, alpha, T, kl_denom):
@@ -103,6 +105,42 @@ def plain_sparse_loss(h, W, y, ids, w, plogp, alpha, T, kl_denom):
     ce = F.cross_entropy(s, y.reshape(-1))
     kl_sum = plogp.sum() - (w.reshape(N, -1) * s.gather(1, ids.reshape(N, -1))).sum() / T + torch.logsumexp(s / T, -1).sum()
     return alpha * ce + (1 - alpha) * T**2 * kl_sum / kl_denom
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("reduction", ["paper", "mean"])
+def test_sparse_distill_loss_with_every_token_stored_is_the_exact_loss(reduction):
+    """With p_hat = p on all V slots, the sparse loss is alpha CE + (1 - alpha) T^2 KL(p || softmax(s/T)) / D exactly."""
+    torch.manual_seed(0)
+    B, L, V, T, alpha = 2, 3, 11, 2.0, 0.4
+    s, z = torch.randn(B, L, V, dtype=torch.float64) * 2, torch.randn(B, L, V, dtype=torch.float64) * 2
+    y = torch.randint(0, V, (B, L))
+    log_p = torch.log_softmax(z, -1)
+    ids, weights, plogp = torch.arange(V).expand(B, L, V), log_p.exp(), (log_p.exp() * log_p).sum(-1)
+    loss, ce, kl_term, kl = sparse_distill_loss(s, y, ids, weights, plogp, alpha, T, reduction)
+    kl_exact = (log_p.exp() * (log_p - torch.log_softmax(s / T, -1))).sum()  # summed over B, L and V
+    D = B if reduction == "paper" else B * L
+    close = lambda a, b, msg=None: torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6, msg=msg)  # the loss runs in fp32
+    close(ce, F.cross_entropy(s.reshape(-1, V), y.reshape(-1)))
+    close(kl, kl_exact / (B * L), msg="kl is the per-token KL")
+    close(loss, alpha * F.cross_entropy(s.reshape(-1, V), y.reshape(-1)) + (1 - alpha) * T**2 * kl_exact / D)
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_sparse_distill_loss_equals_the_formula_over_the_stored_slots(T):
+    torch.manual_seed(0)
+    B, L, d, V, k = 3, 5, 8, 13, 4
+    h, W = torch.randn(B, L, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
+    y, ids = torch.randint(0, V, (B, L)), torch.randint(0, V, (B, L, k))  # duplicate ids included
+    w, plogp = torch.rand(B, L, k, dtype=torch.float64), -torch.rand(B, L, dtype=torch.float64)  # sum(w) != 1
+    W1, W2 = W.clone().requires_grad_(), W.clone().requires_grad_()
+    loss = sparse_distill_loss(h @ W1.t(), y, ids, w, plogp, 0.3, T, "paper")[0]
+    loss.backward()
+    want = plain_sparse_loss(h, W2, y, ids, w, plogp, 0.3, T, B)
+    want.backward()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)  # the loss runs in fp32
+    torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("T", [1.0, 2.0])
@@ -130,7 +168,8 @@ def test_fused_sparse_loss_equals_plain_autograd(T, reduction):
 # Unbiasedness of the sampled estimator (and the bias of top-k), measured on the whole step's gradient
 
 
-def test_sampled_gradient_is_unbiased_and_topk_is_biased():
+@pytest.mark.core
+def test_sparse_target_sampled_gradient_is_unbiased_and_topk_is_biased():
     torch.manual_seed(0)
     N, d, V, k, T, alpha, M = 6, 8, 40, 4, 2.0, 0.5, 1500
     h, W = torch.randn(N, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
@@ -139,9 +178,10 @@ def test_sampled_gradient_is_unbiased_and_topk_is_biased():
     for ensemble in ("logits", "probs"):
         log_p = ensemble_log_probs([z1, z2], [0.5, 0.5], T, ensemble)
 
-        def grad_W(ids, w):
+        def grad_W(ids, w):  # the gradient of the whole step's loss (CE and KL) with p_hat as the target
             Wr = W.clone().requires_grad_()
-            FusedSparseHeadLoss.apply(h, Wr, y, ids, w.double(), torch.zeros(N, dtype=torch.float64), alpha, T, N, N)[0].backward()
+            s = (h @ Wr.t()).view(1, N, V)
+            sparse_distill_loss(s, y.view(1, N), ids.view(1, N, -1), w.double().view(1, N, -1), torch.zeros(1, N), alpha, T, "mean")[0].backward()
             return Wr.grad
 
         exact = grad_W(*sparse_target(log_p, V, "topk"))
@@ -157,7 +197,8 @@ def test_sampled_gradient_is_unbiased_and_topk_is_biased():
         assert z_topk.max() > 20.0, z_topk.max()  # top-k's error is many standard errors of the sampled mean
 
 
-def test_sampled_target_is_unbiased_sums_to_one_and_fills_unique_slots():
+@pytest.mark.core
+def test_sparse_target_sampled_is_unbiased_sums_to_one_and_fills_unique_slots():
     log_p = torch.log_softmax(torch.randn(3, 30) * 2, -1)
     u = torch.rand(20000, 3, 8, generator=torch.Generator().manual_seed(0))
     ids, w = sparse_target(log_p.repeat(20000, 1), 8, "sampled", u.view(-1, 8))
@@ -171,7 +212,8 @@ def test_sampled_target_is_unbiased_sums_to_one_and_fills_unique_slots():
     assert len(first.unique()) == len(first)  # unique ids
 
 
-def test_topk_keeps_the_most_likely_tokens_renormalised():
+@pytest.mark.core
+def test_sparse_target_topk_keeps_the_most_likely_tokens_renormalised():
     log_p = torch.log_softmax(torch.randn(5, 30) * 2, -1)
     ids, w = sparse_target(log_p, 4, "topk")
     p = log_p.exp()
@@ -336,13 +378,14 @@ def test_torchrun_two_ranks_build_the_same_cache_as_one_process(setup, tmp_path)
 
 
 @pytest.mark.slow
-def test_compiled_cached_step_equals_eager_step(setup):
+def test_compiled_fused_cached_step_equals_eager_step(setup):
+    """loss_impl="fused" with a cache, under torch.compile (tests/test_bf16.py compiles the default, plain loss)."""
     cfg = cfg_of(setup, loss_chunk=0)
     student = tiny(0, setup.vocab)
     x, y = torch.randint(0, setup.vocab, (2, 2, SEQ))
     ids, w = sparse_target(torch.log_softmax(torch.randn(2 * SEQ, setup.vocab), -1), 16, "sampled", torch.rand(2 * SEQ, 16))
     batch = (ids.view(2, SEQ, 16), w.view(2, SEQ, 16), -torch.rand(2, SEQ))
-    fn = CachedDistillation(student, None, cfg).loss
+    fn = FusedCachedDistillation(student, None, cfg).loss
     eager, _ = fn(student, x, y, *batch)
     eager.backward()
     g_eager = [p.grad.clone() for p in student.parameters()]

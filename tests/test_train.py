@@ -1,6 +1,7 @@
 """train_teacher.py: a tiny CPU run learns, resume equals an uninterrupted run, data order, schedule,
 errors. Run: python -m pytest tests/test_train.py"""
 
+import math
 import os
 
 import pytest
@@ -43,6 +44,7 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ"
 
 
+@pytest.mark.core
 def test_epoch_sampler_covers_each_window_once_per_epoch_and_shards_ranks():
     one = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=4, world=1, seed=0)
     two = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=2, world=2, seed=0)
@@ -56,10 +58,15 @@ def test_epoch_sampler_covers_each_window_once_per_epoch_and_shards_ranks():
     assert not torch.equal(one.indices(5, 0, 0), one.indices(0, 0, 0)), "a new order each epoch"
 
 
+@pytest.mark.core
 def test_lr_schedule_warmup_then_cosine():
     cfg = load_config(TEACHER_KEYS, ["--lr=1.0", "--min_lr=0.1", "--warmup_iters=10"])
     assert lr_at(0, cfg, 110) == pytest.approx(0.1) and lr_at(9, cfg, 110) == pytest.approx(1.0)
     assert lr_at(60, cfg, 110) == pytest.approx(0.55) and lr_at(110, cfg, 110) == pytest.approx(0.1)
+    for step in range(120):  # every step against the formula: linear warmup, then a half cosine from lr to min_lr
+        warm = 1.0 * (step + 1) / 10
+        cosine = 0.1 + 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 10) / 100))) * (1.0 - 0.1)
+        assert lr_at(step, cfg, 110) == pytest.approx(warm if step < 10 else cosine), step
 
 
 def test_checkpoint_from_another_tokenizer_is_refused_on_resume(prepared, tmp_path):

@@ -1,0 +1,125 @@
+"""
+Owning a run's out_dir: start or resume, one run per folder, and a clean stop on a signal.
+
+train.py's loop calls these; a reader learning how training works can skip this file. What it guarantees:
+- a fresh start never overwrites a run silently (--overwrite=True replaces one on purpose);
+- --resume=True continues from out_dir/last.pt only with the config that wrote it (RESUMABLE_KEYS may change);
+- one run per out_dir at a time: run.lock names the holder's pid; a dead holder's lock is taken over;
+- Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and torchrun send on preemption) do not kill the
+  process mid-step: they set a flag, and the loop saves last.pt at the next step boundary, then exits.
+"""
+
+import atexit
+import os
+import signal
+from contextlib import contextmanager
+
+import torch.distributed as dist
+
+from checkpoint import check_same_tokenizer, read_checkpoint
+from config import InputError, print0
+
+# Keys that may differ between a run and its resumption: they change where and how it is computed or
+# logged, not what is learned. Anything else (the data, the model, the schedule, the seed, the batch)
+# would make the resumed steps differ from the run that wrote last.pt, so resume refuses it.
+RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "micro_batch_size", "device", "compile",
+                  "loss_impl", "loss_chunk", "wandb_log", "wandb_project", "wandb_run_name"}
+
+
+def start_run(cfg, tok_info, rt):
+    """The checkpoint to resume from (cfg.resume) or None for a fresh start, after every check that
+    protects an existing run. Touches nothing: out_dir is taken later by take_out_dir."""
+    last = os.path.join(cfg.out_dir, "last.pt")
+    has_run = os.path.isfile(last) or os.path.isfile(os.path.join(cfg.out_dir, "log.jsonl"))
+    if not cfg.resume:
+        if has_run and not cfg.overwrite:
+            raise InputError(f"{cfg.out_dir} already holds a run: resume it with --resume=True, "
+                             "choose another --out_dir, or replace it with --overwrite=True")
+        return None
+    if not os.path.isfile(last):
+        raise InputError(f"{last}: nothing to resume from (run without --resume=True to start)")
+    try:
+        ckpt = read_checkpoint(last, rt.device)
+    except InputError as e:
+        best = os.path.join(cfg.out_dir, "ckpt.pt")
+        hint = f"; {best} (best validation) may still be good: copy it to last.pt to resume from it" if os.path.isfile(best) else ""
+        raise InputError(f"{e}{hint}") from None
+    old = ckpt.get("config", {})
+    check_same_tokenizer(ckpt["tokenizer"], tok_info, last, f"the data in {cfg.data_dir}",
+                         f"resume with the data folder the run started with (--data_dir={old.get('data_dir')})")
+    changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in vars(cfg).items() if k in old and k not in RESUMABLE_KEYS and old[k] != v]
+    if changed:
+        raise InputError(f"{last} was written with another config: {'; '.join(changed)} "
+                         f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume; or start afresh with --overwrite=True)")
+    return ckpt
+
+
+def take_out_dir(cfg, rt, start):
+    """Rank 0 makes out_dir, locks it for this run, and clears what a killed or replaced run left there."""
+    if rt.ddp:  # every rank has looked at out_dir (start_run) before rank 0 changes it
+        dist.barrier()
+    if rt.master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        atexit.register(release_lock, lock_out_dir(cfg.out_dir))
+        for name in os.listdir(cfg.out_dir):  # a run killed mid-write leaves a *.tmp beside the intact file
+            if name.endswith(".tmp") or (start is None and name in ("last.pt", "ckpt.pt", "log.jsonl")):  # --overwrite=True
+                os.remove(os.path.join(cfg.out_dir, name))
+    return start
+
+
+def lock_out_dir(out_dir):
+    """One run per out_dir: a lock file naming the holder's pid; a dead holder's lock is taken over."""
+    path = os.path.join(out_dir, "run.lock")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return path
+        except FileExistsError:
+            try:
+                pid = int(open(path).read().strip() or 0)
+                if pid == os.getpid():  # this process's own earlier run (in-process tests, notebooks)
+                    raise ProcessLookupError
+                os.kill(pid, 0)  # raises if no such process
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                os.remove(path) if os.path.exists(path) else None  # stale: its process is gone
+                continue
+            except PermissionError:
+                pass  # alive, owned by someone else
+            raise InputError(f"{out_dir} is in use by another run (pid {pid}, {path}); wait for it or choose another out_dir") from None
+    raise InputError(f"{path}: cannot take the lock")
+
+
+def release_lock(path):
+    if os.path.isfile(path) and open(path).read() == str(os.getpid()):
+        os.remove(path)
+
+
+class StopSignal:
+    """Ctrl-C (SIGINT) and SIGTERM set a flag; the loop saves last.pt at the next step boundary and exits.
+    A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def __call__(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print0(f"\n{signal.Signals(signum).name}: finishing this step, saving last.pt, then exiting (Ctrl-C again to abort)")
+
+
+@contextmanager
+def running(cfg, rt):
+    """While the loop runs: signals go to a StopSignal (yielded); afterwards the old handlers come back and
+    out_dir's lock is released (the process may go on: a notebook, a test, an experiment script)."""
+    stop = StopSignal()
+    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
+        if rt.master:
+            release_lock(os.path.join(cfg.out_dir, "run.lock"))
