@@ -6,9 +6,10 @@
 
 Variants (same student init, batch and AdamW):
     ce       plain next-token CE (train.CausalLM: full (B, T, V) logits, F.cross_entropy)
-    live     distill.Distillation: two teacher forwards + the fused head/CE/KL (loss_chunk 256), eager
+    live     distill.Distillation: two teacher forwards + distill_loss on full logits, eager
+             (--loss_impl fused: distill.FusedDistillation, the chunked head/CE/KL, loss_chunk 256)
     cached   distill.CachedDistillation: its batch() reads the memory-mapped cache (inside the timed step),
-             then the fused sparse head/CE/KL
+             then sparse_distill_loss (--loss_impl fused: FusedCachedDistillation, the fused sparse head/CE/KL)
     build    teacher_cache.build_cache with distill.teacher_block over a few blocks: seconds per window of the one-off pass
 Speeds: the three step variants run interleaved step by step in one process (the machine is shared: load
 from other processes then slows all of them alike), medians of the timed steps. Peak RSS: each variant
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 
 from bench_distill import SIZES  # noqa: E402
 from config import flat_defaults  # noqa: E402
-from distill import CachedDistillation, Distillation, teacher_block  # noqa: E402
+from distill import CachedDistillation, Distillation, FusedCachedDistillation, FusedDistillation, teacher_block  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_bytes  # noqa: E402
 from config import measure_matmul_flops  # noqa: E402
@@ -86,9 +87,10 @@ def step_fn(variant, args, student, windows, cfg, teachers=None):
     if variant == "ce":
         objective = CausalLM(student)
     elif variant == "live":
-        objective = Distillation(student, teachers, [0.5, 0.5], cfg)
+        objective = (FusedDistillation if args.loss_impl == "fused" else Distillation)(student, teachers, [0.5, 0.5], cfg)
     else:
-        objective = CachedDistillation(student, TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n)), cfg)
+        cache = TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n))
+        objective = (FusedCachedDistillation if args.loss_impl == "fused" else CachedDistillation)(student, cache, cfg)
     # as the training loop calls it: the objective's batch (the cached one reads the cache), then its loss
     loss_of = lambda idx: objective.loss(student, *objective.batch(*windows.get(idx, RT.device), idx, 0, 0, 0))[0]
 
@@ -155,6 +157,7 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--k", type=int, default=CACHE_DEFAULTS["cache_k"])
+    p.add_argument("--loss_impl", default="plain", choices=["plain", "fused"], help="distill.py's loss_impl for live and cached")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--build_blocks", type=int, default=3, help="blocks of --batch windows in the timed build")
@@ -171,13 +174,13 @@ def main():
     args.windows = max(args.build_blocks * args.batch, args.batch * 4)
     peak = measure_matmul_flops()
     print(f"fp32 2048x2048 matmul: {peak / 1e9:.1f} GFLOP/s | torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"size {args.size}, batch {args.batch} x {args.seq_len}, two teachers of the student's size, T=2, k={args.k} sampled, "
+    print(f"size {args.size}, batch {args.batch} x {args.seq_len}, two teachers of the student's size, T=2, k={args.k} sampled, loss_impl {args.loss_impl}, "
           f"{args.steps} timed steps (median)")
     rows = {}
     with tempfile.TemporaryDirectory() as work:
         for variant in ("build", "speed", "mem-ce", "mem-live", "mem-cached"):
             cmd = [sys.executable, __file__, f"--_variant={variant}", f"--work={work}", f"--windows={args.windows}", f"--size={args.size}",
-                   f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+                   f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--loss_impl={args.loss_impl}"]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"error: variant {variant} failed:\n{out.stderr[-2000:]}")
