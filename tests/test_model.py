@@ -89,11 +89,11 @@ def test_attention_gqa_equals_expanded_heads_and_manual_softmax():
 
 
 def test_rmsnorm_formula():
-    norm = RMSNorm(8, 1e-6)
+    norm = RMSNorm(8, 0.1)  # a large eps, so that a wrong sign or place of eps shows
     norm.weight.data = torch.arange(8.0)
-    x = torch.randn(3, 8)
-    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * torch.arange(8.0)
-    torch.testing.assert_close(norm(x), expected)
+    x = torch.randn(3, 8, dtype=torch.float64) * 0.3
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 0.1) * torch.arange(8.0, dtype=torch.float64)
+    torch.testing.assert_close(norm(x.float()).double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_swiglu_feed_forward_formula():
