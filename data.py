@@ -75,5 +75,5 @@ def read_bin(path):
     if size % 2:
         raise InputError(f"{path}: size {size} bytes is not a multiple of 2 (expected uint16 token ids)")
     if size == 0:
-        raise InputError(f"{path}: empty token file")
+        raise InputError(f"{path}: empty token file (run prepare_data.py again)")
     return np.memmap(path, dtype=np.uint16, mode="r")

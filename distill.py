@@ -317,7 +317,7 @@ class FusedCachedDistillation(CachedDistillation):
 def load_teachers(paths, tok_info, data_dir, rt):
     """Frozen, eval-mode teachers on rt.device, all with the data's tokenizer (one-line error otherwise)."""
     if not paths:
-        raise InputError("teachers: expected at least one teacher checkpoint path")
+        raise InputError("teachers: expected at least one teacher checkpoint path, as --teachers=a.pt,b.pt")
     teachers, infos = [], []
     for path in paths:
         model, ckpt = load_checkpoint(path, rt.device)

@@ -87,7 +87,8 @@ def lock_out_dir(out_dir):
                 continue
             except PermissionError:
                 pass  # alive, owned by someone else
-            raise InputError(f"{out_dir} is in use by another run (pid {pid}, {path}); wait for it or choose another out_dir") from None
+            raise InputError(f"{out_dir} is in use by another run (pid {pid}, {path}); wait for it or choose another out_dir "
+                             f"(if no run of yours holds it, delete {path})") from None
     raise InputError(f"{path}: cannot take the lock")
 
 

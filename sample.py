@@ -47,7 +47,7 @@ def main(argv=None):
     model.eval()
     prompt_ids = [info["bos_id"]] + (enc.encode_ordinary(" " + args.prompt) if args.prompt else [])
     if len(prompt_ids) >= model.config.max_seq_len:
-        raise InputError(f"--prompt: {len(prompt_ids)} tokens, the model reads at most {model.config.max_seq_len - 1} (max_seq_len)")
+        raise InputError(f"--prompt: {len(prompt_ids)} tokens, the model reads at most {model.config.max_seq_len - 1} (max_seq_len): shorten it")
     generator = torch.Generator(device=rt.device).manual_seed(args.seed)
     idx = torch.tensor([prompt_ids] * args.num_samples, device=rt.device)  # (num_samples, prompt length)
     with rt.autocast:

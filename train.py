@@ -95,9 +95,9 @@ def check_train_config(cfg):
     """Mistakes that involve several keys, caught before any work (those that also involve the data and the
     number of processes are plan_run's)."""
     if cfg.seq_len > cfg.max_seq_len:
-        raise InputError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}")
+        raise InputError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}: lower --seq_len or raise --max_seq_len")
     if cfg.min_lr > cfg.lr:
-        raise InputError(f"min_lr={cfg.min_lr} is larger than lr={cfg.lr}")
+        raise InputError(f"min_lr={cfg.min_lr} is larger than lr={cfg.lr}: lower --min_lr")
     if cfg.wandb_log:
         wandb_module()  # a missing package is a one-line error now, not after the first steps
     check_writable_dir(cfg.out_dir, "out_dir")  # empty, a file, under a file or read-only: now, not at the first checkpoint
@@ -126,7 +126,8 @@ def model_fields(cfg, vocab_size):
 def model_config(cfg, tok_info):
     vocab = cfg.vocab_size or tok_info["vocab_size"]
     if vocab != tok_info["vocab_size"]:
-        raise InputError(f"vocab_size={cfg.vocab_size} but the tokenizer in {cfg.data_dir} has {tok_info['vocab_size']} tokens")
+        raise InputError(f"vocab_size={cfg.vocab_size} but the tokenizer in {cfg.data_dir} has {tok_info['vocab_size']} tokens: "
+                         "use --vocab_size=0 (the tokenizer's)")
     return ModelConfig(**model_fields(cfg, vocab))
 
 
@@ -141,7 +142,7 @@ class Windows:
         self.tokens, self.seq_len = read_bin(path), seq_len
         self.n = (len(self.tokens) - 1) // seq_len
         if self.n < 1:
-            raise InputError(f"{path}: {len(self.tokens)} tokens is less than one window of seq_len+1={seq_len + 1}")
+            raise InputError(f"{path}: {len(self.tokens)} tokens is less than one window of seq_len+1={seq_len + 1}: lower --seq_len")
 
     def get(self, idx, device, pin_memory=False):
         rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in idx.tolist()])
@@ -159,7 +160,7 @@ class EpochSampler:
         self.n, self.batch, self.micro, self.world, self.seed = n_windows, batch_size, micro_batch_size, world, seed
         self.steps_per_epoch = n_windows // batch_size
         if self.steps_per_epoch < 1:
-            raise InputError(f"batch_size={batch_size} is more than the {n_windows} training windows")
+            raise InputError(f"batch_size={batch_size} is more than the {n_windows} training windows: lower --batch_size")
         self._epoch, self._perm = None, None
 
     def indices(self, step, micro_step, rank):
@@ -213,12 +214,12 @@ def plan_run(cfg, world, n_windows, epochs=None):
     own run length (AntLM's schedule), else cfg.epochs. Called before any work, and again by train()."""
     if cfg.batch_size % (cfg.micro_batch_size * world):
         per_step = f"micro_batch_size*world_size={cfg.micro_batch_size * world}" if world > 1 else f"micro_batch_size={cfg.micro_batch_size}"
-        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of {per_step}")
+        raise InputError(f"batch_size={cfg.batch_size} is not a multiple of {per_step}: choose a micro_batch_size that divides it")
     sampler = EpochSampler(n_windows, cfg.batch_size, cfg.micro_batch_size, world, cfg.seed)  # refuses batch_size > windows
     max_iters = cfg.max_iters or max(1, round((epochs or cfg.epochs) * sampler.steps_per_epoch))
     if max_iters <= cfg.warmup_iters:
         steps = f"max_iters={cfg.max_iters}" if cfg.max_iters else f"the run's {max_iters} steps (epochs={epochs or cfg.epochs:g})"
-        raise InputError(f"{steps} is not larger than warmup_iters={cfg.warmup_iters}")
+        raise InputError(f"{steps} is not larger than warmup_iters={cfg.warmup_iters}: lower --warmup_iters or train longer")
     return SimpleNamespace(sampler=sampler, max_iters=max_iters, grad_accum=cfg.batch_size // (cfg.micro_batch_size * world))
 
 
