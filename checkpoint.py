@@ -16,6 +16,7 @@ evaluation; a torn last line (a kill or a full disk during an append) is dropped
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import asdict
 
@@ -40,6 +41,13 @@ def atomic_write(path, write, mode="wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise InputError(f"{path}: cannot write ({e.strerror or e})") from None
+    except RuntimeError as e:  # torch.save reports a write that fell short (a full disk) as "... unexpected pos N vs M"
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if "unexpected pos" not in str(e) and "write" not in str(e).lower():
+            raise
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        raise InputError(f"{path}: cannot write (torch.save stopped short: {free:,} bytes free on that disk; is it full?)") from None
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -4,6 +4,7 @@ Owning a run's out_dir: start or resume, one run per folder, and a clean stop on
 train.py's loop calls these; a reader learning how training works can skip this file. What it guarantees:
 - a fresh start never overwrites a run silently (--overwrite=True replaces one on purpose);
 - --resume=True continues from out_dir/last.pt only with the config that wrote it (RESUMABLE_KEYS may change);
+  a run that never wrote last.pt has not started: the same command, with or without --resume=True, starts it;
 - one run per out_dir at a time: run.lock names the holder's pid; a dead holder's lock is taken over;
 - Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and torchrun send on preemption) do not kill the
   process mid-step: they set a flag, and the loop saves last.pt at the next step boundary, then exits.
@@ -28,16 +29,21 @@ RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "
 
 def start_run(cfg, tok_info, rt):
     """The checkpoint to resume from (cfg.resume) or None for a fresh start, after every check that
-    protects an existing run. Touches nothing: out_dir is taken later by take_out_dir."""
+    protects an existing run. Touches nothing: out_dir is taken later by take_out_dir.
+
+    The rule: a run exists once it has written last.pt. A run killed before its first last.pt (even one killed
+    between its first ckpt.pt and that last.pt) saved nothing to continue from, so the plain command and
+    --resume=True both start it again from step 0 (the leftovers are cleared by take_out_dir)."""
     last = os.path.join(cfg.out_dir, "last.pt")
-    has_run = os.path.isfile(last) or os.path.isfile(os.path.join(cfg.out_dir, "log.jsonl"))
+    if not os.path.isfile(last):
+        if cfg.resume:
+            print0(f"{last} does not exist (nothing saved yet): starting from step 0")
+        return None
     if not cfg.resume:
-        if has_run and not cfg.overwrite:
+        if not cfg.overwrite:
             raise InputError(f"{cfg.out_dir} already holds a run: resume it with --resume=True, "
                              "choose another --out_dir, or replace it with --overwrite=True")
         return None
-    if not os.path.isfile(last):
-        raise InputError(f"{last}: nothing to resume from (run without --resume=True to start)")
     try:
         ckpt = read_checkpoint(last, rt.device)
     except InputError as e:

@@ -140,10 +140,9 @@ def test_kill_after_each_checkpoint_rename_resumes_to_the_same_files(prepared, t
         ref, killed = str(tmp_path / f"{script}_ref"), str(tmp_path / f"{script}_killed")
         run_plain(script, argv(ref))
         kills = 0
-        for i in range(1, 20):
-            resume = os.path.isfile(os.path.join(killed, "last.pt"))
+        for i in range(1, 20):  # as a user would: the command, then after each kill the same command with --resume=True
             result = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAME, os.path.join(ROOT, script), *argv(killed),
-                                     "--resume=True" if resume else "--overwrite=True"], cwd=ROOT, env={**ENV, "KILL_AFTER_RENAMES": str(i)},
+                                     *(["--resume=True"] if i > 1 else [])], cwd=ROOT, env={**ENV, "KILL_AFTER_RENAMES": str(i)},
                                     capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
                 break
@@ -413,6 +412,23 @@ def finished_at(step):
     return check
 
 
+def finished_in_out(step, said=None):
+    """A run in e.out that finished at `step`, with a log of that run only (no entry of a killed start left)."""
+    def check(e, lines, stdout):
+        assert read_checkpoint(os.path.join(e.out, "last.pt"))["step"] == step
+        log = read_log(os.path.join(e.out, "log.jsonl"))
+        assert log[-1]["step"] == step and [x["step"] for x in log if "loss" in x] == list(range(1, step + 1)), log
+        assert said is None or said in stdout, stdout
+    return check
+
+
+def first_checkpoint_only(e):
+    """What a SIGKILL right after the first ckpt.pt rename leaves: ckpt.pt, log.jsonl, a dead run's lock, no last.pt."""
+    e.file("out/ckpt.pt", open(e.ckpt, "rb").read())
+    e.file("out/log.jsonl", '{"step": 1, "loss": 9.0}\n{"step": 2, "val_loss": 9.0}\n')
+    e.file("out/run.lock", str(dead_pid()))
+
+
 def torn_log_recovers(e, lines, stdout):
     assert any("dropped a torn last line" in l for l in lines), lines
     finished_at(6)(e, lines, stdout)
@@ -502,7 +518,12 @@ ROWS = [
         r"last\.pt was written with another config: lr 0\.003 -> 0\.001"),
     Row("resume with a changed seed and dim", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME, seed=7, dim=48) + ["--resume=True"],
         r"another config: dim 32 -> 48; seed 1337 -> 7"),
-    Row("resume with nothing to resume", "train_teacher.py", lambda e: teacher(e, **RESUME) + ["--resume=True"], r"out/last\.pt: nothing to resume from"),
+    Row("resume with nothing saved yet starts from step 0", "train_teacher.py", lambda e: teacher(e, **RESUME) + ["--resume=True"],
+        Recovers(finished_in_out(6, "out/last.pt does not exist (nothing saved yet): starting from step 0")), left=no_temporary_files),
+    Row("killed between the first ckpt.pt and last.pt: the same command", "train_teacher.py", lambda e: teacher(e, **RESUME),
+        Recovers(finished_in_out(6)), setup=first_checkpoint_only, left=no_temporary_files),
+    Row("killed between the first ckpt.pt and last.pt: --resume=True", "train_teacher.py", lambda e: teacher(e, **RESUME) + ["--resume=True"],
+        Recovers(finished_in_out(6, "nothing saved yet")), setup=first_checkpoint_only, left=no_temporary_files),
     Row("resume from a truncated last.pt", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.run(), **RESUME) + ["--resume=True"],
         r"last\.pt: not a readable checkpoint .*ckpt\.pt \(best validation\) may still be good",
         setup=lambda e: open(os.path.join(e.run(), "last.pt"), "r+b").truncate(1000)),
@@ -741,3 +762,30 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_saved_checkpoint(prepared, 
     assert f"saved {os.path.join(out, 'last.pt')} at step {step}; resume with --resume=True" in stdout, stdout[-2000:]
     assert 0 < step < 400 and not os.path.exists(os.path.join(out, "run.lock"))
     assert "train_teacher.py" not in stderr and 'train.py"' not in stderr, stderr[-3000:]  # no traceback from our code
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 384 KiB tmpfs: room for a tiny run's log but not for its first checkpoints (skipped where it cannot mount)."""
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the real full-disk case is not checked")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_real_full_disk_during_a_checkpoint_is_one_line_and_the_same_command_recovers(prepared, small_tmpfs, tmp_path):
+    """torch.save on a full disk raises RuntimeError ('unexpected pos'), not OSError; the run must still stop with
+    one line, leave no temporary file, and the same command must finish the run once there is room."""
+    out = str(small_tmpfs / "run")
+    args = tiny_argv(prepared, out, dim=64, hidden_dim=128, max_iters=4, eval_interval=2, warmup_iters=1)  # ~0.5 MB checkpoints
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train_teacher.py"), *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    lines = [l for l in result.stderr.splitlines() if l.strip() and "it/s]" not in l and "\r" not in l]
+    assert result.returncode == 1 and lines[-1].startswith("error: ") and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.search(r"run/(ckpt|last)\.pt: cannot write \(torch\.save stopped short: [\d,]+ bytes free", lines[-1]), lines[-1]
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")], os.listdir(out)
+    moved = str(tmp_path / "run")  # room again: the run's folder on a bigger disk, and the same command
+    shutil.copytree(out, moved)
+    run_plain("train_teacher.py", tiny_argv(prepared, moved, dim=64, hidden_dim=128, max_iters=4, eval_interval=2, warmup_iters=1) + ["--resume=True"])
+    assert read_checkpoint(os.path.join(moved, "last.pt"))["step"] == 4
