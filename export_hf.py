@@ -26,6 +26,10 @@ pytorch_model.bin) with a byte-level BPE tokenizer.json becomes a project checkp
 folder (meta.json, tokenizer.tiktoken) that eval_blimp.py reads. Token ids are kept, so merged tokens
 must have increasing ids in merge order (true of tokenizers trained with Hugging Face's BPE trainer).
 Normalisers (e.g. NFKC) and add_prefix_space are not reproduced by tiktoken: the import says so.
+
+--out is replaced whole (built beside it, then swapped in), so it is checked before any work: it may not hold
+the input (--out out/t1 with --ckpt out/t1/ckpt.pt would delete the run), and a folder that holds anything
+but the files of an earlier export or import is refused unless --overwrite=True.
 """
 
 import json
@@ -279,8 +283,26 @@ EXPORT_KEYS = {
         "from_hf": ("", "Hugging Face model folder to import"),
         "out": ("", "output folder (written whole: built beside it, then swapped in)"),
         "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
+        "overwrite": (False, "replace --out even if it holds files that no export or import wrote"),
     },
 }
+
+# What an export (the first five) or an import (the last three) writes: a folder holding only these may be replaced.
+OUTPUT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "ckpt.pt", "meta.json", "tokenizer.tiktoken"}
+
+
+def check_out(out, source, overwrite):
+    """Refuse, before any work, an --out whose replacement would delete the input or files of something else."""
+    out_real, source_real = os.path.realpath(out), os.path.realpath(source)
+    if source_real == out_real or source_real.startswith(out_real + os.sep):
+        raise InputError(f"--out={out} holds the input {source}: replacing it would delete the input; choose another --out")
+    if os.path.isdir(out) and not overwrite:
+        others = sorted(name for name in os.listdir(out) if name not in OUTPUT_FILES)
+        if others:
+            shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+            raise InputError(f"--out={out} holds {shown}, not an earlier export: choose a new or empty folder "
+                             "(or --overwrite=True to replace it whole)")
 
 
 def main(argv=None):
@@ -289,6 +311,7 @@ def main(argv=None):
     if bool(args.ckpt) == bool(args.from_hf):
         raise InputError("give exactly one of --ckpt (export) and --from_hf (import)")
     check_writable_dir(args.out, "--out")  # empty, a file, under a file or read-only: before any work
+    check_out(args.out, args.ckpt or args.from_hf, args.overwrite)
     out = os.path.normpath(args.out)
     partial = out + ".partial"  # an interrupted export never leaves a mix of an old and a new model
     shutil.rmtree(partial, ignore_errors=True)
