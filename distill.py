@@ -55,7 +55,7 @@ from config import InputError, load_config, merge_keys, print0, run_main, runtim
 from data import load_tokenizer
 from model import Llama, ModelConfig
 from run_dir import start_run, take_out_dir
-from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
+from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, check_cache_path, clear_stale_lock, sparse_target
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, plan_run, train
 
 DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
@@ -346,25 +346,40 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DISTILL_KEYS, argv or ["--help"], __doc__)
     check_train_config(cfg)
+    if cfg.cache_only and not cfg.teacher_cache:
+        raise InputError("cache_only=True needs --teacher_cache=DIR, the folder of the cache to build (or check)")
     weights = teacher_weights(cfg)
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
     plan_run(cfg, rt.world, train_w.n)  # the batch and the run's length, checked before any work
     teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
-    start = start_run(cfg, tok_info, rt)  # out_dir is taken only after the teachers' work below
+    cache = None
+    if cfg.teacher_cache:  # a built cache is checked now (header and every file's sha256), a path to build into too
+        header = cache_header(cfg, weights, train_w)
+        if os.path.isfile(os.path.join(cfg.teacher_cache, "header.json")):
+            cache = TeacherCache(cfg.teacher_cache, expect=header)
+            if rt.master:
+                clear_stale_lock(cfg.teacher_cache)
+        elif rt.master:
+            check_cache_path(cfg.teacher_cache, header)
+    if cfg.cache_only and cache is not None:
+        print0(f"teacher cache ready in {cfg.teacher_cache} (checked)")
+        return None
+    start = None if cfg.cache_only else start_run(cfg, tok_info, rt)  # out_dir is taken only after the teachers' work below
 
     # Each teacher's validation CE on the very windows the student is validated on, once.
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
     val_idx = eval_indices(val_w.n, cfg.eval_windows)
     teacher_val = {f"teacher{k + 1}_val_loss": evaluate(t, val_w, val_idx, cfg.micro_batch_size, rt) for k, t in enumerate(teachers)}
     print0(" | ".join(f"{k} {v:.4f}" for k, v in teacher_val.items()))
-    if cfg.teacher_cache:  # the teachers run once, here, and never again
-        header = cache_header(cfg, weights, train_w)
+    if cfg.teacher_cache and cache is None:  # the teachers run once, here, and never again
         build_cache(lambda lo, hi: teacher_block(teachers, train_w, lo, hi, header, rt, cfg.loss_chunk or 256), header, cfg.teacher_cache, rt, cfg.cache_block)
-        if cfg.cache_only:
-            print0(f"teacher cache ready in {cfg.teacher_cache}")
-            return None
+        cache = TeacherCache(cfg.teacher_cache, expect=header)
+    if cfg.cache_only:
+        print0(f"teacher cache ready in {cfg.teacher_cache}")
+        return None
+    if cache is not None:
         del teachers
 
     take_out_dir(cfg, rt, start)
@@ -373,8 +388,7 @@ def main(argv=None):
     if start:
         student.load_state_dict(start["model"])
     fused = cfg.loss_impl == "fused"
-    if cfg.teacher_cache:
-        cache = TeacherCache(cfg.teacher_cache, expect=header)
+    if cache is not None:
         objective = (FusedCachedDistillation if fused else CachedDistillation)(student, cache, cfg, teacher_val)
     else:
         objective = (FusedDistillation if fused else Distillation)(student, teachers, weights, cfg, teacher_val)

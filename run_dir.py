@@ -76,12 +76,22 @@ def take_out_dir(cfg, rt, start):
 def lock_out_dir(out_dir):
     """One run per out_dir: a lock file naming the holder's pid; a dead holder's lock is taken over."""
     path = os.path.join(out_dir, "run.lock")
-    for _ in range(2):
+    pid = take_lock(path)
+    if pid:
+        raise InputError(f"{out_dir} is in use by another run (pid {pid}, {path}); wait for it or choose another out_dir "
+                         f"(if no run of yours holds it, delete {path})")
+    return path
+
+
+def take_lock(path):
+    """Create the lock file `path` holding this process's pid. Returns 0 when taken (a lock whose process is
+    gone, or is this very process, is taken over), else the pid of the live process that holds it."""
+    for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             os.write(fd, str(os.getpid()).encode())
             os.close(fd)
-            return path
+            return 0
         except FileExistsError:
             try:
                 pid = int(open(path).read().strip() or 0)
@@ -93,9 +103,8 @@ def lock_out_dir(out_dir):
                 continue
             except PermissionError:
                 pass  # alive, owned by someone else
-            raise InputError(f"{out_dir} is in use by another run (pid {pid}, {path}); wait for it or choose another out_dir "
-                             f"(if no run of yours holds it, delete {path})") from None
-    raise InputError(f"{path}: cannot take the lock")
+            return pid
+    raise InputError(f"{path}: cannot take the lock (delete it if no process of yours holds it)")
 
 
 def release_lock(path):
@@ -105,28 +114,37 @@ def release_lock(path):
 
 class StopSignal:
     """Ctrl-C (SIGINT) and SIGTERM set a flag; the loop saves last.pt at the next step boundary and exits.
-    A second Ctrl-C stops at once."""
+    A second Ctrl-C stops at once. `doing` says what happens before the exit."""
 
-    def __init__(self):
-        self.signum = 0
+    def __init__(self, doing="finishing this step, saving last.pt"):
+        self.signum, self.doing = 0, doing
 
     def __call__(self, signum, frame):
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        print0(f"\n{signal.Signals(signum).name}: finishing this step, saving last.pt, then exiting (Ctrl-C again to abort)")
+        print0(f"\n{signal.Signals(signum).name}: {self.doing}, then exiting (Ctrl-C again to abort)")
 
 
 @contextmanager
-def running(cfg, rt):
-    """While the loop runs: signals go to a StopSignal (yielded); afterwards the old handlers come back and
-    out_dir's lock is released (the process may go on: a notebook, a test, an experiment script)."""
-    stop = StopSignal()
+def stop_signals(doing="finishing this step, saving last.pt"):
+    """Within the block, Ctrl-C and SIGTERM go to a StopSignal (yielded); afterwards the old handlers come back."""
+    stop = StopSignal(doing)
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
+
+
+@contextmanager
+def running(cfg, rt):
+    """While the loop runs: signals go to a StopSignal (yielded); afterwards out_dir's lock is released (the
+    process may go on: a notebook, a test, an experiment script)."""
+    try:
+        with stop_signals() as stop:
+            yield stop
+    finally:
         if rt.master:
             release_lock(os.path.join(cfg.out_dir, "run.lock"))

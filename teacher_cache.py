@@ -80,10 +80,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import atomic_write
+from checkpoint import atomic_write, check_writable_dir
 from config import InputError
+from run_dir import release_lock, stop_signals, take_lock
 
-FORMAT = "babydistill-teacher-cache-1"
+FORMAT = "babydistill-teacher-cache-2"  # 2: the files' sha256 in the header, checked on every use
 
 CACHE_KEYS = {
     "teacher cache": {
@@ -149,8 +150,8 @@ def cache_header(cfg, weights, windows, teacher_paths=None):
         tok = json.load(f)["tokenizer"]
     if tok["vocab_size"] > 65536:
         raise InputError(f"vocab {tok['vocab_size']}: the cache stores token ids as uint16 (at most 65,536)")
-    if cfg.cache_method == "topk" and cfg.cache_k > tok["vocab_size"]:
-        raise InputError(f"cache_k={cfg.cache_k} is larger than the vocabulary ({tok['vocab_size']})")
+    if cfg.cache_k > tok["vocab_size"]:
+        raise InputError(f"cache_k={cfg.cache_k} is larger than the vocabulary ({tok['vocab_size']}): at most one slot per token")
     tokens = np.asarray(windows.tokens)
     return {
         "format": FORMAT,
@@ -177,7 +178,7 @@ def _short(v):
 
 
 def header_differences(old, new):
-    """["key: old -> new", ...] over the compared keys (all but "info"); lists and dicts item by item."""
+    """["key: old -> new", ...] over the compared keys (all but "info" and "files"); lists and dicts item by item."""
     diffs = []
 
     def walk(a, b, name):
@@ -190,7 +191,7 @@ def header_differences(old, new):
         elif a != b:
             diffs.append(f"{name}: {_short(a)} -> {_short(b)}")
 
-    walk({k: v for k, v in old.items() if k != "info"}, {k: v for k, v in new.items() if k != "info"}, "")
+    walk({k: v for k, v in old.items() if k not in ("info", "files")}, {k: v for k, v in new.items() if k not in ("info", "files")}, "")
     return diffs
 
 
@@ -220,8 +221,12 @@ class TeacherCache:
         if not os.path.isfile(header_path):
             hint = " (a build was interrupted: run it again to continue)" if os.path.isdir(path + ".partial") else ""
             raise InputError(f"{path}: no teacher cache here{hint}")
-        with open(header_path) as f:
-            self.header = json.load(f)
+        try:
+            with open(header_path) as f:
+                self.header = json.load(f)
+            self.header["format"], self.header["files"]  # a dict with the keys a finished build writes
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+            raise InputError(f"{header_path}: damaged (not the header a finished build writes); delete {path} to rebuild it") from None
         if expect is not None:
             diffs = header_differences(self.header, expect)
             if diffs:
@@ -231,8 +236,13 @@ class TeacherCache:
         for name, shape in _shapes(self.header).items():
             file, dtype = FILES[name]
             full = os.path.join(path, file)
-            if os.path.getsize(full) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-                raise InputError(f"{full}: size {os.path.getsize(full)} bytes does not match the header's shape {shape}")
+            if not os.path.isfile(full) or os.path.getsize(full) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+                size = f"size {os.path.getsize(full)} bytes" if os.path.isfile(full) else "missing"
+                raise InputError(f"{full}: {size}, not the header's shape {shape}; delete {path} to rebuild it")
+            # Bytes changed since the build (a copy gone wrong, a disk error, an edit) would train on garbage
+            # silently: the build recorded every file's sha256, and it is checked on every use (~1 s per GB).
+            if file_sha256(full) != self.header["files"].get(file):
+                raise InputError(f"{full}: contents differ from the sha256 recorded when the cache was built; delete {path} to rebuild it")
             self.arrays[name] = np.memmap(full, dtype=dtype, mode="r", shape=shape)
 
     def __len__(self):
@@ -256,8 +266,11 @@ def _open_arrays(folder, header, create):
         file, dtype = FILES[name]
         full, size = os.path.join(folder, file), int(np.prod(shape)) * np.dtype(dtype).itemsize
         if create and (not os.path.isfile(full) or os.path.getsize(full) != size):
-            with open(full, "wb") as f:
-                f.truncate(size)  # sparse: no disk written until the blocks are
+            with open(full, "wb") as f:  # allocated now: a full disk is an error here, not a SIGBUS mid-build
+                try:
+                    os.posix_fallocate(f.fileno(), 0, size)
+                except OSError as e:
+                    raise InputError(f"{full}: cannot allocate {size:,} bytes ({e.strerror or e})") from None
         arrays[name] = np.memmap(full, dtype=dtype, mode="r+", shape=shape)
     return arrays
 
@@ -269,6 +282,54 @@ def _done_blocks(folder):
             with open(os.path.join(folder, name)) as f:
                 done.update(json.load(f)["done"])
     return done
+
+
+def check_cache_path(path, header):
+    """Refuse, before the teachers run, a cache path that the build could not finish into: a file, under a file,
+    read-only, a folder holding something that is not a teacher cache, or a disk without room for the cache."""
+    check_writable_dir(path, "teacher_cache")
+    if os.path.isfile(os.path.join(path, "header.json")):
+        return  # a built cache: TeacherCache checks it
+    if os.path.isdir(path) and os.listdir(path):
+        raise InputError(f"teacher_cache={path}: holds files that are not a teacher cache; choose another folder")
+    part = path + ".partial"
+    have = sum(os.path.getsize(os.path.join(part, f)) for f, _ in FILES.values() if os.path.isfile(os.path.join(part, f)))
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    need, free = cache_bytes(header) - have, shutil.disk_usage(existing).free
+    if need > free:
+        raise InputError(f"teacher_cache={path}: the cache needs {need / 1e9:.3f} GB more, and {free / 1e9:.3f} GB are free on that disk "
+                         "(a smaller cache_k, or a folder on a larger disk)")
+
+
+def lock_cache(path, build):
+    """One builder per cache: path.lock names its pid. A live builder of the same cache (the same build.json) is
+    waited for, and its cache then used; a builder of another one is refused (it would rebuild over it)."""
+    lock, said = path + ".lock", False
+    while True:
+        pid = take_lock(lock)
+        if not pid:
+            return lock
+        state = os.path.join(path + ".partial", "build.json")
+        other = None
+        try:
+            other = json.load(open(state)) if os.path.isfile(state) else None
+        except (json.JSONDecodeError, OSError):
+            pass
+        if other is not None and other != build:
+            raise InputError(f"teacher_cache={path} is being built by another process (pid {pid}) with other settings: wait for it "
+                             f"or choose another --teacher_cache (if no build of yours holds it, delete {lock})")
+        if not said:
+            print(f"teacher cache: {path} is being built by pid {pid} with the same settings: waiting for it")
+            said = True
+        time.sleep(2)
+
+
+def clear_stale_lock(path):
+    """Remove the lock of a builder that died after finishing the cache (a kill right after its last rename)."""
+    if os.path.exists(path + ".lock") and not take_lock(path + ".lock"):
+        release_lock(path + ".lock")
 
 
 def build_cache(compute_block, header, path, rt, block=256, rank=None, world=None, on_block=None):
@@ -283,15 +344,39 @@ def build_cache(compute_block, header, path, rt, block=256, rank=None, world=Non
     ddp = dist.is_available() and dist.is_initialized()
     if os.path.isfile(os.path.join(path, "header.json")):
         TeacherCache(path, expect=header)  # already built: only check it
+        if rank == 0:
+            clear_stale_lock(path)
         return header
     part = path + ".partial"
     n, B = header["n_windows"], block
     n_blocks = math.ceil(n / B)
-    build = {"header": {k: v for k, v in header.items() if k != "info"}, "block": B}
+    build = {"header": {k: v for k, v in header.items() if k not in ("info", "files")}, "block": B}
+    lock = None
+    if rank == 0 or not ddp:
+        check_cache_path(path, header)
+        lock = lock_cache(path, build)
+        if os.path.isfile(os.path.join(path, "header.json")):  # built by the process we waited for
+            release_lock(lock)
+            TeacherCache(path, expect=header)
+            return header
+    try:
+        return _build(compute_block, header, path, part, build, rank, world, ddp, on_block)
+    finally:
+        if lock:
+            release_lock(lock)
+
+
+def _build(compute_block, header, path, part, build, rank, world, ddp, on_block):
+    """build_cache's work, under the lock: the partial folder, the blocks, then the finished cache."""
+    n, B = header["n_windows"], build["block"]
+    n_blocks = math.ceil(n / B)
     if rank == 0 or not ddp:  # start, or continue a build of the same cache (same blocks), or restart a stale one
         state = os.path.join(part, "build.json")
         if os.path.isdir(part):
-            old = json.load(open(state)) if os.path.isfile(state) else None
+            try:
+                old = json.load(open(state)) if os.path.isfile(state) else None
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                old = None  # torn: the blocks cannot be trusted to be this build's
             if old != build:
                 print(f"teacher cache: {part} is from another build configuration: starting over")
                 shutil.rmtree(part)
@@ -314,20 +399,26 @@ def build_cache(compute_block, header, path, rt, block=256, rank=None, world=Non
     my_done = sorted(set(mine) & done)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"teacher cache (rank {rank})", unit="block",
                disable=rank != 0, mininterval=1, dynamic_ncols=True)
-    try:
-        for b in todo:
-            lo, hi = b * B, min(n, (b + 1) * B)
-            out = compute_block(lo, hi)
-            for name, values in zip(("ids", "weights", "plogp"), out):
-                arrays[name][lo:hi] = values
-                arrays[name].flush()  # the data is on disk before the block is recorded as done
-            my_done.append(b)
-            atomic_write(progress_file, lambda f: f.write(json.dumps({"done": my_done})), mode="w")
-            bar.update(1)
-            if on_block is not None:
-                on_block(b)
-    finally:
-        bar.close()
+    with stop_signals("finishing this block of the teacher cache") as stop:
+        try:
+            for b in todo:
+                lo, hi = b * B, min(n, (b + 1) * B)
+                out = compute_block(lo, hi)
+                for name, values in zip(("ids", "weights", "plogp"), out):
+                    arrays[name][lo:hi] = values
+                    arrays[name].flush()  # the data is on disk before the block is recorded as done
+                my_done.append(b)
+                atomic_write(progress_file, lambda f: f.write(json.dumps({"done": my_done})), mode="w")
+                bar.update(1)
+                if on_block is not None:
+                    on_block(b)
+                if stop.signum:
+                    bar.close()
+                    print(f"teacher cache: stopped with {len(my_done)} of {len(mine)} blocks of rank {rank} done in {part}; "
+                          "run the same command to continue")
+                    raise SystemExit(128 + stop.signum)
+        finally:
+            bar.close()
     del arrays
     if ddp:
         dist.barrier()
@@ -339,7 +430,8 @@ def build_cache(compute_block, header, path, rt, block=256, rank=None, world=Non
             raise RuntimeError(f"{part}: {n_blocks - len(_done_blocks(part))} blocks missing after all ranks finished")
         print(f"teacher cache: rank {rank} done, {n_blocks - len(_done_blocks(part))} blocks left to other ranks")
         return None
-    atomic_write(os.path.join(part, "header.json"), lambda f: f.write(json.dumps(header, indent=1) + "\n"), mode="w")
+    files = {file: file_sha256(os.path.join(part, file)) for file, _ in FILES.values()}  # checked on every use
+    atomic_write(os.path.join(part, "header.json"), lambda f: f.write(json.dumps({**header, "files": files}, indent=1) + "\n"), mode="w")
     for name in os.listdir(part):
         if name.startswith("progress.") or name == "build.json":
             os.remove(os.path.join(part, name))

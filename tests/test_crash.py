@@ -117,9 +117,10 @@ def test_sigkill_at_random_moments_and_mid_write_then_resume(prepared, tiny_teac
 KILL_AFTER_RENAME = """
 import os, signal, sys
 _replace, count, k = os.replace, [0], int(os.environ["KILL_AFTER_RENAMES"])
+match = os.environ.get("KILL_RENAME_MATCH", ".pt")  # renames counted: those whose target ends with (".pt") or holds this
 def replace_then_die(src, dst, *a, **kw):
     _replace(src, dst, *a, **kw)
-    if str(dst).endswith(".pt"):
+    if str(dst).endswith(match) or (match != ".pt" and match in str(dst)):
         count[0] += 1
         if count[0] == k:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -152,6 +153,46 @@ def test_kill_after_each_checkpoint_rename_resumes_to_the_same_files(prepared, t
         assert_same_run(ref, killed)
         wa, wb = (load_checkpoint(os.path.join(d, "ckpt.pt"))[0].state_dict() for d in (ref, killed))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{script}: ckpt.pt differs from the uninterrupted run's"
+
+
+@pytest.mark.slow
+def test_kill_after_each_rename_of_a_cache_build_resumes_to_the_same_cache(prepared, tiny_teachers, tmp_path):
+    """distill.py --cache_only=True killed right after each file it renames into place (build.json, each block's
+    progress file, header.json, the finished folder), then run again as a user would: the same command. The cache at
+    the end holds the bytes of an uninterrupted build, and a killed build left no lock that blocks the next one."""
+    argv = lambda path: student_argv(prepared, str(tmp_path / "unused"), tiny_teachers, teacher_cache=path, cache_only=True, cache_block=512)
+    ref, killed = str(tmp_path / "ref_cache"), str(tmp_path / "killed_cache")
+    run_plain("distill.py", argv(ref))
+    kills = 0
+    for i in range(1, 30):
+        result = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAME, os.path.join(ROOT, "distill.py"), *argv(killed)], cwd=ROOT,
+                                env={**ENV, "KILL_AFTER_RENAMES": str(i), "KILL_RENAME_MATCH": "killed_cache"}, capture_output=True, text=True, timeout=300)
+        if result.returncode == 0:
+            break
+        assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+        kills += 1
+    assert kills >= 4, f"only {kills} kills"
+    for name in ("ids.u16", "weights.f32", "plogp.f32"):
+        assert open(os.path.join(ref, name), "rb").read() == open(os.path.join(killed, name), "rb").read(), name
+    header = lambda p: {k: v for k, v in json.load(open(os.path.join(p, "header.json"))).items() if k != "info"}
+    assert header(ref) == header(killed)
+    assert sorted(os.listdir(tmp_path)) == ["killed_cache", "ref_cache"], os.listdir(tmp_path)  # no .partial, .lock or out_dir left
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_cache_build_says_how_to_continue(prepared, tiny_teachers, tmp_path):
+    path = str(tmp_path / "cache")
+    args = student_argv(prepared, str(tmp_path / "unused"), tiny_teachers, teacher_cache=path, cache_only=True, cache_block=64)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "distill.py"), *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not any(n.startswith("progress.") for n in (os.listdir(path + ".partial") if os.path.isdir(path + ".partial") else [])):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+    assert "run the same command to continue" in stdout and "SIGTERM" in stdout, stdout[-2000:]
+    run_plain("distill.py", args)
+    assert os.path.isfile(os.path.join(path, "header.json")) and not os.path.exists(path + ".lock")
 
 
 @pytest.mark.slow
@@ -259,6 +300,14 @@ class Env:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         return str(path)
+
+    def cache(self):
+        """A teacher cache of the table's checkpoint as the only teacher, built by distill.py --cache_only=True."""
+        path = str(self.tmp / "cache")
+        if not os.path.exists(path):
+            from distill import main as distill_main
+            distill_main(student_argv(self.prepared, str(self.tmp / "unused"), [self.ckpt], teacher_cache=path, cache_only=True, cache_k=4))
+        return path
 
     def data(self):
         """A copy of the prepared data folder, to damage."""
@@ -666,7 +715,46 @@ ROWS = [
         setup=lambda e: e.interrupt("distill", "evaluate"), left=no_temporary_files),
     Row("distill: Ctrl-C during teacher evaluation leaves no out_dir", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt]), r"^interrupted$", exit=130,
         setup=lambda e: e.interrupt("distill", "evaluate")),
+    # --- the teacher cache: its folder checked before the teachers run, one builder at a time, its bytes checked on use
+    Row("cache: --cache_only without --teacher_cache", "distill.py", lambda e: student_argv(e.prepared, e.out, [e.ckpt], cache_only=True),
+        r"cache_only=True needs --teacher_cache=DIR"),
+    Row("cache: --teacher_cache is a file", "distill.py", lambda e: cached(e, e.file("taken", "x")), r"teacher_cache=.*taken: exists and is not a folder"),
+    Row("cache: --teacher_cache under a file", "distill.py", lambda e: cached(e, os.path.join(e.file("taken", "x"), "c")), r"taken is a file, not a folder"),
+    Row("cache: --teacher_cache holds other files", "distill.py", lambda e: cached(e, str(e.tmp / "mine")), r"mine: holds files that are not a teacher cache",
+        setup=lambda e: e.file("mine/notes.txt", "x")),
+    Row("cache: --teacher_cache read-only", "distill.py", lambda e: cached(e, str(e.tmp / "ro" / "c")), r"ro is not writable", setup=lambda e: e.read_only(e.tmp / "ro")),
+    Row("cache: no room on the disk", "distill.py", lambda e: cached(e, str(e.tmp / "c")), r"the cache needs [\d.]+ GB more, and 0\.000 GB are free",
+        setup=lambda e: e.mp.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))),
+    Row("cache: cache_k above the vocabulary", "distill.py", lambda e: cached(e, str(e.tmp / "c"), cache_k=100000000), r"cache_k=100000000 is larger than the vocabulary \(320\)"),
+    Row("cache: another build with other settings holds it", "distill.py", lambda e: cached(e, str(e.tmp / "c")),
+        r"teacher_cache=.*c is being built by another process \(pid \d+\) with other settings",
+        setup=lambda e: (e.file("c.partial/build.json", '{"header": {}, "block": 1}'), e.file("c.lock", str(os.getppid())))),
+    Row("cache: --cache_only over an out_dir that holds a run", "distill.py", lambda e: cached(e, e.cache(), out=e.run()),
+        Recovers(lambda e, lines, stdout: "teacher cache ready" in stdout or pytest.fail(stdout))),
+    Row("cache: weights.f32 changed", "distill.py", lambda e: cached(e, e.cache()), r"cache/weights\.f32: contents differ from the sha256 recorded",
+        setup=lambda e: flip_byte(os.path.join(e.cache(), "weights.f32"))),
+    Row("cache: ids.u16 overwritten with 65535", "distill.py", lambda e: cached(e, e.cache()), r"cache/ids\.u16: contents differ",
+        setup=lambda e: open(os.path.join(e.cache(), "ids.u16"), "r+b").write(b"\xff\xff" * 64)),
+    Row("cache: header.json torn", "distill.py", lambda e: cached(e, e.cache()), r"cache/header\.json: damaged",
+        setup=lambda e: open(os.path.join(e.cache(), "header.json"), "r+").truncate(40)),
+    Row("cache: header.json a list", "distill.py", lambda e: cached(e, e.cache()), r"cache/header\.json: damaged",
+        setup=lambda e: open(os.path.join(e.cache(), "header.json"), "w").write("[1, 2]")),
+    Row("cache: plogp.f32 deleted", "distill.py", lambda e: cached(e, e.cache()), r"cache/plogp\.f32: missing",
+        setup=lambda e: os.remove(os.path.join(e.cache(), "plogp.f32"))),
 ]
+
+
+def cached(e, path, out=None, **kw):
+    """distill.py --cache_only=True with the table's checkpoint as the only teacher."""
+    return student_argv(e.prepared, out or e.out, [e.ckpt], teacher_cache=path, cache_only=True, **{"cache_k": 4, **kw})
+
+
+def flip_byte(path):
+    with open(path, "r+b") as f:
+        f.seek(100)
+        b = f.read(1)
+        f.seek(100)
+        f.write(bytes([b[0] ^ 1]))
 
 
 def other_vocab_ckpt(e):

@@ -417,3 +417,38 @@ def test_distillation_from_a_full_cache_trains_like_live_teachers_and_resumes(pr
     main(student_argv(prepared, resumed, tiny_teachers, stop_at=5, **args) + cache)  # the cache is built: reused
     main(student_argv(prepared, resumed, tiny_teachers, resume=True, **args) + cache)
     assert strip_timing(read_log(os.path.join(resumed, "log.jsonl"))) == strip_timing(log_cached)
+
+
+def test_a_second_build_of_the_same_cache_waits_and_one_of_another_is_refused(setup, tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    cfg, weights = cfg_of(setup), [0.5, 0.5]
+    path = str(tmp_path / "c")
+    header = cache_header(cfg, weights, setup.windows)
+    os.makedirs(path + ".partial")
+    same = {"header": {k: v for k, v in header.items() if k not in ("info", "files")}, "block": cfg.cache_block}
+    open(os.path.join(path + ".partial", "build.json"), "w").write(json.dumps(same))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])  # a live builder of the same cache
+    threading.Thread(target=holder.wait, daemon=True).start()  # reaped when it ends (a zombie would look alive forever)
+    open(path + ".lock", "w").write(str(holder.pid))
+    t0 = time.time()
+    build(setup, weights, cfg, path)
+    assert time.time() - t0 > 2, "the build did not wait for the live builder"
+    assert "is being built by pid" in capsys.readouterr().out and os.path.isfile(os.path.join(path, "header.json"))
+    assert not os.path.exists(path + ".lock")
+
+    other = str(tmp_path / "d")  # a live builder with other settings: refused at once, its files untouched
+    os.makedirs(other + ".partial")
+    open(os.path.join(other + ".partial", "build.json"), "w").write(json.dumps({**same, "block": 999}))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    open(other + ".lock", "w").write(str(holder.pid))
+    try:
+        with pytest.raises(InputError, match=rf"is being built by another process \(pid {holder.pid}\) with other settings"):
+            build(setup, weights, cfg, other)
+        assert os.listdir(other + ".partial") == ["build.json"]
+    finally:
+        holder.kill()
