@@ -50,10 +50,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import check_same_tokenizer, load_checkpoint, unwrap
+from checkpoint import build_model, check_same_tokenizer, config_from_dict, load_checkpoint, unwrap
 from config import InputError, load_config, merge_keys, print0, run_main, runtime
 from data import load_tokenizer
-from model import Llama, ModelConfig
 from run_dir import start_run, take_out_dir
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, plan_run, train
@@ -369,7 +368,7 @@ def main(argv=None):
 
     take_out_dir(cfg, rt, start)
     torch.manual_seed(cfg.seed)
-    student = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
+    student = build_model(config_from_dict(start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:
         student.load_state_dict(start["model"])
     fused = cfg.loss_impl == "fused"

@@ -29,9 +29,9 @@ import sys
 
 import torch
 
+from checkpoint import build_model, config_from_dict
 from config import InputError, load_config, merge_keys, run_main, runtime
 from data import load_tokenizer
-from model import Llama, ModelConfig
 from run_dir import start_run, take_out_dir
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, plan_run, train
 
@@ -126,7 +126,7 @@ def main(argv=None):
     plan_run(cfg, rt.world, train_w.n, epochs)  # the batch and the run's length, checked before any work
     start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt))
     torch.manual_seed(cfg.seed)
-    model = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
+    model = build_model(config_from_dict(start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:
         model.load_state_dict(start["model"])
     if cfg.objective == "clm":
