@@ -51,7 +51,7 @@ TRAIN_KEYS = merge_keys({
         "resume": (False, "continue the run in out_dir from its last.pt (same config; see README)"),
         "overwrite": (False, "start afresh in an out_dir that already holds a run, replacing it"),
     },
-    "model (see model.ModelConfig)": {
+    "model (see model.ModelConfig and gpt2.GPT2Config)": {
         "arch": ("llama", "'llama' (model.py) or 'gpt2' (gpt2.py: BabyLlama's GPT-2 teacher; it has none of the Llama-only keys below)", ("llama", "gpt2")),
         "vocab_size": (0, "0 = the tokenizer's vocabulary size", ">=0"),
         "dim": (512, "width of the residual stream", ">0"),

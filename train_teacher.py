@@ -2,6 +2,7 @@
 Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared BabyLM tokens.
 
     python train_teacher.py configs/tiny_teacher1.py                     # CPU, tiny, a few minutes
+    python train_teacher.py configs/tiny_gpt2_teacher.py                 # a GPT-2 (gpt2.py): BabyLlama's other teacher
     python train_teacher.py configs/teacher1.py                          # one GPU: BabyLlama-2 345M teacher
     torchrun --nproc_per_node=8 train_teacher.py configs/teacher1.py     # 8 GPUs, same global batch
     python train_teacher.py configs/teacher1.py --lr=5e-4 --out_dir=out/t1b  # --key=value overrides
@@ -10,7 +11,7 @@ Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared B
     python train_teacher.py --help                                       # every key, its default and meaning
 
 A teacher is the plain causal language model trained by train.py's loop (train.CausalLM: next-token
-cross-entropy). This file adds the one other objective a teacher may have, AntLM's alternation of causal-LM
+cross-entropy); arch="gpt2" makes it BabyLlama's GPT-2 (gpt2.py) instead of the Llama. This file adds the one other objective a teacher may have, AntLM's alternation of causal-LM
 and masked-LM epochs (Yu et al., arXiv 2412.03275), set by objective="clm:4,mlm:16,clm:4".
 
 AntLM trains one model alternately with the causal-LM objective (causal attention) and a masked-LM objective
