@@ -51,7 +51,8 @@ def make_ckpt(tmp_path, data_dir, **kw):
 
 
 def make_gpt2_ckpt(tmp_path, data_dir, **kw):
-    """A random GPT-2 (non-zero biases and LayerNorm parameters, so that each is checked) saved as a checkpoint."""
+    """A random GPT-2 saved as a checkpoint: non-zero biases and LayerNorm parameters, so that each is checked, and
+    weights 10 x the initial ones, so that activations are of order 1, where the tanh GELU and the exact one differ."""
     _, info = load_tokenizer(data_dir)
     torch.manual_seed(0)
     model = GPT2(GPT2Config(**{**dict(vocab_size=info["vocab_size"], dim=48, n_layers=2, n_heads=6, norm_eps=1e-5), **kw}))
@@ -59,6 +60,8 @@ def make_gpt2_ckpt(tmp_path, data_dir, **kw):
         for name, p in model.named_parameters():
             if name.endswith("bias") or ".ln_" in name or name.startswith("norm."):
                 p.add_(0.1 * torch.randn_like(p))
+            else:
+                p.mul_(10)
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": data_dir}))
     return path, model.eval()

@@ -57,13 +57,15 @@ def reference_logits(model, idx):
 
 
 def test_forward_matches_a_float64_reference():
-    model = tiny_gpt2().eval()
-    with torch.no_grad():  # non-zero biases and LayerNorm parameters, so that each one is checked
+    model = tiny_gpt2().eval().double()  # float64 throughout: tight enough to tell the tanh GELU from the exact one
+    with torch.no_grad():
         for name, prm in model.named_parameters():
             if name.endswith("bias") or ".ln_" in name or name.startswith("norm."):
-                prm.add_(0.1 * torch.randn_like(prm))
+                prm.add_(0.1 * torch.randn_like(prm))  # non-zero biases and LayerNorm parameters: each one is checked
+            else:
+                prm.mul_(10)  # activations of order 1, where the two GELUs differ (by up to ~5e-4)
     idx = torch.randint(0, 97, (2, 12))
-    torch.testing.assert_close(model.logits(idx).double(), reference_logits(model, idx), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.logits(idx), reference_logits(model, idx), rtol=1e-10, atol=1e-10)
     assert model.output.weight is model.tok_embeddings.weight, "the head is tied to the token embedding"
 
 
