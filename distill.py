@@ -39,10 +39,11 @@ The same loss, at scale (loss_impl="fused", an opt-in): FusedHeadLoss applies th
 chunk and computes the gradient during the forward pass, so that no (B, T, V) tensor ever exists; it saves
 memory on a GPU and time on a CPU (the README's numbers). The tests check it against the plain loss, in
 value and every gradient.
-Teachers may differ in architecture, width and depth (BabyLlama: a GPT-2 and a Llama, gpt2.py and model.py), as
-long as they share the tokenizer: only their logits meet. They are frozen, in eval mode (a GPT-2's dropout is
-then off: its logits are a function of its input), and cast to bf16 when the run uses bf16 autocast. The loop is train.py's
-(the same optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds teacher replicas).
+Teachers may differ in architecture, width and depth (BabyLlama: a GPT-2 and a Llama, gpt2.py and model.py),
+as long as they share the tokenizer: only their logits meet. They are frozen, in eval mode (a GPT-2's dropout
+is then off: its logits are a function of its input), and cast to bf16 when the run uses bf16 autocast. The
+loop is train.py's (the same optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds
+teacher replicas).
 """
 
 import math

@@ -366,7 +366,8 @@ def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, pla
         inputs = objective.batch(x, y, idx, step, micro, rt.rank)
         # Dropout (GPT-2) draws its masks from the global generator: seeded from (seed, step, micro-step, rank),
         # a resumed run draws the masks the uninterrupted run drew. (Nothing else in training draws from it.)
-        torch.manual_seed(((cfg.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rt.rank)
+        # The modulo keeps a large seed within the 64 bits torch.manual_seed accepts.
+        torch.manual_seed((((cfg.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rt.rank) % 2**63)
         if rt.ddp:  # all-reduce gradients on the last micro-step only
             ddp_model.require_backward_grad_sync = micro == plan.grad_accum - 1
         with rt.autocast:

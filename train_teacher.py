@@ -11,8 +11,9 @@ Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared B
     python train_teacher.py --help                                       # every key, its default and meaning
 
 A teacher is the plain causal language model trained by train.py's loop (train.CausalLM: next-token
-cross-entropy); arch="gpt2" makes it BabyLlama's GPT-2 (gpt2.py) instead of the Llama. This file adds the one other objective a teacher may have, AntLM's alternation of causal-LM
-and masked-LM epochs (Yu et al., arXiv 2412.03275), set by objective="clm:4,mlm:16,clm:4".
+cross-entropy); arch="gpt2" makes it BabyLlama's GPT-2 (gpt2.py) instead of the Llama. This file adds the
+one other objective a teacher may have, AntLM's alternation of causal-LM and masked-LM epochs (Yu et al.,
+arXiv 2412.03275), set by objective="clm:4,mlm:16,clm:4".
 
 AntLM trains one model alternately with the causal-LM objective (causal attention) and a masked-LM objective
 (bidirectional attention), whole epochs at a time; for BabyLlama the reported schedule is 4 epochs CLM,
