@@ -15,7 +15,7 @@ import torch
 
 from conftest import shared_path
 import eval_blimp
-from export_hf import export, import_hf, read_safetensors
+from export_hf import export, import_hf, read_safetensors, write_safetensors
 from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from config import InputError
 from gpt2 import GPT2, GPT2Config
@@ -134,6 +134,17 @@ def test_gpt2_export_import_round_trip(real_tokenizer, tmp_path):
     a, b = model.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert back.output.weight is back.tok_embeddings.weight
+
+
+def test_gpt2_import_reads_openai_tensor_names(real_tokenizer, tmp_path):
+    """OpenAI's GPT-2 files (and some others) name the tensors without the "transformer." prefix."""
+    ckpt, model = make_gpt2_ckpt(tmp_path, real_tokenizer)
+    hf_dir = export(ckpt, str(tmp_path / "hf"))
+    path = os.path.join(hf_dir, "model.safetensors")
+    write_safetensors(path, {k.removeprefix("transformer."): v for k, v in read_safetensors(path).items()}, progress=False)
+    back, _ = load_checkpoint(import_hf(hf_dir, str(tmp_path / "back")))
+    a, b = model.state_dict(), back.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_gpt2_import_refuses_what_gpt2_py_does_not_reproduce(real_tokenizer, tmp_path):
