@@ -4,7 +4,8 @@ tokenizer it was trained with), one way to write a file, one log format.
 
 A checkpoint is a dict of tensors and plain Python values saved with torch.save:
     model        : state_dict of the bare (uncompiled, unwrapped) model
-    model_config : asdict(ModelConfig)
+    model_config : {"arch": "llama" or "gpt2", **asdict(its config)}: which model (model.py's Llama, gpt2.py's
+                   GPT2) and its sizes; a checkpoint written before GPT-2 existed has no "arch": a Llama
     tokenizer    : {"name", "vocab_size", "sha256", ...} of the tokenizer the model was trained with
     plus whatever the trainer adds (optimizer state, step, config, best validation loss, ...).
 It is read with torch.load(weights_only=True): a checkpoint received from someone else cannot run code.
@@ -24,7 +25,11 @@ import torch
 
 from config import InputError
 from data import load_tokenizer
+from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
+
+# The architectures a checkpoint may hold: model_config["arch"] -> the config class.
+ARCHS = {"llama": ModelConfig, "gpt2": GPT2Config}
 
 
 def atomic_write(path, write, mode="wb"):
@@ -83,7 +88,7 @@ def _check_can_create(folder, name):
 
 
 def unwrap(model):
-    """The bare Llama inside torch.compile (._orig_mod) and DDP (.module) wrappers."""
+    """The bare model inside torch.compile (._orig_mod) and DDP (.module) wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -93,10 +98,25 @@ def unwrap(model):
             return model
 
 
+def config_from_dict(model_config):
+    """The config object (model.ModelConfig or gpt2.GPT2Config) a checkpoint's model_config describes; no
+    "arch" is a Llama. Raises ValueError or TypeError for an unknown arch or a field its config does not have."""
+    arch = model_config.get("arch", "llama")
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r}: expected one of {', '.join(map(repr, ARCHS))}")
+    return ARCHS[arch](**{k: v for k, v in model_config.items() if k != "arch"})
+
+
+def build_model(config):
+    """A freshly initialised model of a config object: gpt2.GPT2 for a GPT2Config, model.Llama for a ModelConfig."""
+    return GPT2(config) if isinstance(config, GPT2Config) else Llama(config)
+
+
 def model_checkpoint(model, tokenizer_info, **extra):
     """The checkpoint dict for a (possibly compiled or DDP-wrapped) model."""
     bare = unwrap(model)
-    return {"model": bare.state_dict(), "model_config": asdict(bare.config), "tokenizer": dict(tokenizer_info), **extra}
+    arch = "gpt2" if isinstance(bare, GPT2) else "llama"
+    return {"model": bare.state_dict(), "model_config": {"arch": arch, **asdict(bare.config)}, "tokenizer": dict(tokenizer_info), **extra}
 
 
 def save_checkpoint(path, ckpt):
@@ -123,7 +143,7 @@ def load_checkpoint(path, device="cpu", tokenizer=None):
     if tokenizer is not None:
         check_same_tokenizer(ckpt.get("tokenizer", {}), tokenizer, path, "the tokenizer in use")
     try:
-        model = Llama(ModelConfig(**ckpt["model_config"])).to(device)
+        model = build_model(config_from_dict(ckpt["model_config"])).to(device)
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: bad model_config ({e})") from None
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}

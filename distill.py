@@ -4,6 +4,7 @@ Stage 3: distil a student Llama from an ensemble of teacher checkpoints (BabyLla
     python distill.py configs/tiny_student.py                          # CPU, tiny, after the two tiny teachers
     python distill.py configs/student.py                               # one GPU: the BabyLlama-2 345M student
     torchrun --nproc_per_node=8 distill.py configs/student.py          # 8 GPUs, same global batch
+    python distill.py configs/babyllama_58m.py                         # BabyLlama 58M: a Llama 360M and a GPT-2 705M teacher
     python distill.py configs/babyllama_58m.py --teachers=out/t1/ckpt.pt,out/t2/ckpt.pt
     python distill.py --help                                           # every key, its default and meaning
 
@@ -38,8 +39,11 @@ The same loss, at scale (loss_impl="fused", an opt-in): FusedHeadLoss applies th
 chunk and computes the gradient during the forward pass, so that no (B, T, V) tensor ever exists; it saves
 memory on a GPU and time on a CPU (the README's numbers). The tests check it against the plain loss, in
 value and every gradient.
-Teachers are frozen, in eval mode, and cast to bf16 when the run uses bf16 autocast. The loop is train.py's
-(the same optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds teacher replicas).
+Teachers may differ in architecture, width and depth (BabyLlama: a GPT-2 and a Llama, gpt2.py and model.py),
+as long as they share the tokenizer: only their logits meet. They are frozen, in eval mode (a GPT-2's dropout
+is then off: its logits are a function of its input), and cast to bf16 when the run uses bf16 autocast. The
+loop is train.py's (the same optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds
+teacher replicas).
 """
 
 import math
@@ -50,10 +54,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import check_same_tokenizer, load_checkpoint, unwrap
+from checkpoint import build_model, check_same_tokenizer, config_from_dict, load_checkpoint, unwrap
 from config import InputError, load_config, merge_keys, print0, run_main, runtime
 from data import load_tokenizer
-from model import Llama, ModelConfig
 from run_dir import start_run, take_out_dir
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, check_cache_path, clear_stale_lock, sparse_target
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, plan_run, train
@@ -384,7 +387,7 @@ def main(argv=None):
 
     take_out_dir(cfg, rt, start)
     torch.manual_seed(cfg.seed)
-    student = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
+    student = build_model(config_from_dict(start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:
         student.load_state_dict(start["model"])
     fused = cfg.loss_impl == "fused"

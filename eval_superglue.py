@@ -309,7 +309,7 @@ def pad_batch(seqs, pad_id, device):
 
 
 class Classifier(nn.Module):
-    """A Llama with a bias-free linear head on the last real token's final-norm hidden state."""
+    """A Llama (or a GPT-2) with a bias-free linear head on the last real token's final-norm hidden state."""
 
     def __init__(self, llama, n_out):
         super().__init__()

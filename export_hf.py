@@ -1,13 +1,15 @@
 """
-Export a checkpoint to the Hugging Face Llama format (and import one back), so that a model trained here
-runs in the official BabyLM evaluation pipeline, which loads models with transformers'
-AutoModelForCausalLM and AutoTokenizer.
+Export a checkpoint to the Hugging Face Llama format, or a GPT-2 (gpt2.py) to the Hugging Face GPT-2 format
+(and import either back), so that a model trained here runs in the official BabyLM evaluation pipeline,
+which loads models with transformers' AutoModelForCausalLM and AutoTokenizer.
 
     python export_hf.py --ckpt out/tiny_student/ckpt.pt --out hf/tiny_student
     python export_hf.py --from_hf hf/tiny_student --out out/imported      # back: out/imported/ckpt.pt
+    python export_hf.py --ckpt out/tiny_gpt2_teacher/ckpt.pt --out hf/tiny_gpt2   # a GPT2LMHeadModel
 
 The export writes, with torch and the standard library only (transformers is not needed to export):
-    config.json              LlamaForCausalLM: sizes, GQA heads, rope_theta, rms_norm_eps, tied or not, BOS/EOS/PAD ids
+    config.json              LlamaForCausalLM: sizes, GQA heads, rope_theta, rms_norm_eps, tied or not, BOS/EOS/PAD ids;
+                             or GPT2LMHeadModel: sizes, n_positions, layer_norm_epsilon, gelu_new, dropout, tied head
     model.safetensors        the weights (fp32), in the safetensors layout (a JSON header, then raw tensors)
     tokenizer.json           a byte-level BPE equivalent to the project's tiktoken tokenizer: the same vocabulary
                              (token bytes in GPT-2's byte-to-unicode alphabet), merges rebuilt from the ranks,
@@ -16,12 +18,15 @@ The export writes, with torch and the standard library only (transformers is not
     special_tokens_map.json
 Rotary embeddings: model.py uses the half-split ("rotate_half") pairing, which is Hugging Face Llama's own,
 so q/k weights are copied as they are (no permutation; an interleaved-RoPE model would need one).
+GPT-2: Hugging Face keeps OpenAI's Conv1D layers, whose weight is (in, out), the transpose of nn.Linear's
+(out, in): the four matrices of each block are transposed on the way out and back (the pitfall: square
+c_proj matrices load without complaint either way, and give wrong logits).
 The tokenizer's post-processor prepends <|endoftext|> when special tokens are requested (tokenizer(text)),
 and adds nothing with add_special_tokens=False, so: the 2024 BLiMP harness (BOS as context, no special
 tokens on the sentence) and the 2025 pipeline (the tokenizer's own special tokens) both see the boundary
 token the model was trained with. Pairs become <|endoftext|> A <|endoftext|> B.
 
-Import (--from_hf): a Llama-architecture folder (config.json + model.safetensors, sharded safetensors or
+Import (--from_hf): a Llama or GPT-2 folder (config.json + model.safetensors, sharded safetensors or
 pytorch_model.bin) with a byte-level BPE tokenizer.json becomes a project checkpoint plus a tokenizer
 folder (meta.json, tokenizer.tiktoken) that eval_blimp.py reads. Token ids are kept, so merged tokens
 must have increasing ids in merge order (true of tokenizers trained with Hugging Face's BPE trainer).
@@ -43,8 +48,9 @@ from tqdm import tqdm
 
 from checkpoint import atomic_write, check_writable_dir, load_model_and_tokenizer, model_checkpoint, save_checkpoint
 from config import InputError, load_config, run_main
-from model import Llama, ModelConfig
 from data import tokenizer_sha256
+from gpt2 import GPT2, GPT2Config
+from model import Llama, ModelConfig
 from prepare_data import PAT_STR, replace_folder, write_ranks  # writing a tokenizer: the one script besides prepare_data.py that does
 
 # -----------------------------------------------------------------------------------------------
@@ -62,6 +68,19 @@ def hf_names(n_layers):
                   (p + "feed_forward.w2.weight", h + "mlp.down_proj.weight"),
                   (p + "attention_norm.weight", h + "input_layernorm.weight"), (p + "ffn_norm.weight", h + "post_attention_layernorm.weight")]
     return names + [("norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")]
+
+
+def gpt2_hf_names(n_layers):
+    """[(project name, HF name, transposed)] for every GPT-2 tensor: `transposed` for the Conv1D weights (see
+    the top of the file). The head is tied to transformer.wte and not stored, as in Hugging Face's own files."""
+    names = [("tok_embeddings.weight", "transformer.wte.weight", False), ("pos_embeddings.weight", "transformer.wpe.weight", False)]
+    for i in range(n_layers):
+        p, h = f"layers.{i}.", f"transformer.h.{i}."
+        for norm in ("ln_1", "ln_2"):
+            names += [(p + norm + ".weight", h + norm + ".weight", False), (p + norm + ".bias", h + norm + ".bias", False)]
+        for linear in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            names += [(p + linear + ".weight", h + linear + ".weight", True), (p + linear + ".bias", h + linear + ".bias", False)]
+    return names + [("norm.weight", "transformer.ln_f.weight", False), ("norm.bias", "transformer.ln_f.bias", False)]
 
 
 # -----------------------------------------------------------------------------------------------
@@ -178,15 +197,10 @@ def tokenizer_json(ranks, info):
 # -----------------------------------------------------------------------------------------------
 
 
-def export(ckpt_path, out, data_dir=None):
-    tqdm.write(f"loading {ckpt_path}")
-    model, ckpt, enc, info = load_model_and_tokenizer(ckpt_path, data_dir)
-    cfg = model.config
-    tqdm.write(f"writing {model.num_params():,} parameters (fp32) and the tokenizer")
-    state = model.state_dict()
+def llama_to_hf(model, info):
+    """(tensors, config.json) of a Llama as a transformers LlamaForCausalLM."""
+    cfg, state = model.config, model.state_dict()
     tensors = {hf: state[ours] for ours, hf in hf_names(cfg.n_layers) if not (cfg.tie_embeddings and ours == "output.weight")}
-    os.makedirs(out, exist_ok=True)
-    write_safetensors(os.path.join(out, "model.safetensors"), tensors)
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_hidden_dim(), "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
@@ -195,25 +209,45 @@ def export(ckpt_path, out, data_dir=None):
         "attention_dropout": 0.0, "initializer_range": 0.02, "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": "float32",
         "bos_token_id": info["bos_id"], "eos_token_id": info["eos_id"], "pad_token_id": info["pad_id"], "use_cache": True,
     }
+    return tensors, config
+
+
+def gpt2_to_hf(model, info):
+    """(tensors, config.json) of a GPT-2 as a transformers GPT2LMHeadModel (the Conv1D weights transposed)."""
+    cfg, state = model.config, model.state_dict()
+    tensors = {hf: state[ours].t() if transposed else state[ours] for ours, hf, transposed in gpt2_hf_names(cfg.n_layers)}
+    config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size, "n_positions": cfg.max_seq_len,
+        "n_embd": cfg.dim, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": None, "activation_function": "gelu_new",
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "layer_norm_epsilon": cfg.norm_eps,
+        "initializer_range": 0.02, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True, "torch_dtype": "float32",
+        "bos_token_id": info["bos_id"], "eos_token_id": info["eos_id"], "pad_token_id": info["pad_id"], "use_cache": True,
+    }
+    return tensors, config
+
+
+def export(ckpt_path, out, data_dir=None):
+    tqdm.write(f"loading {ckpt_path}")
+    model, ckpt, enc, info = load_model_and_tokenizer(ckpt_path, data_dir)
+    tqdm.write(f"writing {model.num_params():,} parameters (fp32) and the tokenizer")
+    tensors, config = (gpt2_to_hf if isinstance(model, GPT2) else llama_to_hf)(model, info)
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, "model.safetensors"), tensors)
     dump = lambda name, obj: atomic_write(os.path.join(out, name), lambda f: json.dump(obj, f, indent=1, ensure_ascii=False), mode="w")
     dump("config.json", config)
     ranks = enc._mergeable_ranks  # the BPE ranks of the tokenizer just loaded (and checked against its hash)
     tqdm.write(f"writing tokenizer.json ({len(ranks):,} tokens, merges rebuilt from the ranks)")
     dump("tokenizer.json", tokenizer_json(ranks, info))
     specials = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "mask_token": "<|mask|>"}
-    dump("tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
+    dump("tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.max_seq_len,
                                    "clean_up_tokenization_spaces": False, **specials})
     dump("special_tokens_map.json", specials)
     return out
 
 
-def import_hf(folder, out):
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise InputError(f"{cfg_path}: not found")
-    hf = json.load(open(cfg_path))
-    if hf.get("model_type") != "llama":
-        raise InputError(f"{cfg_path}: model_type {hf.get('model_type')!r}, expected 'llama'")
+def llama_from_hf(hf, cfg_path, folder):
+    """The Llama of a transformers LlamaForCausalLM folder (its config.json read as hf)."""
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     cfg = ModelConfig(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
                       n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"], hidden_dim=hf["intermediate_size"],
@@ -234,6 +268,47 @@ def import_hf(folder, out):
         state["output.weight"] = state["tok_embeddings.weight"]
     model = Llama(cfg)
     model.load_state_dict(state)
+    return model
+
+
+def gpt2_from_hf(hf, cfg_path, folder):
+    """The GPT-2 of a transformers GPT2LMHeadModel folder (its config.json read as hf). Settings gpt2.py does
+    not have (another activation, MLP width or attention scaling, an untied head) are refused, not approximated."""
+    expected = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "n_inner": (None, 4 * hf["n_embd"]), "scale_attn_weights": (True,),
+                "scale_attn_by_inverse_layer_idx": (False,), "add_cross_attention": (False,), "tie_word_embeddings": (True,)}
+    for key, allowed in expected.items():
+        if hf.get(key, allowed[0]) not in allowed:
+            raise InputError(f"{cfg_path}: {key}={hf[key]!r}; gpt2.py reproduces only {' or '.join(map(repr, allowed))}")
+    if len({hf.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}) > 1:
+        print(f"note: {cfg_path}: the three dropouts differ; gpt2.py uses resid_pdrop={hf.get('resid_pdrop', 0.1)} for all (training only)")
+    try:
+        cfg = GPT2Config(vocab_size=hf["vocab_size"], dim=hf["n_embd"], n_layers=hf["n_layer"], n_heads=hf["n_head"], max_seq_len=hf["n_positions"],
+                         norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1))
+    except ValueError as e:
+        raise InputError(f"{cfg_path}: {e}") from None
+    tqdm.write(f"reading the weights in {folder}")
+    weights = read_hf_weights(folder)
+    # OpenAI's original files name the tensors without the "transformer." prefix (wte.weight, h.0.attn.c_attn.weight, ...)
+    weights = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in weights.items()}
+    state = {}
+    for ours, name, transposed in gpt2_hf_names(cfg.n_layers):
+        if name not in weights:
+            raise InputError(f"{folder}: tensor {name} is missing")
+        state[ours] = weights[name].float().t().contiguous() if transposed else weights[name].float()
+    state["output.weight"] = state["tok_embeddings.weight"]
+    model = GPT2(cfg)
+    model.load_state_dict(state)
+    return model
+
+
+def import_hf(folder, out):
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise InputError(f"{cfg_path}: not found")
+    hf = json.load(open(cfg_path))
+    if hf.get("model_type") not in ("llama", "gpt2"):
+        raise InputError(f"{cfg_path}: model_type {hf.get('model_type')!r}, expected 'llama' or 'gpt2'")
+    model = (gpt2_from_hf if hf["model_type"] == "gpt2" else llama_from_hf)(hf, cfg_path, folder)
 
     tok_path = os.path.join(folder, "tokenizer.json")
     if not os.path.isfile(tok_path):
@@ -266,7 +341,7 @@ def import_hf(folder, out):
     os.makedirs(out, exist_ok=True)
     rank_file = os.path.join(out, "tokenizer.tiktoken")
     atomic_write(rank_file, lambda f: write_ranks(ranks, f))
-    info = {"name": os.path.basename(os.path.normpath(folder)), "file": "tokenizer.tiktoken", "vocab_size": cfg.vocab_size,
+    info = {"name": os.path.basename(os.path.normpath(folder)), "file": "tokenizer.tiktoken", "vocab_size": model.config.vocab_size,
             "sha256": tokenizer_sha256(rank_file, pat or PAT_STR, special),
             "pat_str": pat or PAT_STR, "special_tokens": special, "bos_id": bos if bos is not None else eos, "eos_id": eos,
             "pad_id": pad if pad is not None else eos, "mask_id": special.get("<|mask|>", special.get("<mask>"))}

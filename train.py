@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import append_log, check_writable_dir, model_checkpoint, read_log, save_checkpoint, unwrap, write_log
-from config import GPU_PEAK_FLOPS, RUNTIME_KEYS, InputError, merge_keys, peak_flops, print0
+from config import GPU_PEAK_FLOPS, RUNTIME_KEYS, InputError, flat_defaults, merge_keys, peak_flops, print0
 from data import read_bin
+from gpt2 import GPT2Config
 from model import ModelConfig
 from run_dir import running
 
@@ -50,18 +51,19 @@ TRAIN_KEYS = merge_keys({
         "resume": (False, "continue the run in out_dir from its last.pt (same config; see README)"),
         "overwrite": (False, "start afresh in an out_dir that already holds a run, replacing it"),
     },
-    "model (see model.ModelConfig)": {
+    "model (see model.ModelConfig and gpt2.GPT2Config)": {
+        "arch": ("llama", "'llama' (model.py) or 'gpt2' (gpt2.py: BabyLlama's GPT-2 teacher; it has none of the Llama-only keys below)", ("llama", "gpt2")),
         "vocab_size": (0, "0 = the tokenizer's vocabulary size", ">=0"),
         "dim": (512, "width of the residual stream", ">0"),
         "n_layers": (8, "transformer blocks", ">0"),
         "n_heads": (8, "query heads; head_dim = dim / n_heads", ">0"),
-        "n_kv_heads": (0, "key/value heads (grouped-query attention); 0 = n_heads", ">=0"),
-        "hidden_dim": (0, "SwiGLU width; 0 = Llama's rule (8/3 dim rounded up to multiple_of)", ">=0"),
-        "multiple_of": (256, "rounding of the Llama SwiGLU rule", ">0"),
-        "norm_eps": (1e-6, "RMSNorm epsilon (the released BabyLlama checkpoints: 1e-6)", ">0"),
-        "rope_theta": (10000.0, "RoPE base", ">0"),
-        "max_seq_len": (256, "longest sequence the RoPE tables cover (BabyLlama: 2 x seq_len)", ">0"),
-        "tie_embeddings": (False, "share the input embedding and the output head"),
+        "n_kv_heads": (0, "key/value heads (grouped-query attention); 0 = n_heads (Llama only)", ">=0"),
+        "hidden_dim": (0, "SwiGLU width; 0 = Llama's rule (8/3 dim rounded up to multiple_of) (Llama only; GPT-2: 4 x dim)", ">=0"),
+        "multiple_of": (256, "rounding of the Llama SwiGLU rule (Llama only)", ">0"),
+        "norm_eps": (1e-6, "RMSNorm epsilon (the released BabyLlama checkpoints: 1e-6); LayerNorm's for GPT-2 (1e-5)", ">0"),
+        "rope_theta": (10000.0, "RoPE base (Llama only)", ">0"),
+        "max_seq_len": (256, "longest sequence the RoPE tables (GPT-2: the learned positions) cover (BabyLlama: 2 x seq_len)", ">0"),
+        "tie_embeddings": (False, "share the input embedding and the output head (Llama only; GPT-2 always does)"),
     },
     "optimisation": {
         "seq_len": (128, "tokens per training window (both papers: 128)", ">0"),
@@ -102,9 +104,15 @@ def check_train_config(cfg):
         wandb_module()  # a missing package is a one-line error now, not after the first steps
     check_writable_dir(cfg.out_dir, "out_dir")  # empty, a file, under a file or read-only: now, not at the first checkpoint
     try:
-        ModelConfig(**model_fields(cfg, vocab_size=cfg.vocab_size or 1))
+        architecture_config(cfg, vocab_size=cfg.vocab_size or 1)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if cfg.arch == "gpt2":  # a Llama config turned into a GPT-2 with --arch=gpt2: say which of its keys do not apply
+        defaults = flat_defaults(TRAIN_KEYS)
+        unused = [f"{k}={getattr(cfg, k)!r}" for k in LLAMA_ONLY_KEYS if getattr(cfg, k) != defaults[k]]
+        if unused:
+            print0(f"note: arch='gpt2' does not use {', '.join(unused)} (Llama-only keys: GPT-2 has multi-head attention, "
+                   "an MLP of 4 x dim, learned positions and a tied head)")
     cfg.data_dir = os.path.abspath(cfg.data_dir)  # recorded in checkpoints: evaluation may run from elsewhere
 
 
@@ -117,10 +125,18 @@ def wandb_module():
     return wandb
 
 
-def model_fields(cfg, vocab_size):
-    return dict(vocab_size=vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                hidden_dim=cfg.hidden_dim, multiple_of=cfg.multiple_of, norm_eps=cfg.norm_eps,
-                rope_theta=cfg.rope_theta, max_seq_len=cfg.max_seq_len, tie_embeddings=cfg.tie_embeddings)
+LLAMA_ONLY_KEYS = ("n_kv_heads", "hidden_dim", "multiple_of", "rope_theta", "tie_embeddings")
+
+
+def architecture_config(cfg, vocab_size):
+    """The model's config object from a run's keys: a gpt2.GPT2Config for arch='gpt2', else a model.ModelConfig.
+    (checkpoint.build_model builds the model of either.)"""
+    if cfg.arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, norm_eps=cfg.norm_eps,
+                          max_seq_len=cfg.max_seq_len)
+    return ModelConfig(vocab_size=vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                       hidden_dim=cfg.hidden_dim, multiple_of=cfg.multiple_of, norm_eps=cfg.norm_eps,
+                       rope_theta=cfg.rope_theta, max_seq_len=cfg.max_seq_len, tie_embeddings=cfg.tie_embeddings)
 
 
 def model_config(cfg, tok_info):
@@ -128,7 +144,7 @@ def model_config(cfg, tok_info):
     if vocab != tok_info["vocab_size"]:
         raise InputError(f"vocab_size={cfg.vocab_size} but the tokenizer in {cfg.data_dir} has {tok_info['vocab_size']} tokens: "
                          "use --vocab_size=0 (the tokenizer's)")
-    return ModelConfig(**model_fields(cfg, vocab))
+    return architecture_config(cfg, vocab)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -266,7 +282,7 @@ class CausalLM:
 
 
 def train(cfg, rt, model, objective, train_w, tok_info, start=None):
-    """Train `model` (bare Llama, on rt.device) on the windows train_w with `objective`, resuming from the
+    """Train `model` (a bare Llama or GPT2, on rt.device) on the windows train_w with `objective`, resuming from the
     checkpoint dict `start` (its weights already loaded) if given. Returns a summary dict."""
     plan = plan_run(cfg, rt.world, train_w.n, objective.epochs)
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
@@ -349,6 +365,10 @@ def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, pla
         idx = plan.sampler.indices(step, micro, rt.rank)
         x, y = train_w.get(idx, rt.device, rt.pin_memory)
         inputs = objective.batch(x, y, idx, step, micro, rt.rank)
+        # Dropout (GPT-2) draws its masks from the global generator: seeded from (seed, step, micro-step, rank),
+        # a resumed run draws the masks the uninterrupted run drew. (Nothing else in training draws from it.)
+        # The modulo keeps a large seed within the 64 bits torch.manual_seed accepts.
+        torch.manual_seed((((cfg.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rt.rank) % 2**63)
         if rt.ddp:  # all-reduce gradients on the last micro-step only
             ddp_model.require_backward_grad_sync = micro == plan.grad_accum - 1
         with rt.autocast:

@@ -2,6 +2,7 @@
 Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared BabyLM tokens.
 
     python train_teacher.py configs/tiny_teacher1.py                     # CPU, tiny, a few minutes
+    python train_teacher.py configs/tiny_gpt2_teacher.py                 # a GPT-2 (gpt2.py): BabyLlama's other teacher
     python train_teacher.py configs/teacher1.py                          # one GPU: BabyLlama-2 345M teacher
     torchrun --nproc_per_node=8 train_teacher.py configs/teacher1.py     # 8 GPUs, same global batch
     python train_teacher.py configs/teacher1.py --lr=5e-4 --out_dir=out/t1b  # --key=value overrides
@@ -10,8 +11,9 @@ Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared B
     python train_teacher.py --help                                       # every key, its default and meaning
 
 A teacher is the plain causal language model trained by train.py's loop (train.CausalLM: next-token
-cross-entropy). This file adds the one other objective a teacher may have, AntLM's alternation of causal-LM
-and masked-LM epochs (Yu et al., arXiv 2412.03275), set by objective="clm:4,mlm:16,clm:4".
+cross-entropy); arch="gpt2" makes it BabyLlama's GPT-2 (gpt2.py) instead of the Llama. This file adds the
+one other objective a teacher may have, AntLM's alternation of causal-LM and masked-LM epochs (Yu et al.,
+arXiv 2412.03275), set by objective="clm:4,mlm:16,clm:4".
 
 AntLM trains one model alternately with the causal-LM objective (causal attention) and a masked-LM objective
 (bidirectional attention), whole epochs at a time; for BabyLlama the reported schedule is 4 epochs CLM,
@@ -29,9 +31,9 @@ import sys
 
 import torch
 
+from checkpoint import build_model, config_from_dict
 from config import InputError, load_config, merge_keys, run_main, runtime
 from data import load_tokenizer
-from model import Llama, ModelConfig
 from run_dir import start_run, take_out_dir
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, plan_run, train
 
@@ -126,7 +128,7 @@ def main(argv=None):
     plan_run(cfg, rt.world, train_w.n, epochs)  # the batch and the run's length, checked before any work
     start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt))
     torch.manual_seed(cfg.seed)
-    model = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
+    model = build_model(config_from_dict(start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:
         model.load_state_dict(start["model"])
     if cfg.objective == "clm":

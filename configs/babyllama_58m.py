@@ -1,12 +1,12 @@
-# BabyLlama (arXiv 2308.02019): the 58M student distilled from two teachers.
-# The paper's teachers were a GPT-2 705M and a Llama 360M; this project is Llama-only, so use two Llama
-# teachers, e.g. configs/teacher_llama_360m.py trained with two seeds:
-#   torchrun --nproc_per_node=8 train_teacher.py configs/teacher_llama_360m.py --out_dir=out/llama360m_a --seed=1
-#   torchrun --nproc_per_node=8 train_teacher.py configs/teacher_llama_360m.py --out_dir=out/llama360m_b --seed=2
+# BabyLlama (arXiv 2308.02019): the 58M student distilled from a heterogeneous ensemble, a Llama 360M and a
+# GPT-2 705M (the order of the paper's script; the mean of logits does not depend on it):
+#   torchrun --nproc_per_node=8 train_teacher.py configs/teacher_llama_360m.py
+#   torchrun --nproc_per_node=8 train_teacher.py configs/teacher_gpt2_705m.py
 #   python distill.py configs/babyllama_58m.py
+# Two Llama teachers instead: --teachers=out/llama360m_a/ckpt.pt,out/llama360m_b/ckpt.pt (two seeds of the 360M).
 data_dir = "data/babylm10m"
 out_dir = "out/babyllama_58m"
-teachers = ["out/llama360m_a/ckpt.pt", "out/llama360m_b/ckpt.pt"]
+teachers = ["out/teacher_llama_360m/ckpt.pt", "out/teacher_gpt2_705m/ckpt.pt"]
 dim = 512
 n_layers = 16
 n_heads = 8  # head_dim 64

@@ -102,6 +102,18 @@ def tiny_teachers(prepared, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2_teacher(prepared, tmp_path_factory):
+    """A tiny GPT-2 teacher checkpoint (gpt2.py; wider and deeper than the tiny Llama teachers, as BabyLlama's
+    GPT-2 705M beside its Llama 360M), trained on the prepared data."""
+    from train_teacher import main as teacher_main
+
+    out = str(tmp_path_factory.mktemp("gpt2_teacher") / "g")
+    teacher_main(tiny_argv(prepared, out, arch="gpt2", dim=64, n_layers=3, n_heads=4, n_kv_heads=0, hidden_dim=0,
+                           max_iters=40, eval_interval=20, seed=3, log_interval=10))
+    return os.path.join(out, "ckpt.pt")
+
+
 def student_argv(prepared, out, teachers, **kw):
     return tiny_argv(prepared, out, **{"teachers": repr(teachers), "max_iters": 30, "eval_interval": 15, **kw})
 

@@ -19,6 +19,8 @@ from conftest import ROOT, strip_timing, student_argv
 import distill
 from distill import Distillation, FusedDistillation, distill_loss, ensemble_log_probs
 from distill import main as distill_main
+from data import load_tokenizer
+from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 
 V = 11
@@ -133,9 +135,15 @@ def cfg_ns(**kw):
     return SimpleNamespace(**{**dict(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=0, teachers=["a", "b"]), **kw})
 
 
+def small_gpt2(seed, **kw):
+    torch.manual_seed(seed)
+    return GPT2(GPT2Config(**{**dict(vocab_size=V, dim=24, n_layers=2, n_heads=3, max_seq_len=8), **kw}))
+
+
 def student_and_teachers():
-    """A student and two teachers of different widths (the ensemble mixes logits, not hidden states)."""
-    return small(0), [small(1).eval().requires_grad_(False), small(2, dim=24, n_heads=3).eval().requires_grad_(False)]
+    """A student and BabyLlama's heterogeneous ensemble: a Llama and a GPT-2 of another width and depth (the
+    ensemble mixes logits, not hidden states). The GPT-2 has dropout 0.1: in eval mode it must not act."""
+    return small(0), [small(1).eval().requires_grad_(False), small_gpt2(2).eval().requires_grad_(False)]
 
 
 def plain_loss_and_grads(student, teachers, x, y, weights, cfg):
@@ -244,6 +252,28 @@ def test_tiny_distillation_run(prepared, tiny_teachers, tmp_path):
     assert vals[-1]["val_loss"] < math.log(320) - 1.0, vals  # well below a uniform guess over 320 tokens
     assert summary["best_val_loss"] == min(v["val_loss"] for v in vals)
     assert train_logs[-1]["ce"] < train_logs[0]["ce"] - 0.5
+
+
+def test_tiny_distillation_run_from_a_gpt2_and_a_llama_teacher(prepared, tiny_gpt2_teacher, tiny_teachers, tmp_path):
+    """BabyLlama's 2023 recipe in miniature: a Llama student of a GPT-2 and a Llama teacher (both wider than it),
+    live and with loss_impl='fused'; the teachers load as what they are, frozen and in eval mode."""
+    rt = SimpleNamespace(device=torch.device("cpu"), dtype="float32")
+    _, info = load_tokenizer(prepared)
+    gpt2, llama = distill.load_teachers([tiny_gpt2_teacher, tiny_teachers[1]], info, prepared, rt)
+    assert isinstance(gpt2, GPT2) and isinstance(llama, Llama) and gpt2.config.dim != llama.config.dim
+    x = torch.randint(0, 320, (2, 16))
+    assert torch.equal(gpt2.logits(x), gpt2.logits(x)), "a teacher's dropout is off: its logits are a function of its input"
+    for impl in ("plain", "fused"):
+        out = str(tmp_path / impl)
+        distill_main(student_argv(prepared, out, [tiny_gpt2_teacher, tiny_teachers[1]], loss_impl=impl))
+        log = read_log(os.path.join(out, "log.jsonl"))
+        train_logs, vals = [e for e in log if "ce" in e], [e for e in log if "val_loss" in e]
+        assert vals[-1]["teacher1_val_loss"] < math.log(320) - 1.0, "the GPT-2 teacher learned"
+        assert vals[-1]["val_loss"] < math.log(320) - 1.0 and train_logs[-1]["ce"] < train_logs[0]["ce"] - 0.5
+        if impl == "plain":
+            first = train_logs[0]
+        else:  # the same run, fused: the same first step
+            assert train_logs[0]["loss"] == pytest.approx(first["loss"], rel=1e-5)
 
 
 def test_teacher_with_another_vocabulary_is_refused(prepared, tiny_teachers, tmp_path):

@@ -1,5 +1,7 @@
 """export_hf.py: the exported model's logits equal the project's, tokenizer ids equal on real text
-(newlines, non-ASCII, special tokens), export -> import returns identical tensors, GQA and tied configs.
+(newlines, non-ASCII, special tokens), export -> import returns identical tensors, GQA and tied configs;
+a GPT-2 (gpt2.py) exports to transformers' GPT2LMHeadModel with equal logits, imports back, and scores
+BLiMP pairs there pair for pair as eval_blimp.py does on the checkpoint.
 Needs transformers (a test dependency); the whole file skips with a reason without it. If the variable
 HF_OLD_PYTHON names a Python with an older transformers (CI: 4.45, what the 2024 BabyLM pipeline used),
 the export is also loaded there. Run: python -m pytest tests/test_export.py"""
@@ -12,8 +14,11 @@ import pytest
 import torch
 
 from conftest import shared_path
-from export_hf import export, import_hf, read_safetensors
+import eval_blimp
+from export_hf import export, import_hf, read_safetensors, write_safetensors
 from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from config import InputError
+from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 from data import load_tokenizer
 from prepare_data import prepare
@@ -40,6 +45,23 @@ def make_ckpt(tmp_path, data_dir, **kw):
     torch.manual_seed(0)
     cfg = dict(vocab_size=info["vocab_size"], dim=48, n_layers=2, n_heads=6, n_kv_heads=2, hidden_dim=96, rope_theta=500.0, norm_eps=1e-5)
     model = Llama(ModelConfig(**{**cfg, **kw}))
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": data_dir}))
+    return path, model.eval()
+
+
+def make_gpt2_ckpt(tmp_path, data_dir, **kw):
+    """A random GPT-2 saved as a checkpoint: non-zero biases and LayerNorm parameters, so that each is checked, and
+    weights 10 x the initial ones, so that activations are of order 1, where the tanh GELU and the exact one differ."""
+    _, info = load_tokenizer(data_dir)
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(**{**dict(vocab_size=info["vocab_size"], dim=48, n_layers=2, n_heads=6, norm_eps=1e-5), **kw}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name or name.startswith("norm."):
+                p.add_(0.1 * torch.randn_like(p))
+            else:
+                p.mul_(10)
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, model_checkpoint(model, info, config={"data_dir": data_dir}))
     return path, model.eval()
@@ -92,11 +114,88 @@ def test_export_import_round_trip(real_tokenizer, tmp_path):
         assert enc2.encode(line, allowed_special="all") == enc.encode(line, allowed_special="all")
 
 
-def test_older_transformers_loads_the_export(real_tokenizer, tmp_path):
+def test_gpt2_exports_as_a_gpt2_lm_head_model_with_equal_logits(real_tokenizer, tmp_path):
+    ckpt, model = make_gpt2_ckpt(tmp_path, real_tokenizer, max_seq_len=256)
+    out = export(ckpt, str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == "GPT2LMHeadModel" and hf.config.model_type == "gpt2"
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr(), "the head is tied, as in the project's GPT-2"
+    enc, _ = load_tokenizer(real_tokenizer)
+    ids = torch.tensor([enc.encode_ordinary(" ".join(real_lines()[:40]))[:200]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model.logits(ids), atol=1e-4, rtol=1e-4)
+    assert set(read_safetensors(os.path.join(out, "model.safetensors"))) == set(hf.state_dict()) - {"lm_head.weight"}
+
+
+def test_gpt2_export_import_round_trip(real_tokenizer, tmp_path):
+    ckpt, model = make_gpt2_ckpt(tmp_path, real_tokenizer, dropout=0.2)
+    back, ck = load_checkpoint(import_hf(export(ckpt, str(tmp_path / "hf")), str(tmp_path / "back")))
+    assert isinstance(back, GPT2) and back.config == model.config and ck["model_config"]["arch"] == "gpt2"
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert back.output.weight is back.tok_embeddings.weight
+
+
+def test_gpt2_import_reads_openai_tensor_names(real_tokenizer, tmp_path):
+    """OpenAI's GPT-2 files (and some others) name the tensors without the "transformer." prefix."""
+    ckpt, model = make_gpt2_ckpt(tmp_path, real_tokenizer)
+    hf_dir = export(ckpt, str(tmp_path / "hf"))
+    path = os.path.join(hf_dir, "model.safetensors")
+    write_safetensors(path, {k.removeprefix("transformer."): v for k, v in read_safetensors(path).items()}, progress=False)
+    back, _ = load_checkpoint(import_hf(hf_dir, str(tmp_path / "back")))
+    a, b = model.state_dict(), back.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpt2_import_refuses_what_gpt2_py_does_not_reproduce(real_tokenizer, tmp_path):
+    ckpt, _ = make_gpt2_ckpt(tmp_path, real_tokenizer)
+    hf_dir = export(ckpt, str(tmp_path / "hf"))
+    config = json.load(open(os.path.join(hf_dir, "config.json")))
+    for key, value in (("activation_function", "relu"), ("n_inner", 100), ("scale_attn_by_inverse_layer_idx", True)):
+        json.dump({**config, key: value}, open(os.path.join(hf_dir, "config.json"), "w"))
+        with pytest.raises(InputError, match=f"config.json: {key}={value!r}; gpt2.py reproduces only"):
+            import_hf(hf_dir, str(tmp_path / "back"))
+
+
+def test_gpt2_export_scores_blimp_in_transformers_pair_for_pair_as_eval_blimp(real_tokenizer, tmp_path):
+    """eval_blimp.py on the checkpoint, and the exported folder in transformers scored by hand the 2024 way (the
+    tokenizer's BOS, then " " + sentence; the sum of the sentence's token log-probabilities): the same pairs right."""
+    blimp = shared_path("blimp_filtered")
+    folder = tmp_path / "blimp"
+    folder.mkdir()
+    for name in ("anaphor_gender_agreement", "determiner_noun_agreement_1", "regular_plural_subject_verb_agreement_1"):
+        lines = open(os.path.join(blimp, name + ".jsonl"), encoding="utf-8").read().splitlines()[:12]
+        (folder / (name + ".jsonl")).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ckpt, model = make_gpt2_ckpt(tmp_path, real_tokenizer)
+    with torch.no_grad():
+        model.tok_embeddings.weight.mul_(20)  # sharper logits: pairs far from ties, so a flip would show
+    save_checkpoint(ckpt, model_checkpoint(model, load_tokenizer(real_tokenizer)[1], config={"data_dir": real_tokenizer}))
+    ours = eval_blimp.main([f"--ckpt={ckpt}", f"--data={folder}", f"--out={tmp_path / 'blimp.json'}", "--device=cpu"])["blimp"]["tasks"]
+
+    hf_dir = export(ckpt, str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+
+    def score(sentence):
+        ids = torch.tensor([tok(" " + sentence).input_ids])  # the post-processor prepends <|endoftext|>
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(ids).logits[0, :-1].double(), -1)
+        return logp.gather(1, ids[0, 1:, None]).sum().item()
+
+    tasks = eval_blimp.read_tasks(str(folder))
+    for task, pairs in tasks.items():
+        margins = [score(p["good"]) - score(p["bad"]) for p in pairs]
+        assert min(abs(m) for m in margins) > 1e-3, "a near-tie would make the comparison meaningless"
+        assert ours[task]["correct"] == "".join("1" if m >= 0 else "0" for m in margins), task
+    assert len({c for t in ours.values() for c in t["correct"]}) == 2, "both right and wrong pairs occur: the check can fail"
+
+
+@pytest.mark.parametrize("make", [make_ckpt, make_gpt2_ckpt], ids=["llama", "gpt2"])
+def test_older_transformers_loads_the_export(real_tokenizer, tmp_path, make):
     python = os.environ.get("HF_OLD_PYTHON")
     if not python:
         pytest.skip("HF_OLD_PYTHON is not set (CI sets it to a venv with transformers 4.45)")
-    ckpt, model = make_ckpt(tmp_path, real_tokenizer)
+    ckpt, model = make(tmp_path, real_tokenizer)
     hf_dir = export(ckpt, str(tmp_path / "hf"))
     enc, _ = load_tokenizer(real_tokenizer)
     text = " ".join(real_lines()[:20])

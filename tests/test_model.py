@@ -8,9 +8,10 @@ import os
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from checkpoint import build_model, load_checkpoint, model_checkpoint, save_checkpoint
 from config import InputError, read_config_file
 from conftest import ROOT
+from gpt2 import GPT2Config
 from model import Attention, FeedForward, Llama, ModelConfig, RMSNorm, apply_rope, rope_tables
 
 pytestmark = pytest.mark.core
@@ -116,14 +117,17 @@ def test_swiglu_hidden_rule():
 @pytest.mark.parametrize("config, expected", [
     ("babyllama_58m.py", 58_343_936),  # BabyLlama student (2023)
     ("teacher_llama_360m.py", 359_973_888),  # BabyLlama's Llama teacher
+    ("teacher_gpt2_705m.py", 704_928_768),  # BabyLlama's GPT-2 teacher (256 positions)
+    ("tiny_gpt2_teacher.py", 2_874_112),  # its tiny CPU version
     ("student.py", 345_355_200),  # BabyLlama-2 student
     ("teacher1.py", 345_355_200),  # BabyLlama-2 teachers
     ("teacher2.py", 345_355_200),
 ])
 def test_published_parameter_counts(config, expected):
     values = read_config_file(os.path.join(ROOT, "configs", config))  # the model keys of a training config
+    config_class = GPT2Config if values.get("arch") == "gpt2" else ModelConfig
     with torch.device("meta"):
-        model = Llama(ModelConfig.from_dict({**values, "vocab_size": 16000}))
+        model = build_model(config_class.from_dict({**values, "vocab_size": 16000}))
     assert model.num_params() == expected
 
 

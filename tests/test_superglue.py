@@ -1,6 +1,6 @@
 """eval_superglue.py: metrics against hand-computed values, task formatters on real examples, last-token
-pooling, a tiny model learning a fixture task beyond the majority class, early stopping and the restored
-best epoch, errors. Run: python -m pytest tests/test_superglue.py"""
+pooling, a tiny model (a Llama, and a GPT-2 with its dropout) learning a fixture task beyond the majority class,
+early stopping and the restored best epoch, errors. Run: python -m pytest tests/test_superglue.py"""
 
 import json
 import os
@@ -8,9 +8,11 @@ import os
 import pytest
 import torch
 
+from checkpoint import model_checkpoint, save_checkpoint
 from conftest import shared_path
 from eval_superglue import (Classifier, accuracy, binary_f1, encode_pair, load_task, main, mcc, pad_batch, task_names)
 from config import InputError
+from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 from data import load_tokenizer
 
@@ -82,9 +84,17 @@ def write_fixture(folder, n_train=200, n_valid=60):
     return str(folder)
 
 
-def test_tiny_model_beats_the_majority_class_and_restores_the_best_epoch(random_ckpt, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_tiny_model_beats_the_majority_class_and_restores_the_best_epoch(random_ckpt, prepared, tmp_path, arch):
     data = write_fixture(tmp_path / "glue")
-    out = main(["--ckpt", random_ckpt, "--task", "sst2", "--data", data, "--lr", "3e-3", "--batch_size", "16",
+    ckpt = random_ckpt
+    if arch == "gpt2":  # any checkpoint is fine-tuned the same way; a GPT-2's dropout acts while it is
+        _, info = load_tokenizer(prepared)
+        torch.manual_seed(0)
+        ckpt = str(tmp_path / "gpt2.pt")
+        save_checkpoint(ckpt, model_checkpoint(GPT2(GPT2Config(vocab_size=info["vocab_size"], dim=32, n_layers=2, n_heads=4)), info,
+                                               config={"data_dir": prepared}))
+    out = main(["--ckpt", ckpt, "--task", "sst2", "--data", data, "--lr", "3e-3", "--batch_size", "16",
                 "--epochs", "6", "--patience", "2", "--out", str(tmp_path / "r.json")])
     r = out["tasks"]["sst2"]
     assert r["metric"] > r["majority_baseline"] + 10, r

@@ -17,6 +17,7 @@ from checkpoint import model_checkpoint, save_checkpoint
 from config import InputError, flat_defaults
 from distill import (CachedDistillation, Distillation, FusedCachedDistillation, FusedDistillation, FusedSparseHeadLoss, ensemble_log_probs,
                      main, sparse_distill_loss, teacher_block)
+from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 from data import load_tokenizer
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
@@ -34,14 +35,20 @@ def tiny(seed, vocab, dim=16):
     return Llama(ModelConfig(vocab_size=vocab, dim=dim, n_layers=1, n_heads=2, hidden_dim=32, max_seq_len=SEQ))
 
 
+def tiny_gpt2(seed, vocab, dim=24):
+    torch.manual_seed(seed)
+    return GPT2(GPT2Config(vocab_size=vocab, dim=dim, n_layers=2, n_heads=2, max_seq_len=SEQ))
+
+
 @pytest.fixture(scope="module")
 def setup(prepared, tmp_path_factory):
-    """Two random tiny teachers saved as checkpoints of the prepared tokenizer, and the training windows."""
+    """Two random tiny teachers saved as checkpoints of the prepared tokenizer, and the training windows. The
+    ensemble is BabyLlama's heterogeneous one: a Llama and a GPT-2 of another width and depth."""
     _, info = load_tokenizer(prepared)
     base = tmp_path_factory.mktemp("cache_teachers")
     teachers, paths = [], []
-    for seed, dim in ((1, 16), (2, 24)):
-        t = tiny(seed, info["vocab_size"], dim)
+    for seed, make in ((1, tiny), (2, tiny_gpt2)):
+        t = make(seed, info["vocab_size"])
         with torch.no_grad():  # sharper than N(0, 0.02) logits, so top-k and sampling differ visibly
             t.output.weight.mul_(100)
         paths.append(str(base / f"t{seed}.pt"))
