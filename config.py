@@ -125,6 +125,8 @@ def _convert(key, value, default, accepted, where):
             value = [_literal(v) for v in value.split(",") if v.strip()]  # --teachers=a.pt,b.pt
         elif isinstance(value, tuple):
             value = list(value)  # --teacher_weights=1,2 reads as a tuple
+        elif not isinstance(value, list):
+            value = [value]  # one value is a list of one: --checkpoints_at=5000 reads as the int 5000
     elif isinstance(value, str) and value.lower() in ("true", "false") and (isinstance(default, bool) or True in (accepted or ())):
         value = value.lower() == "true"
     elif isinstance(default, float) and type(value) is int:

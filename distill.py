@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from checkpoint import check_same_tokenizer, load_checkpoint, unwrap
 from config import InputError, load_config, merge_keys, print0, run_main, runtime
-from data import load_tokenizer
+from data import load_tokenizer, split_words
 from model import Llama, ModelConfig
 from run_dir import start_run, take_out_dir
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
@@ -350,7 +350,7 @@ def main(argv=None):
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    plan_run(cfg, rt.world, train_w.n)  # the batch and the run's length, checked before any work
+    plan_run(cfg, rt.world, train_w.n, corpus=split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
     teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
     start = start_run(cfg, tok_info, rt)  # out_dir is taken only after the teachers' work below
 

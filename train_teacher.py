@@ -30,7 +30,7 @@ import sys
 import torch
 
 from config import InputError, load_config, merge_keys, run_main, runtime
-from data import load_tokenizer
+from data import load_tokenizer, split_words
 from model import Llama, ModelConfig
 from run_dir import start_run, take_out_dir
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, plan_run, train
@@ -123,7 +123,7 @@ def main(argv=None):
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    plan_run(cfg, rt.world, train_w.n, epochs)  # the batch and the run's length, checked before any work
+    plan_run(cfg, rt.world, train_w.n, epochs, split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
     start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt))
     torch.manual_seed(cfg.seed)
     model = Llama(ModelConfig(**start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
