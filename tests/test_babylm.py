@@ -93,6 +93,7 @@ def test_the_budget_guard_names_the_rule():
         plan("--track=strict-small", "--epochs=11", corpus=corpus)
     with pytest.raises(InputError, match=r"planned for 10.0833 epochs .* at most 10 epochs"):
         plan("--track=strict", "--max_iters=121", corpus=corpus)
+    assert plan("--track=strict-small", corpus=(10_000_000, 12_000_000)).max_iters == 96  # 10M words: allowed
     with pytest.raises(InputError, match=r"train\.bin holds 10,000,001 words of training data; the strict-small track allows at most 10,000,000"):
         plan("--track=strict-small", corpus=(10_000_001, 12_000_000))
     assert plan("--track=strict", corpus=(10_000_001, 12_000_000)).max_iters == 96  # strict: 100M words
@@ -112,7 +113,7 @@ def test_a_run_logs_words_seen_and_writes_its_milestones_at_the_right_steps(prep
     log = read_log(os.path.join(out, "log.jsonl"))
     assert all(e["words_seen"] == e["step"] * TOKENS_PER_STEP * words // tokens for e in log) and len(log) == 8 + 2
     shown = capsys.readouterr().out
-    assert f"step 3 | words_seen {3 * TOKENS_PER_STEP * words // tokens:,} | loss" in shown
+    assert f"step 24 | words_seen {24 * TOKENS_PER_STEP * words // tokens:,} | loss" in shown and 24 * TOKENS_PER_STEP * words // tokens > 1000
     steps = {}
     for label, n in (("chck_1k", 1000), ("chck_2k", 2000)):
         ck = read_checkpoint(os.path.join(out, label, "ckpt.pt"))
