@@ -5,6 +5,7 @@ Stage 3: distil a student Llama from an ensemble of teacher checkpoints (BabyLla
     python distill.py configs/student.py                               # one GPU: the BabyLlama-2 345M student
     torchrun --nproc_per_node=8 distill.py configs/student.py          # 8 GPUs, same global batch
     python distill.py configs/babyllama_58m.py --teachers=out/t1/ckpt.pt,out/t2/ckpt.pt
+    python distill.py configs/student.py --track=strict-small --checkpoints_at=babylm   # a BabyLM submission
     python distill.py --help                                           # every key, its default and meaning
 
 The loss (Timiryasov & Tastet, arXiv 2308.02019, section 3; Tastet & Timiryasov, arXiv 2409.17312), for

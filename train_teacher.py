@@ -7,6 +7,7 @@ Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared B
     python train_teacher.py configs/teacher1.py --lr=5e-4 --out_dir=out/t1b  # --key=value overrides
     python train_teacher.py configs/teacher1.py --resume=True            # continue from out_dir/last.pt
     python train_teacher.py configs/tiny_antlm.py                        # AntLM: CLM and MLM epochs alternate
+    python train_teacher.py configs/teacher1.py --track=strict-small     # refused if it breaks BabyLM's rules
     python train_teacher.py --help                                       # every key, its default and meaning
 
 A teacher is the plain causal language model trained by train.py's loop (train.CausalLM: next-token
