@@ -11,7 +11,8 @@ a default, a one-line meaning and, where it matters, the values it accepts. A ru
     python train_teacher.py --help                                                 # every key, grouped
 
 Values are read as Python literals (1e-3, True, ['a.pt', 'b.pt']) or else as bare strings (out/x); a list
-key also takes comma-separated values (--teachers=a.pt,b.pt). Types are checked against the default,
+key also takes comma-separated values (--teachers=a.pt,b.pt), and a True/False key alone means True
+(--all_checkpoints is --all_checkpoints=True). Types are checked against the default,
 numbers against their bounds, and an unknown key suggests the nearest known one, all before any work.
 Config files are executed Python, as in nanoGPT: run only config files you trust.
 
@@ -125,6 +126,8 @@ def _convert(key, value, default, accepted, where):
             value = [_literal(v) for v in value.split(",") if v.strip()]  # --teachers=a.pt,b.pt
         elif isinstance(value, tuple):
             value = list(value)  # --teacher_weights=1,2 reads as a tuple
+        elif not isinstance(value, list):
+            value = [value]  # one value is a list of one: --checkpoints_at=5000 reads as the int 5000
     elif isinstance(value, str) and value.lower() in ("true", "false") and (isinstance(default, bool) or True in (accepted or ())):
         value = value.lower() == "true"
     elif isinstance(default, float) and type(value) is int:
@@ -191,10 +194,13 @@ def load_config(keys, argv, doc=""):
         if not arg.startswith("--") or arg == "--":
             raise InputError(f"argument {arg!r}: expected --key=value (or a config file first)")
         key, has_value, text = arg[2:].partition("=")
-        if not has_value:  # "--key value"
-            if not args or args[0].startswith("--"):
+        if not has_value:  # "--key value", or a bare "--flag" for a True/False key
+            if (not args or args[0].startswith("--")) and key in specs and isinstance(specs[key][0], bool):
+                text = "True"
+            elif not args or args[0].startswith("--"):
                 raise InputError(f"--{key}: expected a value, as --{key}=VALUE")
-            text = args.pop(0)
+            else:
+                text = args.pop(0)
         if key not in specs:
             raise _unknown(key, specs, f"--{key}")
         cfg[key] = _convert(key, _literal(text), specs[key][0], (specs[key] + (None,))[2], f"--{key}")

@@ -7,7 +7,8 @@ How every later stage reads what prepare_data.py wrote: the tokenizer and the to
 
 A prepared data folder holds
     tokenizer.tiktoken             the BPE ranks, one "base64(token) rank" line each (tiktoken's own format)
-    meta.json                      the tokenizer's name, vocabulary size, special token ids, pattern and sha256
+    meta.json                      the tokenizer's name, vocabulary size, special token ids, pattern and sha256;
+                                   the tokens and the words of each split (split_words)
     train.bin, val.bin, test.bin   token ids as raw little-endian uint16
 Training, evaluation and sampling need only these readers, so none of them imports the BPE trainer, the
 downloader or the corpus cleaners of prepare_data.py.
@@ -65,6 +66,28 @@ def load_tokenizer(data_dir):
     enc = tiktoken.Encoding(info["name"], pat_str=info["pat_str"], mergeable_ranks=ranks,
                             special_tokens=info["special_tokens"], explicit_n_vocab=info["vocab_size"])
     return enc, info
+
+
+def split_words(data_dir, split="train"):
+    """(words, tokens) of a split, from meta.json: its whitespace-separated words (how the BabyLM budget counts
+    them: a word is what str.split() returns, over the cleaned documents) and the tokens of its .bin file,
+    boundary tokens included. Their ratio converts the tokens a run has seen into the words it has seen.
+    A folder prepared before per-split words were recorded: the sum over its sources, which is the same count."""
+    meta_path = os.path.join(data_dir, "meta.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        words = meta.get("words", {}).get(split)
+        if words is None:
+            words = sum(s["words"] for key, s in meta["sources"].items() if key.startswith(split + "/"))
+        tokens = meta["tokens"][split]
+    except FileNotFoundError:
+        raise InputError(f"{meta_path}: not found (run prepare_data.py first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{meta_path}: no word and token counts for the {split} split; run prepare_data.py again") from None
+    if not words or not tokens:
+        raise InputError(f"{meta_path}: the {split} split has {words} words and {tokens} tokens; run prepare_data.py on a corpus with text")
+    return int(words), int(tokens)
 
 
 def read_bin(path):

@@ -6,6 +6,7 @@ Stage 3: distil a student Llama from an ensemble of teacher checkpoints (BabyLla
     torchrun --nproc_per_node=8 distill.py configs/student.py          # 8 GPUs, same global batch
     python distill.py configs/babyllama_58m.py                         # BabyLlama 58M: a Llama 360M and a GPT-2 705M teacher
     python distill.py configs/babyllama_58m.py --teachers=out/t1/ckpt.pt,out/t2/ckpt.pt
+    python distill.py configs/student.py --track=strict-small --checkpoints_at=babylm   # a BabyLM submission
     python distill.py --help                                           # every key, its default and meaning
 
 The loss (Timiryasov & Tastet, arXiv 2308.02019, section 3; Tastet & Timiryasov, arXiv 2409.17312), for
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 
 from checkpoint import build_model, check_same_tokenizer, config_from_dict, load_checkpoint, unwrap
 from config import InputError, load_config, merge_keys, print0, run_main, runtime
-from data import load_tokenizer
+from data import load_tokenizer, split_words
 from run_dir import start_run, take_out_dir
 from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, check_cache_path, clear_stale_lock, sparse_target
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, plan_run, train
@@ -355,7 +356,7 @@ def main(argv=None):
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    plan_run(cfg, rt.world, train_w.n)  # the batch and the run's length, checked before any work
+    plan_run(cfg, rt.world, train_w.n, corpus=split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
     teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
     cache = None
     if cfg.teacher_cache:  # a built cache is checked now (header and every file's sha256), a path to build into too

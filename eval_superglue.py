@@ -5,6 +5,7 @@ Stage 4b: (Super)GLUE fine-tuning of any checkpoint, with the BabyLM 2024 protoc
     python eval_superglue.py --ckpt out/student/ckpt.pt --task all --data ../shared/data/glue_filtered
     python eval_superglue.py --ckpt out/student/ckpt.pt --task cb --data ../shared/data/superglue
     python eval_superglue.py --ckpt ... --task all --data ...  # with configs/superglue_babyllama2.py first: per-task settings
+    python eval_superglue.py configs/superglue_babylm2025.py --ckpt out/student/ckpt.pt --data ../shared/data/glue_filtered
 
 Data layouts (--data): the BabyLM jsonl files (<task>.train.jsonl / <task>.valid.jsonl: boolq cola mnli
 mnli-mm mrpc multirc qnli qqp rte sst2 wsc; MNLI and QQP fall back to the 10k *.train.2025subsample.jsonl),
@@ -26,6 +27,11 @@ et al., arXiv 1804.07461; SuperGLUE: Wang et al., arXiv 1905.00537):
   restored. Model selection on F1 for binary tasks and accuracy otherwise (as the 2024 pipeline).
 - metrics: CoLA = MCC, MRPC and QQP = binary F1 of class 1, the rest accuracy, all x100; the GLUE score
   is their unweighted mean. MNLI-mm is the MNLI model (selected on matched) scored on mnli-mm.valid.
+The BabyLM 2025 protocol (configs/superglue_babylm2025.py, which says what it does not reproduce): seven tasks
+(--task=boolq,multirc,rte,wsc,mrpc,qqp,mnli: a list runs those whose files exist), MNLI and QQP on their 10k
+subsamples (subsample_2025), lr 3e-5, batch 32, 10 epochs (WSC 30), no early stopping, the best epoch chosen
+by the task's own metric (selection='metric'), inputs of up to 512 tokens. max_len is capped at the model's
+max_seq_len (the longest input its RoPE tables cover), with a note.
 """
 
 import copy
@@ -53,12 +59,16 @@ HPARAM_KEYS = {  # the BabyLM 2024 fine-tuning defaults
     "seed": (12, "classifier initialisation and batch order", ">=0"),
     "max_len": (128, "tokens per input, cut longest-first (at least 3: two boundary tokens and one token)", ">0"),
     "grad_clip": (1.0, "global gradient-norm clip; 0 = none", ">=0"),
+    "selection": ("2024", "what picks the best epoch: '2024' (F1 for 2-class tasks, else accuracy) or 'metric' "
+                          "(the task's own metric: the 2025 pipeline's metric_for_valid)", ("2024", "metric")),
 }
 SUPERGLUE_KEYS = merge_keys({
     "evaluation": {
         "ckpt": ("", "checkpoint to fine-tune (a copy; the file is not changed)"),
-        "task": ("", "a task name, or 'all' for every task whose files exist in --data"),
+        "task": ("", "a task name, a comma-separated list, or 'all'; a list or 'all' skips tasks without a training file"),
         "data": ("", "glue_filtered, superglue or glue_original folder"),
+        "subsample_2025": (False, "train MNLI and QQP on the BabyLM 2025 10k subsamples (<task>.train.2025subsample.jsonl) "
+                                  "even beside a full <task>.train.jsonl"),
         "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
         "out": ("", "JSON results file; empty = superglue_<data>_<task>.json next to the checkpoint"),
     },
@@ -172,9 +182,10 @@ def task_names(data):
     return [t for t, spec in SUPERGLUE.items() if os.path.isdir(os.path.join(data, spec[0]))]
 
 
-def load_task(data, task):
+def load_task(data, task, subsample_2025=False):
     """{"train": [(a, b, label)], "valid": [...], "classes": n, "metric": m, "choice": bool, "extra_valid": {...}}.
-    Raises InputError for an unknown task; returns None (with the reason) when a file is missing."""
+    Raises InputError for an unknown task; returns None (with the reason) when a file is missing. The training file
+    is <task>.train.jsonl, else the 2025 subsample; subsample_2025 prefers the subsample."""
     kind = layout(data)
     if kind == "babylm":
         if task == "mnli-mm":
@@ -184,7 +195,8 @@ def load_task(data, task):
         a, b, classes, metric = BABYLM[task]
         fmt = _pair(a, b)
         valid_path = os.path.join(data, f"{task}.valid.jsonl")
-        train_path = next((p for p in (os.path.join(data, f"{task}.train.jsonl"), os.path.join(data, f"{task}.train.2025subsample.jsonl")) if os.path.isfile(p)), None)
+        names = [f"{task}.train.jsonl", f"{task}.train.2025subsample.jsonl"][:: -1 if subsample_2025 else 1]
+        train_path = next((p for p in (os.path.join(data, n) for n in names) if os.path.isfile(p)), None)
         if train_path is None or not os.path.isfile(valid_path):
             return None, f"{task}: no training file {task}.train.jsonl in {data} (the official BabyLM train file is not available here); skipped"
         rows = lambda path: example_rows(path, lambda e: (*fmt(e), label_index(e["label"], None, classes)))
@@ -266,6 +278,13 @@ METRICS = {"acc": accuracy, "f1": binary_f1, "mcc": mcc}
 def selection_score(pred, gold, classes):
     """What picks the best epoch in the 2024 pipeline: F1 for binary tasks, accuracy otherwise."""
     return binary_f1(pred, gold) if classes == 2 else accuracy(pred, gold)
+
+
+def selection_name(data, hp):
+    """The name of what picks the best epoch: selection='2024' as selection_score, 'metric' the task's own metric."""
+    if hp["selection"] == "metric":
+        return data["metric"]
+    return "f1" if (2 if data["choice"] else data["classes"]) == 2 else "acc"
 
 
 # -----------------------------------------------------------------------------------------------
@@ -389,7 +408,8 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
             loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         pred = predict(model, data["valid"], pad_id, device, desc=f"{name} validation" if progress else None)
-        select, value = selection_score(pred, gold, 2 if data["choice"] else data["classes"]), metric(pred, gold)
+        value = metric(pred, gold)
+        select = value if hp["selection"] == "metric" else selection_score(pred, gold, 2 if data["choice"] else data["classes"])
         train_loss = loss_sum / len(batches)
         history.append({"epoch": epoch, "train_loss": train_loss, "metric": value, "selection": select})
         if select > best + 1e-3 * 100:  # the pipeline's 0.001 threshold, on a 0-1 scale; ours is x100
@@ -398,7 +418,7 @@ def finetune(llama, data, hp, pad_id, device, progress=True, name=""):
         else:
             bad_epochs += 1
         if progress:
-            chosen_by = "f1" if (2 if data["choice"] else data["classes"]) == 2 else "acc"  # as selection_score
+            chosen_by = selection_name(data, hp)
             tqdm.write(f"{name} epoch {epoch}: train loss {train_loss:.4f} | valid {data['metric']} {value:.1f}, {chosen_by} {select:.1f} "
                        f"| best {chosen_by} {best:.1f} (epoch {best_epoch}; the epoch is chosen by {chosen_by})")
         if bad_epochs >= hp["patience"]:  # early stopping, whether or not progress is shown
@@ -455,28 +475,31 @@ def main(argv=None):
     for t, overrides in [("--max_len", hp), *(((f"task_overrides[{t!r}]", o) for t, o in hp["task_overrides"].items()))]:
         if overrides.get("max_len", 3) < 3:  # two boundary tokens and one token of each segment
             raise InputError(f"{t}: max_len={overrides['max_len']}: expected at least 3")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"superglue_{os.path.basename(os.path.normpath(args.data))}_{args.task}.json")
+    name = args.task.replace(",", "+")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"superglue_{os.path.basename(os.path.normpath(args.data))}_{name}.json")
     check_writable(out)  # now, not after hours of fine-tuning
     rt = runtime(args)
 
-    tasks = task_names(args.data) if args.task == "all" else [args.task]
-    if "mnli-mm" in tasks and "mnli" in tasks:
-        tasks.remove("mnli-mm")  # produced by the MNLI run
+    asked = task_names(args.data) if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
+    several = args.task == "all" or len(asked) > 1  # a list skips tasks without files; one named task must have them
+    tasks = [t for t in asked if not (t == "mnli-mm" and "mnli" in asked)]  # mnli-mm is produced by the MNLI run
     loaded = {}
     for t in tasks:
         tqdm.write(f"reading {t}")
         try:
-            data, where = load_task(args.data, t)
+            data, where = load_task(args.data, t, args.subsample_2025)
         except (KeyError, ValueError, TypeError) as e:
             if isinstance(e, InputError):
                 raise
             raise InputError(f"{args.data}: {t}: an example lacks a field or has an unknown label ({type(e).__name__}: {e})") from None
         if data is None:
-            if args.task != "all":
+            if not several:
                 raise InputError(where)
             print(f"note: {where}")
         else:
             check_rows(data, t, where)
+            if several and "mnli-mm" not in asked:  # a list without it (the 2025 set dropped MNLI-mm)
+                data["extra_valid"].pop("mnli-mm", None)
             loaded[t] = data
     if not loaded:
         raise InputError(f"{args.data}: no task with both a training and a validation file")
@@ -485,6 +508,9 @@ def main(argv=None):
     results = {}
     for t, data in loaded.items():
         task_hp = {**hp, **hp["task_overrides"].get(t, {})}
+        if task_hp["max_len"] > llama.config.max_seq_len:  # longer inputs than its RoPE tables cover: cut them shorter
+            print(f"note: {t}: max_len={task_hp['max_len']} is capped at the model's max_seq_len={llama.config.max_seq_len}")
+            task_hp["max_len"] = llama.config.max_seq_len
         tqdm.write(f"{t}: tokenizing {len(data['train']):,} training and {len(data['valid']):,} validation examples")
         for split in ("train", "valid"):
             data[split] = encode_examples(enc, info, data[split], data["choice"], task_hp["max_len"])

@@ -6,6 +6,8 @@ which loads models with transformers' AutoModelForCausalLM and AutoTokenizer.
     python export_hf.py --ckpt out/tiny_student/ckpt.pt --out hf/tiny_student
     python export_hf.py --from_hf hf/tiny_student --out out/imported      # back: out/imported/ckpt.pt
     python export_hf.py --ckpt out/tiny_gpt2_teacher/ckpt.pt --out hf/tiny_gpt2   # a GPT2LMHeadModel
+    python export_hf.py --ckpt out/student --all_checkpoints --out hf/student   # a BabyLM submission: every revision
+    python export_hf.py --ckpt out/student --all_checkpoints --out hf/student --push user/babyllama   # and upload
 
 The export writes, with torch and the standard library only (transformers is not needed to export):
     config.json              LlamaForCausalLM: sizes, GQA heads, rope_theta, rms_norm_eps, tied or not, BOS/EOS/PAD ids;
@@ -25,6 +27,14 @@ The tokenizer's post-processor prepends <|endoftext|> when special tokens are re
 and adds nothing with add_special_tokens=False, so: the 2024 BLiMP harness (BOS as context, no special
 tokens on the sentence) and the 2025 pipeline (the tokenizer's own special tokens) both see the boundary
 token the model was trained with. Pairs become <|endoftext|> A <|endoftext|> B.
+
+A BabyLM submission (--all_checkpoints; README: Submitting to BabyLM) is one Hub repository whose branches
+(revisions) hold the intermediate checkpoints, chck_1M, chck_2M, ..., chck_100M, and whose main holds the final
+model; the pipeline loads each with from_pretrained(repo, revision="chck_1M"). --ckpt names a run: its milestone
+folders chck_<words>/ckpt.pt (train.py's checkpoints_at) become OUT/chck_<words>/, and its ckpt.pt (the best
+validation checkpoint; or the checkpoint file --ckpt names, e.g. out/student/last.pt) becomes OUT/main/. The
+upload commands are printed; --push=REPO_ID runs them with huggingface_hub (optional: pip install huggingface_hub),
+each milestone on its own branch (create_branch, then upload_folder(..., revision=...)), main last.
 
 Import (--from_hf): a Llama or GPT-2 folder (config.json + model.safetensors, sharded safetensors or
 pytorch_model.bin) with a byte-level BPE tokenizer.json becomes a project checkpoint plus a tokenizer
@@ -52,6 +62,7 @@ from data import tokenizer_sha256
 from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 from prepare_data import PAT_STR, replace_folder, write_ranks  # writing a tokenizer: the one script besides prepare_data.py that does
+from train import run_milestones
 
 # -----------------------------------------------------------------------------------------------
 # Weight names: project <-> Hugging Face Llama
@@ -352,13 +363,63 @@ def import_hf(folder, out):
     return os.path.join(out, "ckpt.pt")
 
 
+# -----------------------------------------------------------------------------------------------
+# A BabyLM submission: every milestone of a run as a Hub revision
+
+
+def run_revisions(path):
+    """[(revision, checkpoint)] of a run: its milestones chck_<words>/ckpt.pt in the order of words seen, then
+    main, the final model: the run's ckpt.pt, or the checkpoint file `path` names."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: not found (--all_checkpoints expects a run folder, or a checkpoint in one)")
+    run, final = (path, os.path.join(path, "ckpt.pt")) if os.path.isdir(path) else (os.path.dirname(os.path.abspath(path)), path)
+    milestones = run_milestones(run)
+    if not milestones:
+        raise InputError(f"{run}: no milestone checkpoints chck_<words>/ckpt.pt (train with --checkpoints_at=babylm, or e.g. 1M,2M)")
+    if not os.path.isfile(final):
+        raise InputError(f"{final}: checkpoint not found (the final model, main)")
+    return milestones + [("main", final)]
+
+
+def upload_commands(folders, repo="REPO_ID"):
+    """The commands that upload each exported folder as its revision. huggingface-cli upload creates a missing
+    branch (from main); main goes last, so a branch never starts from a final model uploaded before it."""
+    return [f"huggingface-cli upload {repo} {folder} ." + (f" --revision {rev}" if rev != "main" else "") for rev, folder in folders]
+
+
+def hub_module():
+    """huggingface_hub, imported only for --push (optional, not a requirement)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise InputError("--push needs the huggingface_hub package: pip install huggingface_hub (or upload with the printed commands)") from None
+    return huggingface_hub
+
+
+def push(hub, repo, folders):
+    """Upload each folder as its revision of the Hub model repository `repo`: create the repository and each
+    milestone's branch if missing, then upload_folder(..., revision=branch); main last."""
+    api = hub.HfApi()
+    api.create_repo(repo, exist_ok=True)
+    for rev, folder in folders:
+        if rev != "main":
+            api.create_branch(repo, branch=rev, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=folder, revision=rev, commit_message=f"{rev}: exported by babydistill export_hf.py")
+        print(f"uploaded {folder} to {repo} (revision {rev})")
+
+
 EXPORT_KEYS = {
     "export or import": {
-        "ckpt": ("", "project checkpoint to export"),
+        "ckpt": ("", "project checkpoint to export (with --all_checkpoints: a run folder, or a checkpoint in one)"),
         "from_hf": ("", "Hugging Face model folder to import"),
         "out": ("", "output folder (written whole: built beside it, then swapped in)"),
         "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
         "overwrite": (False, "replace --out even if it holds files that no export or import wrote"),
+    },
+    "a BabyLM submission": {
+        "all_checkpoints": (False, "export the run's chck_* milestones and its final model, one folder per Hub revision: "
+                                   "OUT/chck_1M, ..., OUT/main"),
+        "push": ("", "a Hub model repository (user/name): upload every exported folder as its revision (needs huggingface_hub)"),
     },
 }
 
@@ -372,8 +433,9 @@ def check_out(out, source, overwrite):
     out_real, source_real = os.path.realpath(out), os.path.realpath(source)
     if source_real == out_real or source_real.startswith(out_real + os.sep):
         raise InputError(f"--out={out} holds the input {source}: replacing it would delete the input; choose another --out")
-    if os.path.isdir(out) and not overwrite:
-        others = sorted(name for name in os.listdir(out) if name not in OUTPUT_FILES)
+    if os.path.isdir(out) and not overwrite:  # an export, an import, or the revision folders of --all_checkpoints
+        others = sorted(name for name in os.listdir(out) if name not in OUTPUT_FILES
+                        and not (os.path.isdir(os.path.join(out, name)) and (name == "main" or name.startswith("chck_"))))
         if others:
             shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
             raise InputError(f"--out={out} holds {shown}, not an earlier export: choose a new or empty folder "
@@ -385,20 +447,31 @@ def main(argv=None):
     args = load_config(EXPORT_KEYS, argv or ["--help"], __doc__)
     if bool(args.ckpt) == bool(args.from_hf):
         raise InputError("give exactly one of --ckpt (export) and --from_hf (import)")
+    if args.from_hf and (args.all_checkpoints or args.push):
+        raise InputError("--all_checkpoints and --push export a run of this project (--ckpt), not an import (--from_hf)")
     check_writable_dir(args.out, "--out")  # empty, a file, under a file or read-only: before any work
     check_out(args.out, args.ckpt or args.from_hf, args.overwrite)
+    hub = hub_module() if args.push else None  # a missing package: one line now, not after the export
+    revisions = run_revisions(args.ckpt) if args.all_checkpoints else [("main", args.ckpt)]
     out = os.path.normpath(args.out)
     partial = out + ".partial"  # an interrupted export never leaves a mix of an old and a new model
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        if args.ckpt:
-            export(args.ckpt, partial, args.data_dir or None)
-        else:
+        if args.from_hf:
             import_hf(args.from_hf, partial)
+        for rev, path in revisions if args.ckpt else ():
+            export(path, os.path.join(partial, rev) if args.all_checkpoints else partial, args.data_dir or None)
         replace_folder(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f": {', '.join(rev for rev, _ in revisions)}" if args.all_checkpoints else ""))
+    if args.ckpt:
+        folders = [(rev, os.path.join(out, rev) if args.all_checkpoints else out) for rev, _ in revisions]
+        if args.push:
+            push(hub, args.push, folders)
+        else:
+            print("upload to the Hugging Face Hub (pip install huggingface_hub; huggingface-cli login), each folder as its "
+                  "revision: --push=REPO_ID does it, or\n  " + "\n  ".join(upload_commands(folders)))
     return out
 
 

@@ -13,7 +13,9 @@ Input layouts (found anywhere inside --src, so a zip with a top-level folder wor
 Output, in --out:
     train.bin, val.bin, test.bin   token ids as raw little-endian uint16 (vocab must be < 65,536)
     tokenizer.tiktoken             the BPE ranks, one "base64(token) rank" line each (tiktoken's own format)
-    meta.json                      vocab size, special token ids, pre-tokenisation pattern, counts, source hashes
+    meta.json                      vocab size, special token ids, pre-tokenisation pattern, source hashes, and
+                                   counts: lines, words and tokens per source; tokens and words per split
+Words are whitespace-separated (str.split() of each cleaned document), the unit of the BabyLM budget.
 Every file is written to a temporary name and renamed when complete; meta.json is written last.
 Re-running with the same inputs reproduces the same bytes.
 
@@ -392,7 +394,7 @@ def prepare(src, out, tokenizer="bpe", vocab_size=16000, min_frequency=2, gpt2_b
     enc = tiktoken.Encoding(name, pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=info["special_tokens"])
 
     t0 = time.perf_counter()
-    stats, counts = {}, {}
+    stats, counts, split_words = {}, {}, {}
     for split, sources in splits.items():
         arrays = []
         for source, docs in tqdm(sources.items(), desc=f"encode {split}", disable=not progress):
@@ -403,10 +405,13 @@ def prepare(src, out, tokenizer="bpe", vocab_size=16000, min_frequency=2, gpt2_b
                                           "tokens_per_word": round(len(ids) / max(words, 1), 3)}
         ids = np.concatenate(arrays) if arrays else np.zeros(0, np.uint16)
         counts[split] = int(len(ids))
+        split_words[split] = sum(stats[f"{split}/{source}"]["words"] for source in sources)
         atomic_write(os.path.join(out, f"{split}.bin"), lambda f: f.write(ids.tobytes()))
     t_encode = time.perf_counter() - t0
 
-    meta = {"tokenizer": info, "tokens": counts, "sources": stats, "source_sha256": raw_hashes,
+    # words: whitespace-separated words per split, as the BabyLM budget counts them (a run's words_seen is
+    # its tokens seen x words / tokens of train; data.split_words reads them back)
+    meta = {"tokenizer": info, "tokens": counts, "words": split_words, "sources": stats, "source_sha256": raw_hashes,
             "src": os.path.basename(os.path.normpath(src)), "min_frequency": min_frequency}
     atomic_write(os.path.join(out, "meta.json"), lambda f: f.write(json.dumps(meta, indent=1) + "\n"), mode="w")
     timing = {"tokenizer_train_s": t_train, "encode_s": t_encode, "total_s": time.perf_counter() - t_start}
@@ -418,7 +423,7 @@ def print_stats(meta, timing):
     for key, s in meta["sources"].items():
         print(f"{key:<28}{s['lines']:>10,}{s['words']:>11,}{s['tokens']:>11,}{s['tokens_per_word']:>9.3f}")
     for split in ("train", "val", "test"):
-        words = sum(s["words"] for k, s in meta["sources"].items() if k.startswith(split + "/"))
+        words = meta["words"][split]
         print(f"{split + ' (all)':<28}{'':>10}{words:>11,}{meta['tokens'][split]:>11,}{meta['tokens'][split] / max(words, 1):>9.3f}")
     tok = meta["tokenizer"]
     print(f"tokenizer {tok['name']}: vocab {tok['vocab_size']}, specials {tok['special_tokens']}")

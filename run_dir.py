@@ -6,6 +6,7 @@ train.py's loop calls these; a reader learning how training works can skip this 
 - --resume=True continues from out_dir/last.pt only with the config that wrote it (RESUMABLE_KEYS may change);
   a run that never wrote last.pt has not started: the same command, with or without --resume=True, starts it;
 - one run per out_dir at a time: run.lock names the holder's pid; a dead holder's lock is taken over;
+- a replaced run leaves nothing behind, its milestone folders (chck_<words>/) included;
 - Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and torchrun send on preemption) do not kill the
   process mid-step: they set a flag, and the loop saves last.pt at the next step boundary, then exits.
 """
@@ -24,7 +25,7 @@ from config import InputError, print0
 # logged, not what is learned. Anything else (the data, the model, the schedule, the seed, the batch)
 # would make the resumed steps differ from the run that wrote last.pt, so resume refuses it.
 RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "micro_batch_size", "device", "compile",
-                  "loss_impl", "loss_chunk", "wandb_log", "wandb_project", "wandb_run_name"}
+                  "loss_impl", "loss_chunk", "wandb_log", "wandb_project", "wandb_run_name", "track"}
 
 
 def start_run(cfg, tok_info, rt):
@@ -67,10 +68,22 @@ def take_out_dir(cfg, rt, start):
     if rt.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         atexit.register(release_lock, lock_out_dir(cfg.out_dir))
-        for name in os.listdir(cfg.out_dir):  # a run killed mid-write leaves a *.tmp beside the intact file
-            if name.endswith(".tmp") or (start is None and name in ("last.pt", "ckpt.pt", "log.jsonl")):  # --overwrite=True
-                os.remove(os.path.join(cfg.out_dir, name))
+        clear(cfg.out_dir, start is None)
+        for name in os.listdir(cfg.out_dir):  # milestones, chck_<words>/ckpt.pt (train.save_milestones): the same
+            milestone = os.path.join(cfg.out_dir, name)
+            if name.startswith("chck_") and os.path.isdir(milestone):
+                clear(milestone, start is None)
+                if not os.listdir(milestone):  # a replaced run's milestone
+                    os.rmdir(milestone)
     return start
+
+
+def clear(folder, fresh):
+    """What a killed run leaves in folder (a *.tmp beside the intact file) and, on a fresh start
+    (--overwrite=True), the replaced run's files."""
+    for name in os.listdir(folder):
+        if name.endswith(".tmp") or (fresh and name in ("last.pt", "ckpt.pt", "log.jsonl")):
+            os.remove(os.path.join(folder, name))
 
 
 def lock_out_dir(out_dir):

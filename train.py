@@ -13,12 +13,16 @@ Top to bottom:
    pure function of the step number, so resuming needs no data-loader state. (BabyLlama's final models were
    also trained on fixed windows without random offsets: Timiryasov & Tastet, arXiv 2308.02019.)
    plan_run() fixes the run's shape (gradient accumulation, steps) and checks it, before any work.
-3. The objective: CausalLM below is the plain one (next-token cross-entropy). An objective makes the
+3. Words seen (BabyLM counts a run's progress in words, not steps): words_seen = tokens seen x words per
+   token of train.bin; milestone checkpoints at given word counts (checkpoints_at, the Hub revisions
+   chck_1M ... of a BabyLM submission); the challenge's budget (track: the data's words, at most 10 epochs).
+4. The objective: CausalLM below is the plain one (next-token cross-entropy). An objective makes the
    loss inputs of a batch (batch) and the loss (loss); AntLM (train_teacher.py) and distillation
    (distill.py) are objectives too, so the loop itself has no branch for either.
-4. train(): AdamW (decay on 2-D weights), linear warmup then cosine decay, gradient accumulation (DDP
+5. train(): AdamW (decay on 2-D weights), linear warmup then cosine decay, gradient accumulation (DDP
    syncs on the last micro-step only), clipping, a validation loss on fixed windows every eval_interval
-   steps, checkpoints (ckpt.pt when validation improves, then last.pt), and a clean stop on Ctrl-C or
+   steps, checkpoints (ckpt.pt when validation improves, then last.pt; chck_<words>/ckpt.pt at each
+   milestone), and a clean stop on Ctrl-C or
    SIGTERM (preemption) that saves last.pt first. Owning out_dir (start, resume, the lock, signals) is
    run_dir.py's; measuring the machine for MFU is config.py's.
 
@@ -28,7 +32,9 @@ grad_accum = batch_size / (micro_batch_size * world_size).
 
 import math
 import os
+import re
 import time
+from fractions import Fraction
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,10 +45,10 @@ from tqdm import tqdm
 
 from checkpoint import append_log, check_writable_dir, model_checkpoint, read_log, save_checkpoint, unwrap, write_log
 from config import GPU_PEAK_FLOPS, RUNTIME_KEYS, InputError, flat_defaults, merge_keys, peak_flops, print0
-from data import read_bin
+from data import read_bin, split_words
 from gpt2 import GPT2Config
 from model import ModelConfig
-from run_dir import running
+from run_dir import RESUMABLE_KEYS, running
 
 TRAIN_KEYS = merge_keys({
     "data and output": {
@@ -90,6 +96,13 @@ TRAIN_KEYS = merge_keys({
         "wandb_log": (False, "also log to Weights & Biases (needs `pip install wandb`); log.jsonl stays the record"),
         "wandb_project": ("babydistill", "the W&B project"),
         "wandb_run_name": ("", "the W&B run name; empty = the out_dir's name"),
+    },
+    "BabyLM rules (README: Submitting to BabyLM)": {
+        "checkpoints_at": ([], "save out_dir/chck_<words>/ckpt.pt when words_seen first reaches each: counts with "
+                               "k/M/B (1M,2M,500k), or 'babylm' (the 19 strict-small milestones 1M..10M, 20M..100M) "
+                               "or 'babylm_strict' (28, to 1000M)"),
+        "track": ("none", "refuse a run that breaks the track's rules: 'strict-small' (10M words of data), "
+                          "'strict' (100M); both at most 10 epochs; 'none'", ("none", "strict-small", "strict")),
     },
 }, RUNTIME_KEYS)
 
@@ -224,10 +237,12 @@ def lr_at(step, cfg, max_iters):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def plan_run(cfg, world, n_windows, epochs=None):
+def plan_run(cfg, world, n_windows, epochs=None, corpus=None):
     """The run's shape, and every check of it (the one place): the global batch against the micro-batches of
     all processes and against the data, the number of steps against the warmup. `epochs` is the objective's
-    own run length (AntLM's schedule), else cfg.epochs. Called before any work, and again by train()."""
+    own run length (AntLM's schedule), else cfg.epochs. `corpus` = (words, tokens) of train.bin
+    (data.split_words): the words seen per step, BabyLM's rules (track) and the milestone steps
+    (checkpoints_at). Called before any work, and again by train()."""
     if cfg.batch_size % (cfg.micro_batch_size * world):
         per_step = f"micro_batch_size*world_size={cfg.micro_batch_size * world}" if world > 1 else f"micro_batch_size={cfg.micro_batch_size}"
         raise InputError(f"batch_size={cfg.batch_size} is not a multiple of {per_step}: choose a micro_batch_size that divides it")
@@ -236,7 +251,100 @@ def plan_run(cfg, world, n_windows, epochs=None):
     if max_iters <= cfg.warmup_iters:
         steps = f"max_iters={cfg.max_iters}" if cfg.max_iters else f"the run's {max_iters} steps (epochs={epochs or cfg.epochs:g})"
         raise InputError(f"{steps} is not larger than warmup_iters={cfg.warmup_iters}: lower --warmup_iters or train longer")
-    return SimpleNamespace(sampler=sampler, max_iters=max_iters, grad_accum=cfg.batch_size // (cfg.micro_batch_size * world))
+    plan = SimpleNamespace(sampler=sampler, max_iters=max_iters, grad_accum=cfg.batch_size // (cfg.micro_batch_size * world),
+                           corpus=corpus, words_per_step=None, milestones={})
+    if corpus is None:
+        if cfg.track != "none" or cfg.checkpoints_at:
+            raise ValueError("plan_run: track and checkpoints_at need corpus=(words, tokens) of train.bin")
+        return plan
+    plan.words_per_step = Fraction(cfg.batch_size * cfg.seq_len * corpus[0], corpus[1])
+    check_track(cfg, plan, corpus[0])
+    plan.milestones = plan_milestones(cfg, plan)
+    return plan
+
+
+# -----------------------------------------------------------------------------------------------
+# Words seen, milestones and the budget: the rules of the BabyLM challenge (2025 call, arXiv 2502.10645;
+# 2026 call, arXiv 2602.20092; github.com/babylm/evaluation-pipeline-2025, "Submission Requirements").
+#
+# BabyLM counts progress in words seen: whitespace-separated words, repetitions included. A step trains on
+# batch_size x seq_len tokens, so words_seen(step) = step x batch_size x seq_len x words / tokens of
+# train.bin (the corpus's own ratio, boundary tokens included), rounded down: exact fractions, so the step
+# at which a milestone is reached is arithmetic, not a float comparison that a rounding could move.
+
+TRACKS = {"strict-small": 10_000_000, "strict": 100_000_000}  # words of training data a track allows
+MAX_EPOCHS = 10  # 2025 and 2026: at most 10 epochs (strict-small: at most 100M words seen; strict: 1B)
+BABYLM_MILESTONES = {  # the revisions the pipeline's fast evaluation reads (collate_preds.py's *_FAST_REVISIONS)
+    "babylm": [n * 10**6 for n in (*range(1, 10), *range(10, 101, 10))],  # strict-small: 1M..9M, 10M..100M (19)
+    "babylm_strict": [n * 10**6 for n in (*range(1, 10), *range(10, 100, 10), *range(100, 1001, 100))],  # strict: to 1000M (28)
+}
+UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+
+
+def words_seen(plan, step):
+    return math.floor(step * plan.words_per_step)
+
+
+def parse_words(entry):
+    """A word count from 5000, '500k', '1M', '2.5M' or '1B' (k, M, B: thousand, million, billion); None if it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmb]?)", str(entry).strip().lower())
+    words = Fraction(m[1]) * UNITS[m[2]] if m else Fraction(0)
+    return int(words) if words > 0 and words.denominator == 1 else None
+
+
+def milestone_label(words):
+    """The folder and Hub revision of a milestone: chck_1M, chck_500k, chck_1000M (as the pipeline names them)."""
+    for unit, size in (("M", 10**6), ("k", 10**3)):
+        if words % size == 0:
+            return f"chck_{words // size}{unit}"
+    return f"chck_{words}"
+
+
+def run_milestones(out_dir):
+    """[(label, checkpoint path)] of the milestones a run has written, in the order of words seen (what
+    export_hf.py --all_checkpoints and experiments/curves.py read)."""
+    found = sorted((parse_words(name[len("chck_"):]), name) for name in os.listdir(out_dir)
+                   if name.startswith("chck_") and parse_words(name[len("chck_"):]) and os.path.isfile(os.path.join(out_dir, name, "ckpt.pt")))
+    return [(name, os.path.join(out_dir, name, "ckpt.pt")) for _, name in found]
+
+
+def plan_milestones(cfg, plan):
+    """{step: [label, ...]}: the first step at which words_seen reaches each milestone of checkpoints_at. A count
+    beyond the run's planned end is refused (a milestone that would never be written); the official lists keep
+    the milestones the run reaches, as the organisers ask ("up until the one you trained")."""
+    end, official, asked = words_seen(plan, plan.max_iters), set(), set()
+    for entry in cfg.checkpoints_at:
+        if entry in BABYLM_MILESTONES:
+            official.update(n for n in BABYLM_MILESTONES[entry] if n <= end)
+        elif (n := parse_words(entry)) is None:
+            raise InputError(f"checkpoints_at: {entry!r} is not a word count; expected counts such as 500k,1M,2.5M (k, M, B), "
+                             f"or {' or '.join(map(repr, BABYLM_MILESTONES))}")
+        elif n > end:
+            raise InputError(f"checkpoints_at: {entry} lies beyond the run's planned length ({plan.max_iters} steps, "
+                             f"{end:,} words seen): raise max_iters or epochs, or drop it")
+        else:
+            asked.add(n)
+    milestones = {}
+    for n in sorted(official | asked):
+        milestones.setdefault(math.ceil(n / plan.words_per_step), []).append(milestone_label(n))
+    return milestones
+
+
+def check_track(cfg, plan, words):
+    """The challenge's two rules, before any work: the training data within the track's words, at most 10 epochs.
+    An epoch is the run's own (steps / steps per epoch): the conservative count, since the windows of an epoch
+    leave a remainder of train.bin unseen. Data that trained ancillary models counts too: the tokenizer and the
+    teachers learn from this same train.bin, so they add no words (the README says more)."""
+    if cfg.track == "none":
+        return
+    if words > TRACKS[cfg.track]:
+        raise InputError(f"track={cfg.track}: {os.path.join(cfg.data_dir, 'train.bin')} holds {words:,} words of training data; "
+                         f"the {cfg.track} track allows at most {TRACKS[cfg.track]:,} (BabyLM rules, arXiv 2502.10645)")
+    epochs = plan.max_iters / plan.sampler.steps_per_epoch
+    if epochs > MAX_EPOCHS:
+        raise InputError(f"track={cfg.track}: the run is planned for {epochs:g} epochs ({plan.max_iters} steps, "
+                         f"{plan.sampler.steps_per_epoch} per epoch); BabyLM allows at most {MAX_EPOCHS} epochs "
+                         f"(at most {MAX_EPOCHS * TRACKS[cfg.track] // 10**6}M words seen in {cfg.track}; arXiv 2502.10645)")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -284,7 +392,7 @@ class CausalLM:
 def train(cfg, rt, model, objective, train_w, tok_info, start=None):
     """Train `model` (a bare Llama or GPT2, on rt.device) on the windows train_w with `objective`, resuming from the
     checkpoint dict `start` (its weights already loaded) if given. Returns a summary dict."""
-    plan = plan_run(cfg, rt.world, train_w.n, objective.epochs)
+    plan = plan_run(cfg, rt.world, train_w.n, objective.epochs, split_words(cfg.data_dir))
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
     val_idx = eval_indices(val_w.n, cfg.eval_windows)
     optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps)
@@ -319,13 +427,14 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(1)
+                save_milestones(cfg, rt, model, tok_info, plan, step)  # chck_<words>/ckpt.pt when this step reaches one
 
                 # ---- every log_interval steps: the losses, the learning rate, speed and MFU
                 if step % cfg.log_interval == 0 or step == plan.max_iters:
                     dt = (time.perf_counter() - t0) / (step - t0_step)
                     if flops_per_step / dt > peak:  # the first reading of the peak was low (a busy machine)
                         peak = max(peak, peak_flops(rt.device) * rt.world)
-                    log(bar, {"step": step, **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
+                    log(bar, {"step": step, "words_seen": words_seen(plan, step), **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
                               "tok_per_s": cfg.batch_size * cfg.seq_len / dt, "mfu": flops_per_step / dt / peak})
                     t0, t0_step = time.perf_counter(), step
 
@@ -336,17 +445,17 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None):
                         raise FloatingPointError(f"non-finite validation loss at step {step}; the last good checkpoint is "
                                                  f"{os.path.join(cfg.out_dir, 'last.pt')}")
                     improved, best_val = val < best_val, min(best_val, val)
-                    log(bar, {"step": step, "val_loss": val, **objective.record}, shown={"best val_loss": best_val})
+                    log(bar, {"step": step, "words_seen": words_seen(plan, step), "val_loss": val, **objective.record}, shown={"best val_loss": best_val})
                     # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes
                     # both again, so the best checkpoint is never left behind by a resumed run.
                     if improved:
-                        save_run("ckpt.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
-                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, val)
+                        save_run("ckpt.pt", cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, val)
+                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, val)
                     t0, t0_step = time.perf_counter(), step  # evaluation time is not training time
 
                 # ---- a stop request (Ctrl-C, SIGTERM or stop_at): save last.pt and leave
                 if stop_requested and step < plan.max_iters:
-                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, step, best_val, None)
+                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, None)
                     bar.close()
                     print0(f"saved {os.path.join(cfg.out_dir, 'last.pt')} at step {step}; resume with --resume=True")
                     break
@@ -389,14 +498,30 @@ def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, pla
     return dict(zip(["loss", *logs_sum], values)), norm, stop_value > 0 or step + 1 == cfg.stop_at
 
 
-def save_run(name, cfg, rt, model, optimizer, objective, tok_info, step, best_val, val_loss):
+def save_run(name, cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, val_loss):
     """ckpt.pt or last.pt of the run: everything resume needs (rank 0 writes, every rank waits)."""
     if rt.master:
-        ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, best_val_loss=best_val,
-                                val_loss=val_loss, config=vars(cfg), **objective.record)
+        ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, words_seen=words_seen(plan, step),
+                                best_val_loss=best_val, val_loss=val_loss, config=vars(cfg), **objective.record)
         save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
     if rt.ddp:
         dist.barrier()
+
+
+def save_milestones(cfg, rt, model, tok_info, plan, step):
+    """BabyLM's intermediate checkpoints: out_dir/chck_<words>/ckpt.pt for each milestone first reached at this step
+    (several when one step passes several). Weights, step, words seen and the recipe; no optimizer state (they are
+    for evaluation, and 19 of them add up). The recipe leaves out the keys that only say how this process was
+    launched (RESUMABLE_KEYS: out_dir, resume, stop_at, ...), so that a stopped and resumed run writes the very
+    bytes an uninterrupted run writes. Each file is written whole (atomic_write): a kill leaves none or all of it."""
+    for label in plan.milestones.get(step, ()):
+        if rt.master:
+            path = os.path.join(cfg.out_dir, label, "ckpt.pt")
+            recipe = {k: v for k, v in vars(cfg).items() if k not in RESUMABLE_KEYS}
+            save_checkpoint(path, model_checkpoint(model, tok_info, step=step, words_seen=words_seen(plan, step), config=recipe))
+            tqdm.write(f"saved {path} at step {step} ({words_seen(plan, step):,} words seen)")
+        if rt.ddp:
+            dist.barrier()
 
 
 # -----------------------------------------------------------------------------------------------
@@ -433,12 +558,20 @@ def print_header(cfg, rt, model, plan, peak):
            f"device {rt.device} {rt.dtype}, compile {rt.compile}")
     print0(f"MFU is measured against {peak / 1e12:.3g} TFLOP/s: " + ("the data sheet's dense bf16 peak" if peak / rt.world in GPU_PEAK_FLOPS.values()
            else "the best fp32 matmul reading so far on this machine (re-measured when a reading would exceed 100%)"))
+    words, tokens = plan.corpus
+    print0(f"words seen = tokens seen x {words:,} words / {tokens:,} tokens of train.bin: {float(plan.words_per_step):,.0f} a step, "
+           f"{words_seen(plan, plan.max_iters):,} in all" + (f" | track {cfg.track}" if cfg.track != "none" else ""))
+    if plan.milestones:
+        print0("milestones: " + ", ".join(f"{label} at step {step}" for step, labels in plan.milestones.items() for label in labels))
+    elif cfg.track != "none":
+        print0("note: a BabyLM submission needs the intermediate checkpoints: --checkpoints_at=babylm (README: Submitting to BabyLM)")
 
 
 def format_entry(entry):
     """One log line for the terminal: losses first, then the schedule and the speed."""
     speed = {"lr": "lr {:.2e}", "ms_per_step": "{:.0f} ms/step", "tok_per_s": "{:,.0f} tok/s", "mfu": "MFU {:.1%}"}
-    parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k not in speed]
+    shown = lambda k, v: f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v:,}" if k == "words_seen" else f"{k} {v}"
+    parts = [shown(k, v) for k, v in entry.items() if k not in speed]
     return " | ".join(parts + [fmt.format(entry[k]) for k, fmt in speed.items() if k in entry])
 
 

@@ -8,6 +8,7 @@ Stage 2: pretrain a Llama (a teacher, or a same-size baseline) on the prepared B
     python train_teacher.py configs/teacher1.py --lr=5e-4 --out_dir=out/t1b  # --key=value overrides
     python train_teacher.py configs/teacher1.py --resume=True            # continue from out_dir/last.pt
     python train_teacher.py configs/tiny_antlm.py                        # AntLM: CLM and MLM epochs alternate
+    python train_teacher.py configs/teacher1.py --track=strict-small     # refused if it breaks BabyLM's rules
     python train_teacher.py --help                                       # every key, its default and meaning
 
 A teacher is the plain causal language model trained by train.py's loop (train.CausalLM: next-token
@@ -33,7 +34,7 @@ import torch
 
 from checkpoint import build_model, config_from_dict
 from config import InputError, load_config, merge_keys, run_main, runtime
-from data import load_tokenizer
+from data import load_tokenizer, split_words
 from run_dir import start_run, take_out_dir
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, plan_run, train
 
@@ -125,7 +126,7 @@ def main(argv=None):
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
-    plan_run(cfg, rt.world, train_w.n, epochs)  # the batch and the run's length, checked before any work
+    plan_run(cfg, rt.world, train_w.n, epochs, split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
     start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt))
     torch.manual_seed(cfg.seed)
     model = build_model(config_from_dict(start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)

@@ -140,3 +140,18 @@ TIMING = ("ms_per_step", "tok_per_s", "mfu")
 def strip_timing(log):
     """A log without its wall-clock fields: what must be equal between two runs of the same training."""
     return [{k: v for k, v in e.items() if k not in TIMING} for e in log]
+
+
+@pytest.fixture(scope="session")
+def milestone_runs(prepared, tmp_path_factory):
+    """Two tiny teacher runs (seeds 1 and 2) with milestone checkpoints chck_500 and chck_1k (BabyLM's
+    intermediate checkpoints at 500 and 1,000 words seen)."""
+    from train_teacher import main as teacher_main
+
+    base = tmp_path_factory.mktemp("milestones")
+    runs = []
+    for seed in (1, 2):
+        out = str(base / f"run{seed}")
+        teacher_main(tiny_argv(prepared, out, max_iters=12, eval_interval=6, log_interval=6, seed=seed, checkpoints_at="500,1k"))
+        runs.append(out)
+    return runs

@@ -71,6 +71,15 @@ def test_int_to_float_and_bools():
     assert cfg.resume is True and cfg.tie_embeddings is True and cfg.compile is False
     with pytest.raises(InputError):
         load_config(TEACHER_KEYS, ["--resume=1"])
+    bare = load_config(TEACHER_KEYS, ["--resume", "--lr", "2e-3", "--tie_embeddings"])  # a True/False key alone: True
+    assert bare.resume is True and bare.lr == 2e-3 and bare.tie_embeddings is True
+    assert load_config(TEACHER_KEYS, ["--resume", "False"]).resume is False
+
+
+def test_one_value_of_a_list_key_is_a_list_of_one():
+    assert load_config(TEACHER_KEYS, ["--checkpoints_at=5000"]).checkpoints_at == [5000]
+    assert load_config(TEACHER_KEYS, ["--checkpoints_at=1M,2M"]).checkpoints_at == ["1M", "2M"]
+    assert load_config(DISTILL_KEYS, ["--teacher_weights=2"]).teacher_weights == [2]
 
 
 def test_lists_take_python_or_comma_form():

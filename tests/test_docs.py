@@ -35,6 +35,8 @@ def readme_keys():
     from sample import SAMPLE_KEYS
     from train import TRAIN_KEYS
     from train_teacher import TEACHER_KEYS
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    from curves import CURVES_KEYS
 
     base = flat_defaults(TRAIN_KEYS)
     extra = lambda keys: {k for k, v in flat_defaults(keys).items() if k not in base or base[k] != v}
@@ -47,6 +49,7 @@ def readme_keys():
         ("`eval_superglue.py`", markdown_table(SUPERGLUE_KEYS)),
         ("`export_hf.py`", markdown_table(EXPORT_KEYS)),
         ("`sample.py`", markdown_table(SAMPLE_KEYS)),
+        ("`experiments/curves.py`", markdown_table(CURVES_KEYS)),
     ]
     return "\n\n".join([README_BEGIN] + [f"#### {title}\n\n{table}" for title, table in parts] + [README_END])
 

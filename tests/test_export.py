@@ -212,3 +212,19 @@ def test_older_transformers_loads_the_export(real_tokenizer, tmp_path, make):
     with torch.no_grad():
         expected = model.logits(torch.tensor([ids]))[0, -1]
     torch.testing.assert_close(torch.tensor(got["last"]), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_every_exported_revision_loads_in_transformers(milestone_runs, tmp_path):
+    """export_hf.py --all_checkpoints: each folder (chck_500, chck_1k, main) is a model transformers loads, with the
+    milestone's own weights (its logits), and the tokenizer; what the BabyLM pipeline does per revision."""
+    from export_hf import main as export_main
+
+    run, hf = milestone_runs[0], str(tmp_path / "hf")
+    export_main(["--ckpt", run, "--all_checkpoints=True", "--out", hf])
+    ids = torch.tensor([[317, 5, 40, 99, 7, 250, 12]])
+    for rev, ckpt in (("chck_500", "chck_500/ckpt.pt"), ("chck_1k", "chck_1k/ckpt.pt"), ("main", "ckpt.pt")):
+        model, _ = load_checkpoint(os.path.join(run, ckpt))
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(hf, rev)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(hf_model(ids).logits, model.eval().logits(ids), atol=1e-4, rtol=1e-4)
+        assert transformers.AutoTokenizer.from_pretrained(os.path.join(hf, rev))("the cat").input_ids[0] == 317, rev

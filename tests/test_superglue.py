@@ -111,3 +111,55 @@ def test_unknown_task_and_missing_files(random_ckpt, tmp_path):
         main(["--ckpt", random_ckpt, "--task", "cola", "--data", data])
     with pytest.raises(InputError, match="nope: data folder not found"):
         main(["--ckpt", random_ckpt, "--task", "rte", "--data", str(tmp_path / "nope")])
+
+
+def test_max_len_is_capped_at_the_models_max_seq_len(prepared, tmp_path, capsys):
+    """The 2025 protocol's 512 tokens on a model whose RoPE tables cover 24: inputs are cut to 24, with a note
+    (uncapped, the first long input would stop fine-tuning with a traceback)."""
+    from checkpoint import model_checkpoint, save_checkpoint
+    _, info = load_tokenizer(prepared)
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "short.pt")
+    model = Llama(ModelConfig(vocab_size=info["vocab_size"], dim=32, n_layers=1, n_heads=4, hidden_dim=64, max_seq_len=24))
+    save_checkpoint(ckpt, model_checkpoint(model, info, config={"data_dir": prepared}))
+    data = tmp_path / "glue"
+    data.mkdir()
+    for split in ("train", "valid"):
+        rows = [{"sentence": "the film was good and the cat sat on the mat " * 8, "label": i % 2} for i in range(6)]
+        (data / f"sst2.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = main(["--ckpt", ckpt, "--task", "sst2", "--data", str(data), "--max_len=512", "--epochs=1", "--out", str(tmp_path / "r.json")])
+    assert out["tasks"]["sst2"]["hparams"]["max_len"] == 24
+    assert "note: sst2: max_len=512 is capped at the model's max_seq_len=24" in capsys.readouterr().out
+
+
+def test_the_2025_config_states_the_pipelines_settings():
+    """configs/superglue_babylm2025.py against evaluation-pipeline-2025's eval_finetuning.sh and finetune/run.py."""
+    from config import load_config
+    from conftest import ROOT
+    from eval_superglue import SUPERGLUE_KEYS
+    cfg = load_config(SUPERGLUE_KEYS, [os.path.join(ROOT, "configs", "superglue_babylm2025.py")])
+    assert sorted(cfg.task.split(",")) == sorted(["boolq", "multirc", "rte", "wsc", "mrpc", "qqp", "mnli"])
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.seed, cfg.max_len, cfg.weight_decay) == (3e-5, 32, 10, 42, 512, 0.01)
+    assert cfg.patience >= cfg.epochs and cfg.task_overrides["wsc"]["epochs"] == 30 and cfg.task_overrides["wsc"]["patience"] >= 30, "no early stopping"
+    assert cfg.task_overrides["boolq"]["batch_size"] == cfg.task_overrides["multirc"]["batch_size"] == 16
+    assert cfg.selection == "metric" and cfg.subsample_2025
+
+
+def test_a_task_list_skips_missing_files_drops_mnli_mm_prefers_the_subsample_and_selects_on_the_metric(random_ckpt, tmp_path, capsys):
+    rte = lambda i, label: {"sentence1": f"the cat number {i} sees the ball.", "sentence2": "a cat sees a ball.", "label": label}
+    nli = lambda i: {"premise": f"the dog {i} runs.", "hypothesis": "a dog runs.", "label": i % 3}
+    files = {"rte.train.jsonl": [rte(i, i % 2) for i in range(12)], "rte.valid.jsonl": [rte(i, int(i < 2)) for i in range(7)],
+             "mnli.train.jsonl": [nli(i) for i in range(3)], "mnli.train.2025subsample.jsonl": [nli(i) for i in range(5)],
+             "mnli.valid.jsonl": [nli(i) for i in range(4)], "mnli-mm.valid.jsonl": [nli(i) for i in range(4)], "boolq.valid.jsonl": []}
+    data = tmp_path / "glue"
+    data.mkdir()
+    for name, rows in files.items():
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(load_task(str(data), "mnli")[0]["train"]) == 3 and len(load_task(str(data), "mnli", subsample_2025=True)[0]["train"]) == 5
+    args = ["--ckpt", random_ckpt, "--task", "boolq,rte,mnli", "--data", str(data), "--epochs=3", "--patience=3", "--batch_size=4", "--lr=3e-3"]
+    out = main([*args, "--subsample_2025=True", "--selection=metric", "--out", str(tmp_path / "a.json")])
+    assert "note: boolq: no training file" in capsys.readouterr().out
+    assert set(out["tasks"]) == {"rte", "mnli"} and out["tasks"]["mnli"]["n_train"] == 5, "no mnli-mm: the list does not name it"
+    assert all(h["selection"] == h["metric"] for h in out["tasks"]["rte"]["history"]), "the best epoch by the task's metric (accuracy)"
+    f1 = main([*args, "--out", str(tmp_path / "b.json")])["tasks"]["rte"]["history"]  # 2024: binary F1 picks the epoch
+    assert any(h["selection"] != h["metric"] for h in f1)
