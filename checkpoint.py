@@ -15,6 +15,7 @@ leaves the old file or the new one, never half of one. log.jsonl holds one JSON 
 evaluation; a torn last line (a kill or a full disk during an append) is dropped with a warning.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,15 @@ def _check_can_create(folder, name):
         raise InputError(f"{name}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{name}: {existing} is not writable")
+
+
+def file_sha256(path):
+    """A file's identity: the sha256 of its bytes (what resume and the teacher cache compare, not its path)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def unwrap(model):

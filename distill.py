@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from checkpoint import build_model, check_same_tokenizer, config_from_dict, load_checkpoint, unwrap
 from config import InputError, load_config, merge_keys, print0, run_main, runtime
 from data import load_tokenizer, split_words
-from run_dir import start_run, take_out_dir
-from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, check_cache_path, clear_stale_lock, sparse_target
+from run_dir import run_inputs, start_run, take_out_dir
+from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, cache_identity, check_cache_path, clear_stale_lock, sparse_target
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, eval_indices, evaluate, finish, model_config, plan_run, train
 
 DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
@@ -370,7 +370,9 @@ def main(argv=None):
     if cfg.cache_only and cache is not None:
         print0(f"teacher cache ready in {cfg.teacher_cache} (checked)")
         return None
-    start = None if cfg.cache_only else start_run(cfg, tok_info, rt)  # out_dir is taken only after the teachers' work below
+    inputs = run_inputs(cfg.data_dir, cfg.teachers)  # the data and teachers by content: resume compares them, not their paths
+    inputs["teacher_cache"] = cache_identity(header) if cfg.teacher_cache else None  # a cache is a function of its header
+    start = None if cfg.cache_only else start_run(cfg, tok_info, rt, inputs)  # out_dir is taken only after the teachers' work below
 
     # Each teacher's validation CE on the very windows the student is validated on, once.
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
@@ -396,7 +398,7 @@ def main(argv=None):
         objective = (FusedCachedDistillation if fused else CachedDistillation)(student, cache, cfg, teacher_val)
     else:
         objective = (FusedDistillation if fused else Distillation)(student, teachers, weights, cfg, teacher_val)
-    summary = train(cfg, rt, student, objective, train_w, tok_info, start=start)
+    summary = train(cfg, rt, student, objective, train_w, tok_info, start=start, inputs=inputs)
     finish(summary, "student", cfg.out_dir)
     print0("teachers: " + ", ".join(f"{v:.4f}" for v in teacher_val.values()))
     if rt.ddp:

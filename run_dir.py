@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch.distributed as dist
 
-from checkpoint import check_same_tokenizer, read_checkpoint
+from checkpoint import check_same_tokenizer, file_sha256, read_checkpoint
 from config import InputError, print0
 
 # Keys that may differ between a run and its resumption: they change where and how it is computed or
@@ -26,15 +26,26 @@ from config import InputError, print0
 # would make the resumed steps differ from the run that wrote last.pt, so resume refuses it.
 RESUMABLE_KEYS = {"resume", "overwrite", "out_dir", "stop_at", "log_interval", "micro_batch_size", "device", "compile",
                   "loss_impl", "loss_chunk", "wandb_log", "wandb_project", "wandb_run_name", "track"}
+# Paths may change too (a folder moved to another disk, a job on another node): what they hold is compared
+# instead, through the sha256 of every input the run reads (run_inputs), recorded in each checkpoint.
+PATH_KEYS = {"data_dir", "teachers", "teacher_cache"}
 
 
-def start_run(cfg, tok_info, rt):
+def run_inputs(data_dir, teacher_paths=()):
+    """The identity of what a run learns from: the sha256 of train.bin, val.bin and each teacher checkpoint.
+    A file rewritten in place at the same path is another input; the same file moved is the same input."""
+    return {"train.bin": file_sha256(os.path.join(data_dir, "train.bin")), "val.bin": file_sha256(os.path.join(data_dir, "val.bin")),
+            "teachers": [file_sha256(p) for p in teacher_paths]}
+
+
+def start_run(cfg, tok_info, rt, inputs=None):
     """The checkpoint to resume from (cfg.resume) or None for a fresh start, after every check that
     protects an existing run. Touches nothing: out_dir is taken later by take_out_dir.
 
     The rule: a run exists once it has written last.pt. A run killed before its first last.pt (even one killed
     between its first ckpt.pt and that last.pt) saved nothing to continue from, so the plain command and
-    --resume=True both start it again from step 0 (the leftovers are cleared by take_out_dir)."""
+    --resume=True both start it again from step 0 (the leftovers are cleared by take_out_dir).
+    `inputs` (run_inputs) must equal what last.pt recorded: the same data and teachers, wherever they are now."""
     last = os.path.join(cfg.out_dir, "last.pt")
     if not os.path.isfile(last):
         if cfg.resume:
@@ -54,10 +65,19 @@ def start_run(cfg, tok_info, rt):
     old = ckpt.get("config", {})
     check_same_tokenizer(ckpt["tokenizer"], tok_info, last, f"the data in {cfg.data_dir}",
                          f"resume with the data folder the run started with (--data_dir={old.get('data_dir')})")
-    changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in vars(cfg).items() if k in old and k not in RESUMABLE_KEYS and old[k] != v]
+    changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in vars(cfg).items()
+               if k in old and k not in RESUMABLE_KEYS | PATH_KEYS and old[k] != v]
+    recorded = ckpt.get("inputs") or {}
+    for name, sha in (inputs or {}).items():  # (a checkpoint written before inputs were recorded has none to compare)
+        was = recorded.get(name, sha)
+        if name == "teachers" and len(was) == len(sha):
+            changed += [f"teacher {i + 1} ({cfg.teachers[i]}) sha256 {a[:12]} -> {b[:12]}" for i, (a, b) in enumerate(zip(was, sha)) if a != b]
+        elif was != sha:
+            changed.append(f"{name} sha256 {str(was)[:12]} -> {str(sha)[:12]}" if name != "teachers" else f"teachers {len(was)} -> {len(sha)}")
     if changed:
         raise InputError(f"{last} was written with another config: {'; '.join(changed)} "
-                         f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume; or start afresh with --overwrite=True)")
+                         f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume, and paths only to files of the same "
+                         "contents; resume with what the run started with, or start afresh with --overwrite=True)")
     return ckpt
 
 

@@ -80,7 +80,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_writable_dir
+from checkpoint import atomic_write, check_writable_dir, file_sha256
 from config import InputError
 from run_dir import release_lock, stop_signals, take_lock
 
@@ -134,14 +134,6 @@ def sparse_target(log_p, k, method, u=None, proposal_temperature=1.0):
 # The header: what a cache was built from, checked on use
 
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_header(cfg, weights, windows, teacher_paths=None):
     """The header a cache for this run must have. `windows` is the train.Windows of train.bin;
     cfg has data_dir, teachers, temperature, ensemble and the cache_* keys (CACHE_KEYS)."""
@@ -171,6 +163,11 @@ def cache_header(cfg, weights, windows, teacher_paths=None):
         # recorded, not compared (a moved file is the same file; the hashes above decide)
         "info": {"teachers": paths, "train_bin": str(getattr(windows.tokens, "filename", "")), "block": int(cfg.cache_block)},
     }
+
+
+def cache_identity(header):
+    """The sha256 of a header's compared fields: the build is deterministic, so equal identities mean equal caches."""
+    return hashlib.sha256(json.dumps({k: v for k, v in header.items() if k not in ("info", "files")}, sort_keys=True).encode()).hexdigest()
 
 
 def _short(v):

@@ -389,10 +389,12 @@ class CausalLM:
 # The training loop
 
 
-def train(cfg, rt, model, objective, train_w, tok_info, start=None):
+def train(cfg, rt, model, objective, train_w, tok_info, start=None, inputs=None):
     """Train `model` (a bare Llama or GPT2, on rt.device) on the windows train_w with `objective`, resuming from the
-    checkpoint dict `start` (its weights already loaded) if given. Returns a summary dict."""
+    checkpoint dict `start` (its weights already loaded) if given; `inputs` (run_dir.run_inputs) go into every
+    checkpoint, for resume to compare. Returns a summary dict."""
     plan = plan_run(cfg, rt.world, train_w.n, objective.epochs, split_words(cfg.data_dir))
+    plan.inputs = inputs or {}
     val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
     val_idx = eval_indices(val_w.n, cfg.eval_windows)
     optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps)
@@ -502,7 +504,7 @@ def save_run(name, cfg, rt, model, optimizer, objective, tok_info, plan, step, b
     """ckpt.pt or last.pt of the run: everything resume needs (rank 0 writes, every rank waits)."""
     if rt.master:
         ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, words_seen=words_seen(plan, step),
-                                best_val_loss=best_val, val_loss=val_loss, config=vars(cfg), **objective.record)
+                                best_val_loss=best_val, val_loss=val_loss, config=vars(cfg), inputs=plan.inputs, **objective.record)
         save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
     if rt.ddp:
         dist.barrier()

@@ -35,7 +35,7 @@ import torch
 from checkpoint import build_model, config_from_dict
 from config import InputError, load_config, merge_keys, run_main, runtime
 from data import load_tokenizer, split_words
-from run_dir import start_run, take_out_dir
+from run_dir import run_inputs, start_run, take_out_dir
 from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, plan_run, train
 
 TEACHER_KEYS = merge_keys(TRAIN_KEYS, {
@@ -127,7 +127,8 @@ def main(argv=None):
     _, tok_info = load_tokenizer(cfg.data_dir)
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
     plan_run(cfg, rt.world, train_w.n, epochs, split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
-    start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt))
+    inputs = run_inputs(cfg.data_dir)
+    start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt, inputs))
     torch.manual_seed(cfg.seed)
     model = build_model(config_from_dict(start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:
@@ -136,7 +137,7 @@ def main(argv=None):
         objective = CausalLM(model)
     else:
         objective = AntLM(model, cfg.objective, train_w.n // cfg.batch_size, tok_info, cfg.mlm_probability, cfg.seed)
-    summary = train(cfg, rt, model, objective, train_w, tok_info, start=start)
+    summary = train(cfg, rt, model, objective, train_w, tok_info, start=start, inputs=inputs)
     finish(summary, "", cfg.out_dir)
     if rt.ddp:
         torch.distributed.destroy_process_group()

@@ -323,3 +323,36 @@ def test_distillation_resume_equals_uninterrupted(prepared, tiny_teachers, tmp_p
     distill_main(student_argv(prepared, b, tiny_teachers, stop_at=6, **args))
     distill_main(student_argv(prepared, b, tiny_teachers, resume=True, **args))
     assert strip_timing(read_log(os.path.join(a, "log.jsonl"))) == strip_timing(read_log(os.path.join(b, "log.jsonl")))
+
+
+def test_resume_compares_the_inputs_by_content_not_by_path(prepared, tiny_teachers, tmp_path):
+    """A teacher rewritten in place is another teacher: resume refuses it, naming it. The same teachers, data
+    and cache moved elsewhere are the same inputs: resume accepts the new paths and continues the same run.
+    Switching between live teachers and a cache is another run."""
+    import shutil
+
+    t1, t2 = str(tmp_path / "t1.pt"), str(tmp_path / "t2.pt")
+    shutil.copy(tiny_teachers[0], t1)
+    shutil.copy(tiny_teachers[1], t2)
+    args = dict(max_iters=8, eval_interval=2, log_interval=1)
+    for cache in ("", str(tmp_path / "cache")):
+        ref, run = str(tmp_path / f"ref{bool(cache)}"), str(tmp_path / f"run{bool(cache)}")
+        distill_main(student_argv(prepared, ref, [t1, t2], teacher_cache=cache, **args))
+        distill_main(student_argv(prepared, run, [t1, t2], teacher_cache=cache, stop_at=4, **args))
+        if not cache:
+            saved = open(t2, "rb").read()
+            shutil.copy(t1, t2)  # teacher 2 replaced in place by another model
+            with pytest.raises(InputError, match=r"last\.pt was written with another config: teacher 2 \(.*t2\.pt\) sha256 \w+ -> \w+"):
+                distill_main(student_argv(prepared, run, [t1, t2], resume=True, **args))
+            open(t2, "wb").write(saved)
+            with pytest.raises(InputError, match=r"another config: teacher_cache sha256 None -> \w+"):
+                distill_main(student_argv(prepared, run, [t1, t2], resume=True, teacher_cache=str(tmp_path / "other"), **args))
+        moved = tmp_path / f"moved{bool(cache)}"  # the same files in other places: data folder, teachers, cache
+        shutil.copytree(prepared, moved / "data")
+        shutil.copy(t1, moved / "t1.pt")
+        shutil.copy(t2, moved / "t2.pt")
+        if cache:
+            shutil.move(cache, moved / "cache")
+        distill_main(student_argv(str(moved / "data"), run, [str(moved / "t1.pt"), str(moved / "t2.pt")], resume=True,
+                                  teacher_cache=str(moved / "cache") if cache else "", **args))
+        assert strip_timing(read_log(os.path.join(ref, "log.jsonl"))) == strip_timing(read_log(os.path.join(run, "log.jsonl")))

@@ -166,3 +166,16 @@ def test_wandb_logging_mirrors_the_log_and_is_optional(prepared, tmp_path, monke
     with pytest.raises(InputError, match="wandb_log=True needs the wandb package: pip install wandb"):
         main(tiny_argv(prepared, str(tmp_path / "u"), wandb_log=True))
     assert not os.path.exists(tmp_path / "u")
+
+
+def test_resume_refuses_training_data_rewritten_in_place(prepared, tmp_path):
+    import shutil
+
+    data, out = str(tmp_path / "data"), str(tmp_path / "t")
+    shutil.copytree(prepared, data)
+    main(tiny_argv(data, out, max_iters=8, eval_interval=2, stop_at=4))
+    with open(os.path.join(data, "train.bin"), "r+b") as f:  # the same path, other tokens
+        f.seek(100)
+        f.write(b"\x05\x00")
+    with pytest.raises(InputError, match=r"another config: train\.bin sha256 \w+ -> \w+"):
+        main(tiny_argv(data, out, max_iters=8, eval_interval=2, resume=True))
