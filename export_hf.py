@@ -121,20 +121,39 @@ def write_safetensors(path, tensors, progress=True):
 
 
 def read_safetensors(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    back = {v: k for k, v in DTYPES.items()}
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        raw = bytearray(data[start:end])
-        dtype = back[info["dtype"]]
-        out[name] = torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]) if raw else torch.zeros(info["shape"], dtype=dtype)
+    """{name: tensor} of a .safetensors file; a missing, truncated or foreign file is one line."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not found")
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            data = f.read()
+        back = {v: k for k, v in DTYPES.items()}
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            if end > len(data):
+                raise ValueError(f"tensor {name} ends at byte {end:,} of {len(data):,}")
+            raw = bytearray(data[start:end])
+            dtype = back[info["dtype"]]
+            out[name] = torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]) if raw else torch.zeros(info["shape"], dtype=dtype)
+    except (struct.error, ValueError, KeyError, TypeError, RuntimeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:100]}); download it again") from None
     return out
+
+
+def read_json(path):
+    """A JSON file of a Hugging Face folder, or one line saying why not."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not JSON ({e})") from None
 
 
 def read_hf_weights(folder):
@@ -142,7 +161,10 @@ def read_hf_weights(folder):
     if os.path.isfile(single):
         return read_safetensors(single)
     if os.path.isfile(index):
-        shards = sorted(set(json.load(open(index))["weight_map"].values()))
+        try:
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+        except (KeyError, AttributeError, TypeError):
+            raise InputError(f"{index}: no weight_map of shard files") from None
         return {k: v for shard in shards for k, v in read_safetensors(os.path.join(folder, shard)).items()}
     if os.path.isfile(binary):
         return torch.load(binary, map_location="cpu", weights_only=True)
@@ -258,12 +280,25 @@ def export(ckpt_path, out, data_dir=None):
 
 
 def llama_from_hf(hf, cfg_path, folder):
-    """The Llama of a transformers LlamaForCausalLM folder (its config.json read as hf)."""
+    """The Llama of a transformers LlamaForCausalLM folder (its config.json read as hf). Settings model.py does not
+    have (another activation, biases, RoPE scaling) are refused, not approximated: the logits would differ."""
+    rope = hf.get("rope_scaling") or {k: v for k, v in (hf.get("rope_parameters") or {}).items() if k != "rope_theta"}
+    expected = {"hidden_act": (hf.get("hidden_act", "silu") in ("silu", "swish"), "'silu'"),
+                "attention_bias": (not hf.get("attention_bias", False), "false"), "mlp_bias": (not hf.get("mlp_bias", False), "false"),
+                "rope_scaling": (rope.get("rope_type", rope.get("type", "default")) == "default", "none (plain RoPE)")}
+    for key, (ok, allowed) in expected.items():
+        if not ok:
+            raise InputError(f"{cfg_path}: {key}={hf.get(key, rope)!r}; model.py reproduces only {allowed}, so the import is refused")
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    cfg = ModelConfig(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-                      n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"], hidden_dim=hf["intermediate_size"],
-                      norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), max_seq_len=hf.get("max_position_embeddings", 2048),
-                      tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    try:
+        cfg = ModelConfig(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+                          n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"], hidden_dim=hf["intermediate_size"],
+                          norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), max_seq_len=hf.get("max_position_embeddings", 2048),
+                          tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    except KeyError as e:
+        raise InputError(f"{cfg_path}: no {e.args[0]} (a LlamaForCausalLM config has it)") from None
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{cfg_path}: {e}") from None
     if hf.get("head_dim", cfg.head_dim) != cfg.head_dim:
         raise InputError(f"{cfg_path}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
     tqdm.write(f"reading the weights in {folder}")
@@ -278,7 +313,7 @@ def llama_from_hf(hf, cfg_path, folder):
     if cfg.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     model = Llama(cfg)
-    model.load_state_dict(state)
+    load_weights(model, state, folder)
     return model
 
 
@@ -308,24 +343,35 @@ def gpt2_from_hf(hf, cfg_path, folder):
         state[ours] = weights[name].float().t().contiguous() if transposed else weights[name].float()
     state["output.weight"] = state["tok_embeddings.weight"]
     model = GPT2(cfg)
-    model.load_state_dict(state)
+    load_weights(model, state, folder)
     return model
+
+
+def load_weights(model, state, folder):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # a tensor of another shape than config.json says
+        raise InputError(f"{folder}: the weights do not match config.json's sizes ({str(e).splitlines()[-1].strip()[:120]})") from None
 
 
 def import_hf(folder, out):
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.isfile(cfg_path):
         raise InputError(f"{cfg_path}: not found")
-    hf = json.load(open(cfg_path))
-    if hf.get("model_type") not in ("llama", "gpt2"):
-        raise InputError(f"{cfg_path}: model_type {hf.get('model_type')!r}, expected 'llama' or 'gpt2'")
-    model = (gpt2_from_hf if hf["model_type"] == "gpt2" else llama_from_hf)(hf, cfg_path, folder)
+    hf = read_json(cfg_path)
+    if not isinstance(hf, dict) or hf.get("model_type") not in ("llama", "gpt2"):
+        raise InputError(f"{cfg_path}: model_type {hf.get('model_type') if isinstance(hf, dict) else hf!r}, expected 'llama' or 'gpt2'")
+    try:
+        model = (gpt2_from_hf if hf["model_type"] == "gpt2" else llama_from_hf)(hf, cfg_path, folder)
+    except KeyError as e:
+        raise InputError(f"{cfg_path}: no {e.args[0]} (a {hf['model_type']} config has it)") from None
 
     tok_path = os.path.join(folder, "tokenizer.json")
     if not os.path.isfile(tok_path):
         raise InputError(f"{tok_path}: not found (only byte-level BPE tokenizers can be imported)")
-    tok = json.load(open(tok_path))
-    if tok["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(tok.get("pre_tokenizer")):
+    tok = read_json(tok_path)
+    if not isinstance(tok, dict) or not isinstance(tok.get("model"), dict) or tok["model"].get("type") != "BPE" \
+            or not isinstance(tok["model"].get("vocab"), dict) or "ByteLevel" not in json.dumps(tok.get("pre_tokenizer")):
         raise InputError(f"{tok_path}: not a byte-level BPE tokenizer")
     inv = {c: b for b, c in byte_to_unicode().items()}
     special = {t["content"]: t["id"] for t in tok.get("added_tokens", []) if t.get("special")}
@@ -346,6 +392,10 @@ def import_hf(folder, out):
         notes.append(f"its normalizer ({tok['normalizer'].get('type')}) is not applied")
     if '"add_prefix_space": true' in json.dumps(tok.get("pre_tokenizer")):
         notes.append("its add_prefix_space is not applied")
+    n_tokens = max([*ranks.values(), *special.values()]) + 1
+    if n_tokens != model.config.vocab_size:  # a padded embedding, or a tokenizer the model cannot read: not one model here
+        raise InputError(f"{cfg_path}: vocab_size {model.config.vocab_size} but {tok_path} has {n_tokens} tokens; "
+                         "this project needs the two equal, so the import is refused")
     bos = hf.get("bos_token_id")
     eos = hf.get("eos_token_id", bos)
     pad = hf.get("pad_token_id", eos)

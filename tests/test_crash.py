@@ -647,6 +647,19 @@ ROWS = [
     Row("export: --overwrite=True replaces a folder of other files", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out", str(e.tmp / "notes"), "--overwrite=True"],
         Recovers(lambda e, lines, stdout: os.path.exists(e.tmp / "notes" / "a.txt") and pytest.fail("not replaced")),
         setup=lambda e: e.file("notes/a.txt", "mine"), left=no_temporary_files),
+    Row("import: hidden_act gelu", "export_hf.py", lambda e: imp(e, config={"hidden_act": "gelu"}), r"hidden_act='gelu'; model\.py reproduces only 'silu'"),
+    Row("import: attention biases", "export_hf.py", lambda e: imp(e, config={"attention_bias": True}), r"attention_bias=True; model\.py reproduces only false"),
+    Row("import: RoPE scaling", "export_hf.py", lambda e: imp(e, config={"rope_scaling": {"rope_type": "linear", "factor": 2.0}}), r"rope_scaling=.*linear"),
+    Row("import: config.json not JSON", "export_hf.py", lambda e: imp(e, raw_config="{oops"), r"hf/config\.json: not JSON"),
+    Row("import: config.json without hidden_size", "export_hf.py", lambda e: imp(e, drop="hidden_size"), r"config\.json: no hidden_size"),
+    Row("import: weights of other sizes than config.json", "export_hf.py", lambda e: imp(e, config={"intermediate_size": 96}),
+        r"hf: the weights do not match config\.json's sizes"),
+    Row("import: tokenizer larger than the model", "export_hf.py", lambda e: imp(e, extra_token=True), r"vocab_size 320 but .*tokenizer\.json has 321 tokens"),
+    Row("import: vocabulary padded beyond the tokenizer", "export_hf.py", lambda e: imp(e, config={"vocab_size": 384}, pad_rows=64),
+        r"vocab_size 384 but .*tokenizer\.json has 320 tokens"),
+    Row("import: tokenizer.json without a model", "export_hf.py", lambda e: imp(e, tokenizer_drop="model"), r"tokenizer\.json: not a byte-level BPE"),
+    Row("import: truncated model.safetensors", "export_hf.py", lambda e: imp(e, truncate=2000), r"model\.safetensors: not a readable safetensors file"),
+    Row("import: a missing shard", "export_hf.py", lambda e: imp(e, missing_shard=True), r"model-00002-of-00002\.safetensors: not found"),
     Row("import: no config.json", "export_hf.py", lambda e: ["--from_hf", str(e.tmp / "empty"), "--out", e.out], r"empty/config\.json: not found",
         setup=lambda e: (e.tmp / "empty").mkdir()),
     # --- checkpoints: weights_only, damaged, foreign
@@ -759,6 +772,34 @@ ROWS = [
     Row("cache: plogp.f32 deleted", "distill.py", lambda e: cached(e, e.cache()), r"cache/plogp\.f32: missing",
         setup=lambda e: os.remove(os.path.join(e.cache(), "plogp.f32"))),
 ]
+
+
+def imp(e, config=None, raw_config=None, drop=None, extra_token=False, pad_rows=0, tokenizer_drop=None, truncate=0, missing_shard=False):
+    """--from_hf of an export of the table's checkpoint (e.tmp/hf), changed in one way."""
+    from export_hf import export, read_safetensors, write_safetensors
+    hf = str(e.tmp / "hf")
+    export(e.ckpt, hf)
+    cfg_path, tok_path, weights = (os.path.join(hf, n) for n in ("config.json", "tokenizer.json", "model.safetensors"))
+    cfg = {**json.load(open(cfg_path)), **(config or {})}
+    cfg.pop(drop, None)
+    open(cfg_path, "w").write(raw_config if raw_config is not None else json.dumps(cfg))
+    tok = json.load(open(tok_path))
+    if extra_token:
+        tok["model"]["vocab"]["Ġzzz"] = 320
+    tok.pop(tokenizer_drop, None)
+    open(tok_path, "w").write(json.dumps(tok))
+    if pad_rows:  # an embedding and head with rows no token uses, as a padded vocabulary has
+        w = read_safetensors(weights)
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            w[name] = torch.cat([w[name], torch.zeros(pad_rows, w[name].shape[1])])
+        write_safetensors(weights, w, progress=False)
+    if truncate:
+        open(weights, "r+b").truncate(truncate)
+    if missing_shard:
+        os.rename(weights, os.path.join(hf, "model-00001-of-00002.safetensors"))
+        open(os.path.join(hf, "model.safetensors.index.json"), "w").write(json.dumps({"weight_map": {
+            "model.embed_tokens.weight": "model-00001-of-00002.safetensors", "lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    return ["--from_hf", hf, "--out", e.out]
 
 
 def cached(e, path, out=None, **kw):
