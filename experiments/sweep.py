@@ -52,6 +52,7 @@ gets OMP_NUM_THREADS = cores / N, since N processes with a thread per core each 
 
 import argparse
 import ast
+import importlib
 import itertools
 import json
 import math
@@ -67,9 +68,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATE = "sweep_run.json"  # per run, written by the sweep: the marker of a finished run
 RANGES = ("uniform", "log_uniform", "int_uniform")
 FILE_KEYS = ("script", "config", "grid", "fixed", "metric", "mode", "random", "seed", "then", "workers", "out")
+FILE_TYPES = {"script": (str,), "config": (str,), "grid": (dict,), "fixed": (dict,), "metric": (str,), "mode": (str,), "random": (int,),
+              "seed": (int,), "then": (str,), "workers": (int,), "out": (str,)}
+# The key table of each script of this project: every run's arguments are checked against it before any run.
+SCRIPT_KEYS = {"train_teacher.py": ("train_teacher", "TEACHER_KEYS"), "distill.py": ("distill", "DISTILL_KEYS"),
+               "eval_blimp.py": ("eval_blimp", "BLIMP_KEYS"), "eval_superglue.py": ("eval_superglue", "SUPERGLUE_KEYS")}
 
 
 class SweepError(Exception):
@@ -129,13 +136,18 @@ def parse_value(text):
 
 
 def parse_range(key, text):
-    m = re.fullmatch(r"\s*(\w+)\(([^,]*),([^,]*)\)\s*", text)
-    if not m or m.group(1) not in RANGES:
+    call = re.fullmatch(r"\s*(\w+)\((.*)\)\s*", text)
+    if not call or call.group(1) not in RANGES:
         return None
+    m = re.fullmatch(r"\s*(\w+)\(([^,]*),([^,]*)\)\s*", text)
+    if not m:
+        raise SweepError(f"{key}={text}: expected {call.group(1)}(lo,hi), two bounds")
     try:
         lo, hi = float(m.group(2)), float(m.group(3))
     except ValueError:
         raise SweepError(f"{key}={text}: the bounds of {m.group(1)} must be numbers") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise SweepError(f"{key}={text}: the bounds must be finite numbers")
     if not lo < hi or (m.group(1) == "log_uniform" and lo <= 0):
         raise SweepError(f"{key}={text}: expected lo < hi{' and lo > 0' if m.group(1) == 'log_uniform' else ''}")
     return Range(m.group(1), lo, hi)
@@ -146,6 +158,9 @@ def check_key(key, where):
         raise SweepError(f"{where}: {key!r} is not a config key (expected key=value, e.g. lr=3e-4,1e-3)")
     if key in ("out_dir", "resume"):
         raise SweepError(f"{where}: {key} is set by the sweep (out_dir from --out and the values, resume when a run restarts)")
+    if key in ("stop_at", "overwrite"):
+        raise SweepError(f"{where}: {key} cannot be set in a sweep (stop_at would leave every run unfinished, yet marked done; "
+                         "overwrite would replace finished runs): a sweep's runs train to the end and resume when killed")
 
 
 def parse_assignments(items, where, allow_lists):
@@ -157,6 +172,8 @@ def parse_assignments(items, where, allow_lists):
             raise SweepError(f"{where} {item!r}: expected key=value" + (",value,... or key=log_uniform(lo,hi)" if allow_lists else ""))
         key = key.strip().lstrip("-")  # --lr=1e-3 is accepted too: it is how the scripts spell it
         check_key(key, where)
+        if key in out:
+            raise SweepError(f"{where} {key}: given twice; put all its values in one {key}=v1,v2,...")
         if not text.strip():
             raise SweepError(f"{where} {key}: no values")
         if not allow_lists:
@@ -188,16 +205,20 @@ def normalize_grid(grid, where):
 
 def read_sweep_file(path):
     """A plain Python file that sets some of FILE_KEYS, e.g. script, config, grid = {...}, metric."""
-    if not os.path.isfile(path):
-        raise SweepError(f"{path}: sweep file not found")
-    namespace = {}
-    exec(compile(open(path).read(), path, "exec"), namespace)
+    sys.path.insert(0, ROOT)
+    from config import InputError, read_config_file  # FILE:LINE for a syntax error, an exception, a non-UTF-8 byte
+
+    try:
+        namespace = read_config_file(path)
+    except InputError as e:
+        raise SweepError(str(e).replace("config file not found", "sweep file not found")) from None
     spec = {}
     for key, value in namespace.items():
-        if key.startswith("_") or type(value).__name__ in ("module", "function", "type"):
-            continue
         if key not in FILE_KEYS:
             raise SweepError(f"{path}: unknown name {key!r} (a sweep file sets {', '.join(FILE_KEYS)})")
+        types = FILE_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise SweepError(f"{path}: {key}={value!r} has type {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}")
         spec[key] = value
     return spec
 
@@ -310,12 +331,13 @@ def check_existing(runs):
 class Runner:
     def __init__(self, echo):
         self.echo, self.lock = echo, threading.Lock()
-        self.procs, self.interrupts = set(), 0
+        self.procs, self.interrupts, self.signum, self.abort = set(), 0, signal.SIGINT, None
 
     def on_signal(self, signum, frame):
         """Ctrl-C / SIGTERM: pass SIGINT on to the runs once (they save last.pt and exit), start nothing new;
         a second one is passed on again, which makes the training scripts abort at once."""
         self.interrupts += 1
+        self.signum = signum
         print(f"\nsweep: interrupted ({'passing it on: runs save last.pt and exit' if self.interrupts == 1 else 'aborting runs'})", flush=True)
         with self.lock:
             for p in self.procs:
@@ -621,7 +643,28 @@ def check_spec(spec):
             [w.format(out_dir="x", **{k: 0 for k in spec["grid"]}) for w in words]
         except (KeyError, IndexError, ValueError) as e:
             raise SweepError(f"--then {spec['then']!r}: {e.__class__.__name__} {e} (placeholders: {{out_dir}} and the swept keys)") from None
+        program = interpreter(words[0])
+        if not shutil.which(program) and not os.path.isfile(program):
+            raise SweepError(f"--then {spec['then']!r}: no program {words[0]!r} (not on PATH, not a file)")
     return spec
+
+
+def check_run_arguments(spec, runs):
+    """Every run's arguments as its script will read them (unknown keys, types, bounds, the config file), before
+    the first run starts: a typo must not cost a sweep. Scripts of this project only; others are not checked."""
+    script = os.path.realpath(spec["script"])
+    if os.path.dirname(script) != ROOT or os.path.basename(script) not in SCRIPT_KEYS:
+        return
+    sys.path.insert(0, ROOT)
+    from config import InputError, load_config
+
+    module, table = SCRIPT_KEYS[os.path.basename(script)]
+    keys = getattr(importlib.import_module(module), table)
+    for run in runs:
+        try:
+            load_config(keys, run["argv"][2:])  # after the interpreter and the script
+        except InputError as e:
+            raise SweepError(f"run {run['name']}: {e}") from None
 
 
 def lock(out):
@@ -639,6 +682,7 @@ def lock(out):
 def main(argv=None):
     spec = parse_args(sys.argv[1:] if argv is None else argv)
     runs = make_runs(spec)
+    check_run_arguments(spec, runs)
     check_existing(runs)
     gpus = visible_gpus()
     workers = spec["workers"] or max(1, len(gpus))
@@ -660,7 +704,7 @@ def main(argv=None):
     slot_lock = threading.Lock()
 
     def work(i, run):
-        if runner.interrupts:
+        if runner.interrupts or runner.abort:
             return
         with slot_lock:
             slot = slots.pop()
@@ -670,7 +714,12 @@ def main(argv=None):
             with slot_lock:
                 slots.append(slot)
             with runner.lock:  # the tables are up to date after every run, so a kill loses nothing
-                write_results(collect(runs, spec), spec)
+                rows = collect(runs, spec)
+                write_results(rows, spec)
+                done = [r for r in rows if r["status"] == "done"]
+                if done and ":" not in spec["metric"] and all(r["metric"] is None for r in done) and not runner.abort:
+                    logged = sorted({k for e in read_log(done[0]["out_dir"]) for k in e})
+                    runner.abort = f"metric {spec['metric']!r}: a finished run did not log it (its log.jsonl has {', '.join(logged)})"
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -687,9 +736,11 @@ def main(argv=None):
     print(f"\nsweep: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}; results in {os.path.join(spec['out'], 'results.md')}")
     if best["metric"] is not None:
         print(f"best {spec['metric']} {best['metric']:.4f}: {best['out_dir']}")
+    if runner.abort:
+        raise SweepError(runner.abort + "; no further run was started")
     if runner.interrupts:
         print("interrupted: re-run the same command to continue")
-        return 130
+        return 128 + runner.signum
     return 0 if counts.get("done", 0) == len(rows) else 1
 
 

@@ -4,6 +4,7 @@ last.pt, --resume=True), one real train_teacher.py sweep at a tiny size, and exp
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,6 +209,11 @@ def test_random_search_is_reproducible_from_its_seed(fake, tmp_path):
     ["--grid", "out_dir=a,b"],
     ["--grid", "lr=0.1", "--workers", "0"],
     ["--grid", "lr=0.1", "--bogus"],
+    ["--grid", "lr=log_uniform(1e-4)", "--random", "3"],                          # one bound
+    ["--grid", "lr=log_uniform(1e-4,inf)", "--random", "3"],                      # an infinite bound
+    ["--grid", "lr=0.1,0.2", "lr=0.3"],                                           # a key given twice
+    ["--grid", "lr=0.1", "--fixed", "stop_at=10"],                                # would leave runs unfinished, marked done
+    ["--grid", "lr=0.1", "--then", "no_such_program_xyz {out_dir}", "--metric", "e.json:a", "--mode", "max"],
 ])
 def test_bad_input_is_one_line_before_any_run(fake, tmp_path, args):
     out = tmp_path / "sw"
@@ -353,3 +359,48 @@ def test_welch_interval_by_hand_and_every_window_can_be_drawn():
     # only the last window differs: the resamples must be able to draw it
     ci = stats.ce_diff_ci([0, 0, 0, 0, 1.0], [0, 0, 0, 0, 0.0], n_boot=4000)
     assert ci.diff == 0.2 and ci.lo == 0.0 and ci.hi >= 0.6
+
+
+@pytest.mark.parametrize("body, message", [
+    ("grid = {'lr': [0.1]}\nworkers = 2 +\n", r"my_sweep\.py:2: invalid syntax"),
+    ("grid = {'lr': [0.1]}\nworkers = '2'\n", r"workers='2' has type str, expected int"),
+    ("grid = {'lr': [0.1]}\nrandom = '3'\n", r"random='3' has type str, expected int"),
+    ("grid = {'lr': [0.1]}\nthen = 5\n", r"then=5 has type int, expected str"),
+    ("grid = {'lr': [0.1]}\nout = 5\n", r"out=5 has type int, expected str"),
+    ("grid = {'lr': [0.1]}\nx = 1 / 0\n", r"my_sweep\.py:2: ZeroDivisionError"),
+    (b"grid = {'lr': [0.1]}\n# caf\xe9\n", r"my_sweep\.py:2: not UTF-8 text"),
+])
+def test_a_bad_sweep_file_is_one_line_before_any_run(fake, tmp_path, body, message):
+    spec = tmp_path / "my_sweep.py"
+    spec.write_bytes(body if isinstance(body, bytes) else body.encode())
+    r = run_sweep("--file", str(spec), fake, "--out", str(tmp_path / "sw"))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
+    assert re.search(message, r.stderr), r.stderr
+    assert not (tmp_path / "sw").exists()
+
+
+def test_a_metric_no_run_logs_stops_the_sweep_after_its_first_run(fake, tmp_path):
+    out = str(tmp_path / "sw")
+    r = run_sweep(fake, "--grid", "lr=0.1,0.2,0.3", "--metric", "val_los", "--out", out)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: metric 'val_los': a finished run did not log it"), r.stderr
+    assert "val_loss" in r.stderr and [row["status"] for row in results(out)].count("done") == 1
+
+
+def test_sigterm_to_the_sweep_exits_143(fake, tmp_path):
+    proc = subprocess.Popen([sys.executable, SWEEP, fake, "--grid", "lr=0.1,0.2", "--out", str(tmp_path / "sw")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "FAKE_SLEEP": "0.5"})
+    while not os.path.isfile(tmp_path / "sw" / "lr=0.1" / "log.jsonl"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "re-run the same command to continue" in stdout, (proc.returncode, stdout, stderr)
+
+
+def test_unknown_keys_and_bad_values_of_a_project_script_are_refused_before_any_run(tmp_path):
+    for args, message in ((["--grid", "learnig_rate=1e-3,2e-3"], r"run learnig_rate=0\.001: --learnig_rate: unknown key 'learnig_rate' \(did you mean 'learning_rate'|run learnig_rate=0\.001: --learnig_rate: unknown key"),
+                          (["--grid", "lr=[1e-3,2e-3"], r"lr='\[1e-3,2e-3' has type str, expected float"),
+                          (["--grid", "lr=1e-3", "--fixed", "dim=-4"], r"dim=-4: expected a number >0")):
+        r = run_sweep("train_teacher.py", "configs/tiny_teacher1.py", *args, "--out", str(tmp_path / "sw"))
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert re.search(message, r.stderr), r.stderr
+        assert not (tmp_path / "sw").exists()
