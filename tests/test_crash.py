@@ -274,9 +274,12 @@ def test_non_finite_gradient_with_a_finite_loss_stops_before_writing_weights(pre
 # removed file or folder, no *.partial / *.tmp / *.old. A recovery row must exit 0 and pass its check.
 
 class Row:
+    """advice (set from ADVICE below): for a refusal that names a next step, advice(e, argv, message) does what the
+    message says (changing files, if it says to) and returns the argv to run next; the test expects it to succeed."""
+
     def __init__(self, name, script, argv, expect, setup=None, exit=1, left=None, proc=False, env=None, xfail=None):
         self.name, self.script, self.argv, self.expect, self.setup = name, script, argv, expect, setup
-        self.exit, self.left, self.proc, self.env, self.xfail = exit, left, proc, env or {}, xfail
+        self.exit, self.left, self.proc, self.env, self.xfail, self.advice = exit, left, proc, env or {}, xfail, None
 
 
 class Recovers:
@@ -802,6 +805,38 @@ def imp(e, config=None, raw_config=None, drop=None, extra_token=False, pad_rows=
     return ["--from_hf", hf, "--out", e.out]
 
 
+def copy_best_to_last(e, argv, message):
+    shutil.copy(os.path.join(e.run(), "ckpt.pt"), os.path.join(e.run(), "last.pt"))  # as the message says
+    return argv
+
+
+def delete_named_lock(e, argv, message):
+    os.remove(re.search(r"delete (\S+\.lock)\)", message).group(1))  # the file the message names
+    return argv
+
+
+def delete_named_cache(e, argv, message):
+    shutil.rmtree(re.search(r"; delete (\S+) to rebuild it", message).group(1))
+    return argv
+
+
+# Refusals that name a next step, and that step taken: the test runs it and expects it to work.
+ADVICE = {
+    "fresh start into a run": lambda e, argv, msg: argv + ["--resume=True"],
+    "resume with a changed lr": lambda e, argv, msg: [a for a in argv if a != "--resume=True"] + ["--overwrite=True"],
+    "resume from a truncated last.pt": copy_best_to_last,
+    "two runs into one out_dir": lambda e, argv, msg: (os.remove(re.search(r"delete (\S+run\.lock)\)", msg).group(1)), argv)[1],
+    "export: --out holds other files": lambda e, argv, msg: argv + ["--overwrite=True"],
+    "cache: weights.f32 changed": delete_named_cache,
+    "cache: another build with other settings holds it": delete_named_lock,
+    "max_iters below warmup": lambda e, argv, msg: argv + ["--warmup_iters=2"],
+    "batch not a multiple of micro-batch": lambda e, argv, msg: argv + ["--micro_batch_size=4"],
+}
+for _row in ROWS:
+    _row.advice = ADVICE.get(_row.name)
+assert set(ADVICE) <= {r.name for r in ROWS}
+
+
 def cached(e, path, out=None, **kw):
     """distill.py --cache_only=True with the table's checkpoint as the only teacher."""
     return student_argv(e.prepared, out or e.out, [e.ckpt], teacher_cache=path, cache_only=True, **{"cache_k": 4, **kw})
@@ -875,6 +910,9 @@ def test_table(row, prepared, table_inputs, tmp_path, request, monkeypatch):
     else:
         assert before == after, f"changed: {sorted(set(before.items()) ^ set(after.items()))[:6]}"
     assert not os.path.exists(tmp_path / "pwned"), "a pickle in a checkpoint ran code"
+    if row.advice:  # the message's advice, followed: it must work from this state, not refuse in turn
+        code, advised_lines, _ = run_row(e, row, row.advice(e, argv, lines[0]))
+        assert code == 0, f"following {lines[0]!r} failed: {advised_lines[-3:]}"
 
 
 # -----------------------------------------------------------------------------------------------
