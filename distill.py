@@ -96,8 +96,10 @@ def distill_loss(student_logits, teacher_logits, y, weights, alpha, temperature,
     B, L, V = student_logits.shape
     s = student_logits.float()
     log_p = ensemble_log_probs(teacher_logits, weights, temperature, ensemble)  # the target: no gradient flows to it
-    ce = F.cross_entropy(s.reshape(B * L, V), y.reshape(B * L))
-    kl_sum = F.kl_div(F.log_softmax(s / temperature, dim=-1), log_p, log_target=True, reduction="sum")  # sum over B, L, V
+    log_q = F.log_softmax(s / temperature, dim=-1)  # the student at temperature T
+    log_s = log_q if temperature == 1.0 else F.log_softmax(s, dim=-1)  # at T = 1 the same tensor: (B, L, V) once, not twice
+    ce = F.nll_loss(log_s.reshape(B * L, V), y.reshape(B * L))  # -log softmax(s)[y], averaged over the B L positions
+    kl_sum = F.kl_div(log_q, log_p, log_target=True, reduction="sum")  # sum over B, L, V of p (log p - log q)
     kl_term = temperature**2 * kl_sum / (B if kl_reduction == "paper" else B * L)
     return alpha * ce + (1 - alpha) * kl_term, ce, kl_term, kl_sum / (B * L)
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from distill import Distillation, FusedDistillation  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
-from config import measure_matmul_flops  # noqa: E402
+from config import keep_freed_memory, measure_matmul_flops  # noqa: E402
 
 SIZES = {
     "58m": dict(vocab_size=16000, dim=512, n_layers=16, n_heads=8, hidden_dim=1024),  # configs/babyllama_58m.py
@@ -91,9 +91,12 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--variants", default="reference,plain,fused,plain-compiled,fused-compiled")
+    p.add_argument("--default_malloc", action="store_true", help="skip config.keep_freed_memory (what training does on a CPU), to see its effect")
     p.add_argument("--_variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._variant:  # child process: one variant, result as JSON on the last line
+        if not args.default_malloc:
+            keep_freed_memory()  # as config.runtime() does on a CPU
         print(json.dumps(run_variant(args._variant, args.size, args.batch, args.seq_len, args.steps, args.warmup)))
         return
     peak = measure_matmul_flops()
@@ -102,7 +105,7 @@ def main():
     rows = []
     for variant in args.variants.split(","):
         cmd = [sys.executable, __file__, f"--_variant={variant}", f"--size={args.size}", f"--batch={args.batch}",
-               f"--seq_len={args.seq_len}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+               f"--seq_len={args.seq_len}", f"--steps={args.steps}", f"--warmup={args.warmup}", *(["--default_malloc"] if args.default_malloc else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
     peak = max(peak, measure_matmul_flops())  # the machine's rate drifts; take the better of two readings
