@@ -83,21 +83,23 @@ ROLES = {"teacher": "teachers", "baseline": "baseline (plain CE, student size)",
          "three": "student, 3 teachers"}
 
 
-def subset_corpus(src, dst, words):
-    """The first `words` words of each training source (lines kept whole), the dev files as they are."""
+def subset_corpus(src, dst, words, dev_words=0):
+    """The first `words` words of each training source (lines kept whole), the dev files as they are
+    (or their first `dev_words` words)."""
     for split, suffix in (("train_10M", ".train"), ("dev", ".dev")):
         os.makedirs(os.path.join(dst, split), exist_ok=True)
         for fn in sorted(os.listdir(os.path.join(src, split))):
             if not fn.endswith(suffix):
                 continue
             text = open(os.path.join(src, split, fn), encoding="utf-8").read()
-            if split == "train_10M":
+            limit = words if split == "train_10M" else dev_words
+            if limit:
                 out, n = [], 0
                 for line in text.splitlines():
                     w = line.split()
-                    out.append(" ".join(w[: max(0, words - n)]) if n + len(w) > words else line)
+                    out.append(" ".join(w[: max(0, limit - n)]) if n + len(w) > limit else line)
                     n += len(w)
-                    if n >= words:
+                    if n >= limit:
                         break
                 text = "\n".join(out) + "\n"
             with open(os.path.join(dst, split, fn), "w", encoding="utf-8") as f:
@@ -279,12 +281,14 @@ def evaluate_model(work, data, name, role, out_dir, train_seconds, label, limit=
     eval_seconds = run_once(f"{name}_blimp", blimp_command(out_dir, limit, blimp_extra), None, work, label)
     b = json.load(open(blimp_json))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    t0 = time.perf_counter()
     ce_windows = test_ce_windows(ckpt_path, data, test_windows, device)
+    test_seconds = time.perf_counter() - t0
     log = read_log(os.path.join(out_dir, "log.jsonl"))
     cfg = ckpt["config"]
     result = {"role": role, "seed": cfg["seed"], "lr": cfg["lr"], "params": sum(v.numel() for v in ckpt["model"].values()),
               "best_step": ckpt["step"], "steps": cfg["max_iters"], "tokens_seen": cfg["max_iters"] * cfg["batch_size"] * cfg["seq_len"],
-              "train_seconds": train_seconds, "eval_seconds": eval_seconds, "val_ce": ckpt["val_loss"],
+              "train_seconds": train_seconds, "eval_seconds": eval_seconds, "test_seconds": test_seconds, "val_ce": ckpt["val_loss"],
               "test_ce": sum(ce_windows) / len(ce_windows), "test_ce_windows": ce_windows,
               "blimp": b["blimp"]["score"], "supplement": b["supplement"]["score"], "blimp_field": b["blimp"]["field"],
               "blimp_correct": {t: r["correct"] for t, r in b["blimp"]["tasks"].items()},
@@ -498,9 +502,9 @@ def count_intervals(lines):
 
 
 def commands_block(cmds, work):
-    """The commands as they ran, from the project root, the work folder written $WORK."""
+    """The commands as they ran, from the project root: the work folder written $WORK, the data ../shared/data."""
     return [f"python {' '.join(c if ' ' not in c else repr(c) for c in cmd)}".replace(work or "\0", "$WORK").replace(ROOT + "/", "")
-            for cmd in cmds]
+            .replace(SHARED, "../shared/data") for cmd in cmds]
 
 
 def write_report(m, info, path, missing=(), cmds=()):
