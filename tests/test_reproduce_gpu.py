@@ -93,7 +93,8 @@ def test_tiny_runs_end_to_end_and_a_second_run_resumes(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.startswith("Plan: this CPU")
     text = (work / "RESULTS_GPU.md").read_text()
-    rows = {line.split("|")[1].strip(): line.split("|") for line in text.split("## All models")[1].splitlines() if line.startswith("| ")}
+    table = text.split("## All models")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
     for name, role in (("teacher1", "teacher"), ("teacher2", "teacher"), ("student_s1", "student"), ("baseline_s1", "baseline")):
         result = json.load(open(work / "results" / f"{name}.json"))
         assert result["role"] == role and 0 < result["blimp"] < 100 and result["blimp_correct"], name
