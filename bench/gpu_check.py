@@ -3,12 +3,14 @@ The GPU path, checked and measured in one short script: run it once on a CUDA ma
 
     python bench/gpu_check.py                            # on a GPU; without one it says so and exits 0
     python bench/gpu_check.py --out bench/results/h200   # results.json and results.md there (default bench/results/gpu_check)
-    python bench/gpu_check.py --rehearse                 # every part on this CPU at tiny sizes: checks the script, not a GPU
+    python bench/gpu_check.py --parts ddp,blimp          # only these parts (data, tests, ddp, step, blimp)
+    python bench/gpu_check.py --rehearse                 # every part on this CPU at tiny sizes, eager: checks the script, not a GPU
 
 Nothing here has run on a GPU yet, so it is written to be run blind: every part runs in its own process with a
 time limit, inside try/except; a failure (an exception, an exit status, out of memory, a timeout) becomes a row
 of the table with its last lines, and the script goes on to the next part. The table is rewritten after every
-part, and the exit status is 1 if any part failed.
+part, and the exit status is 1 if any part failed. The two checks (tests, ddp) run at the same time, the
+measurements (step, blimp) one after another.
   data     a prepared data folder: --data_dir, else experiments/work_gpu/data (reproduce_gpu.py's) or data/mini,
            else prepare_data.py on babylm_2024_mini into OUT/data (~40 s).
   tests    tests/test_bf16.py on the GPU (BABYDISTILL_TEST_DEVICE=cuda): teacher steps under bf16 autocast,
@@ -40,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,10 +63,11 @@ def shape(config_file):
     return {k: cfg.get(k, 0) for k in SHAPE_KEYS}
 
 
-# size -> (model shape, batch of the step); "tiny" is the rehearsal's
-SIZES = {"58m": (shape("babyllama_58m.py"), 128), "345m": (shape("student.py"), 32),
-         "tiny": (dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=192), 8)}
-VOCAB, SEQ_LEN, ALPHA, T = 16000, 128, 0.5, 1.0  # BabyLlama-2: the 16k BPE, windows of 128, alpha 0.5, T 1
+# size -> (model shape, batch of the step, vocabulary: BabyLlama's 16k BPE); "tiny" is the rehearsal's
+SIZES = {"58m": (shape("babyllama_58m.py"), 128, 16000), "345m": (shape("student.py"), 32, 16000),
+         "tiny": (dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=192), 8, 1024)}
+SEQ_LEN, ALPHA, T = 128, 0.5, 1.0  # BabyLlama-2: windows of 128, alpha 0.5, T 1
+PARTS = ("data", "tests", "ddp", "step", "blimp")
 TIMEOUT_S = {"data": 300, "tests": 300, "ddp": 240, "step 58m": 300, "step 345m": 360, "blimp": 240}
 
 
@@ -83,12 +87,12 @@ def peak_memory_gb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def ours(shape_, rt):
+def ours(shape_, vocab, rt):
     """distill.Distillation as distill.py + train.py run it: teachers frozen (bf16 under bf16 autocast), the loss
     compiled when runtime() compiles, fused AdamW with decay on 2-D weights, the gradient clipped."""
     from distill import Distillation
 
-    mcfg = ModelConfig(vocab_size=VOCAB, max_seq_len=2 * SEQ_LEN, **shape_)
+    mcfg = ModelConfig(vocab_size=vocab, max_seq_len=2 * SEQ_LEN, **shape_)
     student = Llama(mcfg).to(rt.device)
     teachers = [Llama(mcfg).to(rt.device).eval().requires_grad_(False) for _ in range(2)]
     if rt.dtype == "bfloat16":
@@ -107,15 +111,16 @@ def ours(shape_, rt):
         opt.zero_grad(set_to_none=True)
         return loss
 
-    return step, objective.flops_per_token(SEQ_LEN)
+    return step, objective.flops_per_token(SEQ_LEN), {"dtype": rt.dtype + " autocast" + ", bf16 teachers" * (rt.dtype == "bfloat16"),
+                                                      "compile": rt.compile}
 
 
-def papers(shape_, rt):
+def papers(shape_, vocab, rt):
     """The BabyLlama code's step (github.com/timinar/BabyLlama, DistillationTrainer.compute_loss under the HF
     Trainer with bf16=True): Hugging Face Llamas in fp32 under bf16 autocast, eager, full logits."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hcfg = LlamaConfig(vocab_size=VOCAB, hidden_size=shape_["dim"], intermediate_size=shape_["hidden_dim"],
+    hcfg = LlamaConfig(vocab_size=vocab, hidden_size=shape_["dim"], intermediate_size=shape_["hidden_dim"],
                        num_hidden_layers=shape_["n_layers"], num_attention_heads=shape_["n_heads"],
                        num_key_value_heads=shape_["n_kv_heads"] or shape_["n_heads"], max_position_embeddings=2 * SEQ_LEN,
                        rms_norm_eps=1e-6, tie_word_embeddings=False)
@@ -138,19 +143,20 @@ def papers(shape_, rt):
         return loss
 
     with torch.device("meta"):  # the same architecture: model.py's FLOPs count
-        reference = Llama(ModelConfig(vocab_size=VOCAB, max_seq_len=2 * SEQ_LEN, **shape_))
-    return step, reference.flops_per_token(SEQ_LEN) + 2 * reference.flops_per_token(SEQ_LEN, backward=False)
+        reference = Llama(ModelConfig(vocab_size=vocab, max_seq_len=2 * SEQ_LEN, **shape_))
+    flops = reference.flops_per_token(SEQ_LEN) + 2 * reference.flops_per_token(SEQ_LEN, backward=False)
+    return step, flops, {"dtype": "bfloat16 autocast, fp32 weights", "compile": False, "attention": hcfg._attn_implementation}
 
 
-def part_step(size, variant, rehearse, warmup=3, steps=10):
-    device = "cpu" if rehearse else "cuda"
-    # what runtime() decides on the device; the rehearsal forces the GPU's choices onto the CPU
-    rt = runtime(SimpleNamespace(device=device, dtype="bfloat16" if rehearse else "auto", compile=True if rehearse else "auto"))
-    shape_, batch = SIZES[size]
+def part_step(size, variant, rehearse):
+    # what runtime() decides on the device; the rehearsal adds bf16 autocast (not compile: minutes on a CPU)
+    rt = runtime(SimpleNamespace(device="cpu" if rehearse else "cuda", dtype="bfloat16" if rehearse else "auto", compile="auto"))
+    shape_, batch, vocab = SIZES[size]
+    warmup, steps = (1, 2) if rehearse else (3, 10)
     torch.manual_seed(0)
-    step, flops_per_token = (ours if variant == "ours" else papers)(shape_, rt)
-    x = torch.randint(0, VOCAB, (batch, SEQ_LEN), device=rt.device)
-    y = torch.randint(0, VOCAB, (batch, SEQ_LEN), device=rt.device)
+    step, flops_per_token, how = (ours if variant == "ours" else papers)(shape_, vocab, rt)
+    x = torch.randint(0, vocab, (batch, SEQ_LEN), device=rt.device)
+    y = torch.randint(0, vocab, (batch, SEQ_LEN), device=rt.device)
     t0 = time.perf_counter()
     for _ in range(warmup):  # the first step compiles
         loss = step(x, y)
@@ -167,7 +173,7 @@ def part_step(size, variant, rehearse, warmup=3, steps=10):
     peak = peak_flops(rt.device)
     return {"tokens_per_s": tok_s, "mfu": flops_per_token * tok_s / peak, "peak_flops": peak, "ms_per_step": 1000 * dt,
             "peak_memory_gb": peak_memory_gb(rt.device), "warmup_s": warmup_s, "loss": loss.item(), "batch": f"{batch} x {SEQ_LEN}",
-            "compile": rt.compile, "dtype": rt.dtype, "flops_per_token": flops_per_token}
+            "flops_per_token": flops_per_token, **how}
 
 
 def part_blimp(data_dir, rehearse, per_paradigm=60):
@@ -299,7 +305,8 @@ def write_results(out_dir, env, rows):
             note = (f"{r['pairs_per_s_2048']:,.0f} pairs/s at batch_tokens 2048, {r['pairs_per_s_16384']:,.0f} at 16384 "
                     f"({r['pairs']:,} pairs, {r['unique_sentences']:,} unique sentences)")
         elif "batch" in r:
-            note = f"batch {r['batch']}, {r['dtype']}, compile {r['compile']}, loss {r['loss']:.3f}" + (f"; {r['vs']}" if "vs" in r else "")
+            note = (f"batch {r['batch']}, {r['dtype']}, compile {r['compile']}" + (f", {r['attention']} attention" if "attention" in r else "")
+                    + f", loss {r['loss']:.3f}" + (f"; {r['vs']}" if "vs" in r else ""))
         lines.append(f"| {r['part']} | {r['status']} | {r['seconds']:.0f} | {cell(r, 'tokens_per_s', ',.0f')} | {mfu} | "
                      f"{cell(r, 'peak_memory_gb', '.1f')} | {cell(r, 'warmup_s', '.1f')} | {cell(r, 'ms_per_step', '.1f')} | {note.replace('|', '/')} |")
     text = "\n".join(lines) + "\n"
@@ -312,6 +319,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_check"), help="folder for results.json and results.md")
     p.add_argument("--data_dir", default="", help="a prepared data folder (for the tokenizer); default: found or prepared")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     p.add_argument("--rehearse", action="store_true", help="every part on this CPU at tiny sizes (checks this script)")
     p.add_argument("--_part", help=argparse.SUPPRESS)
     p.add_argument("--_size", help=argparse.SUPPRESS)
@@ -323,6 +331,10 @@ def main():
     if args._part == "blimp":
         print(json.dumps(part_blimp(args.data_dir, args.rehearse)))
         return 0
+    parts = args.parts.split(",")
+    if set(parts) - set(PARTS):
+        print(f"error: --parts={args.parts}: expected some of {', '.join(PARTS)}", file=sys.stderr)
+        return 1
     if not args.rehearse and not torch.cuda.is_available():
         print("no CUDA device is visible: nothing to check on this machine (bench/gpu_check.py checks the GPU path; "
               "run it on a GPU machine, or --rehearse to try the script on this CPU)")
@@ -332,28 +344,40 @@ def main():
     env, rows = environment(args), []
     print(f"GPU check: {env['device']}, torch {env['torch']} (CUDA {env['cuda']}); results in {out_dir}", flush=True)
 
-    def attempt(name, fn):
+    def try_part(name, fn):
+        """fn(timeout)'s result as a row of the table, or its failure; either way the next part runs."""
         t0 = time.perf_counter()
         try:
             row = {"part": name, "status": "ok", **fn(TIMEOUT_S.get(name.rsplit(" ", 1)[0] if name.startswith("step") else name, 300))}
         except Exception as e:  # anything: recorded, and the next part runs
             row = {"part": name, "status": "failed", "error": f"{type(e).__name__}: {e}"[-1500:]}
         row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
         print(f"  {name}: {row['status']} in {row['seconds']:.0f} s" + (f": {row['error']}" if "error" in row else ""), flush=True)
-        write_results(out_dir, env, rows)
         return row
 
-    data = attempt("data", lambda timeout: find_data(args, out_dir, timeout))
-    data_dir = data.get("data_dir", "")
-    attempt("tests", lambda timeout: run_tests(args, timeout))
-    attempt("ddp", lambda timeout: run_ddp(args, data_dir, out_dir, timeout))
-    for size in (["tiny"] if args.rehearse else ["58m", "345m"]):
+    def record(row):
+        rows.append(row)
+        write_results(out_dir, env, rows)  # after every part: a crash of this script keeps what ran
+        return row
+
+    attempt = lambda name, fn: record(try_part(name, fn))
+
+    data_dir = ""
+    if {"data", "ddp", "blimp"} & set(parts):  # the parts that need data or a tokenizer: find them first
+        data_dir = attempt("data", lambda timeout: find_data(args, out_dir, timeout)).get("data_dir", "")
+    # the two checks at once (nothing in them is timed; their compiles overlap), then the measurements one by one
+    checks = {"tests": lambda timeout: run_tests(args, timeout), "ddp": lambda timeout: run_ddp(args, data_dir, out_dir, timeout)}
+    with ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(try_part, name, fn) for name, fn in checks.items() if name in parts]
+    for future in running:
+        record(future.result())
+    for size in (["tiny"] if args.rehearse else ["58m", "345m"]) if "step" in parts else []:
         mine = attempt(f"step {size} ours", lambda timeout: json_part(args, "step", f"--_size={size}", "--_variant=ours", timeout=timeout))
         theirs = attempt(f"step {size} papers", lambda timeout: json_part(args, "step", f"--_size={size}", "--_variant=papers", timeout=timeout))
         if "tokens_per_s" in mine and "tokens_per_s" in theirs:
             mine["vs"] = f"{mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x the papers' tokens/s, {mine['peak_memory_gb'] / theirs['peak_memory_gb']:.2f}x their memory"
-    attempt("blimp", lambda timeout: json_part(args, "blimp", f"--data_dir={data_dir}", timeout=timeout))
+    if "blimp" in parts:
+        attempt("blimp", lambda timeout: json_part(args, "blimp", f"--data_dir={data_dir}", timeout=timeout))
     print(write_results(out_dir, env, rows))
     failed = [r["part"] for r in rows if r["status"] != "ok"]
     print(f"{len(rows) - len(failed)} of {len(rows)} parts ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
