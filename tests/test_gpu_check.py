@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,3 +56,33 @@ def test_the_rehearsal_runs_every_part_on_a_cpu(prepared, tmp_path):
     assert parts["blimp"]["pairs"] == 134 and parts["blimp"]["pairs_per_s_2048"] > 0  # 2 pairs of each of the 67 paradigms
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.startswith("# GPU check (rehearsal on a CPU: not GPU numbers)") and table.count("| ok |") == 6
+
+
+def dead(pid):
+    """The process is gone, or a zombie waiting to be reaped (killed, not running)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return True
+
+
+def test_a_timeout_ends_the_part_and_what_it_started(tmp_path):
+    """A part that hangs (a torchrun whose workers wait forever) is ended with everything it started: its process
+    group, not only the child, or the workers would hold the GPU through the rest of the check."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_check
+
+    pidfile = tmp_path / "pid"
+    code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="timed out after 3 s"):
+        gpu_check.child([sys.executable, "-c", code], timeout=3)
+    assert time.perf_counter() - t0 < 20  # not waiting for the grandchild's 60 s
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        if dead(pid):
+            break
+        time.sleep(0.1)
+    assert dead(pid), f"the grandchild {pid} still runs"
