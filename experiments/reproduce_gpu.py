@@ -5,7 +5,7 @@ arXiv 2409.17312)
 
     python experiments/reproduce_gpu.py                          # one GPU: about 9 minutes on an H100/H200 (the plan it prints)
     python experiments/reproduce_gpu.py --seeds 3                # 3 seeds of student and baseline: intervals over seeds too
-    python experiments/reproduce_gpu.py --tiny                   # the same pipeline at tiny sizes on a CPU (~3 minutes on 2 cores)
+    python experiments/reproduce_gpu.py --tiny                   # the same pipeline at tiny sizes on a CPU (about 2 minutes on 2 cores)
     python experiments/reproduce_gpu.py --plan_only --gpu H100   # only the plan, for a GPU of config.GPU_PEAK_FLOPS
     python experiments/reproduce_gpu.py --report_only            # rewrite the results file from what has finished
 
