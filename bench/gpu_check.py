@@ -1,5 +1,6 @@
 """
-The GPU path, checked and measured in one short script: run it once on a CUDA machine (about 5 minutes).
+The GPU path, checked and measured in one short script: run it once on a CUDA machine (meant to take about
+5 minutes, most of it torch.compile; not yet run on a GPU).
 
     python bench/gpu_check.py                            # on a GPU; without one it says so and exits 0
     python bench/gpu_check.py --out bench/results/h200   # results.json and results.md there (default bench/results/gpu_check)
@@ -30,7 +31,9 @@ measurements (step, blimp) one after another.
            and the warm-up (the compile) time. FLOPs per token: model.py's count, the same for both.
   blimp    BLiMP pairs/s at 345M: eval_blimp.score_sentences in fp32 (eval_blimp.py's default) on 60 pairs of each
            paradigm, at batch_tokens 2048 (eval_blimp.py's default) and 16384 (reproduce_gpu.py's).
-Random weights throughout: speed does not depend on them.
+Random weights throughout: speed does not depend on them. --rehearse runs the same parts on this CPU: tiny models
+(the step at batch 8 under bf16 autocast, eager: a CPU compiles for minutes), the tests but the slow compiled
+one, gloo for DDP; its numbers say nothing about a GPU.
 """
 
 import argparse

@@ -87,7 +87,7 @@ ALLOWANCE = {  # seconds: a process start (import torch, CUDA init), torch.compi
 
 
 def recipe():
-    """(the recipe's keys that set the run's length: epochs, batch_size, seq_len, ...), the 58M shape."""
+    """(every key of configs/teacher1.py, BabyLlama-2's recipe), the 58M shape of configs/babyllama_58m.py."""
     teacher = read_config_file(os.path.join(ROOT, TEACHER_CONFIG))
     small = read_config_file(os.path.join(ROOT, "configs", "babyllama_58m.py"))
     # n_kv_heads: 0 (= n_heads) in babyllama_58m.py, set explicitly because teacher1.py's 5 would carry over
@@ -227,7 +227,7 @@ def main():
     if args.seeds < 1:
         sys.exit(f"error: --seeds={args.seeds}: expected 1 or more")
     if not 0 <= args.mfu <= 1:
-        sys.exit(f"error: --mfu={args.mfu}: expected a fraction in (0, 1], e.g. 0.3")
+        sys.exit(f"error: --mfu={args.mfu}: expected a fraction from 0 to 1, e.g. 0.3 (0: the assumed one)")
     if args.gpu and args.gpu not in GPU_PEAK_FLOPS:
         sys.exit(f"error: --gpu={args.gpu}: expected one of {', '.join(GPU_PEAK_FLOPS)} (config.GPU_PEAK_FLOPS)")
     if not os.path.isdir(CORPUS):
