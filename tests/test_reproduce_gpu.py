@@ -84,7 +84,7 @@ def test_without_a_gpu_the_full_run_is_refused_in_one_line_before_any_work(tmp_p
 @pytest.mark.slow
 def test_tiny_runs_end_to_end_and_a_second_run_resumes(tmp_path):
     """The whole pipeline at tiny sizes on this CPU: the results file holds the teachers, the student and the
-    baseline with their BLiMP; the same command again finds every model finished and trains nothing."""
+    baseline with their BLiMP. Killed while the student was evaluated, the same command runs only what is missing."""
     shared_path("babylm_2024_mini")
     shared_path("blimp_filtered")
     work = tmp_path / "work"
@@ -101,6 +101,12 @@ def test_tiny_runs_end_to_end_and_a_second_run_resumes(tmp_path):
         assert rows[name][2].strip() == role and float(rows[name][9]) == round(result["blimp"], 1), rows[name]
     assert "All 4 models finished." in text and "### Student vs baseline" in text and "### Student vs best teacher" in text
     assert (work / "RESULTS_GPU_val_ce.png").is_file() or "matplotlib" in r.stdout
+    # as if killed while the student was being evaluated: its training is done, its BLiMP and results are not
+    os.remove(work / "results" / "student_s1.json")
+    os.remove(work / "logs" / "student_s1_blimp.done")
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "4 of 4 models finished already (skipped)" in again.stdout and "train_teacher.py" not in again.stdout
+    assert "3 of 4 models finished already (skipped): teacher1, teacher2, baseline_s1" in again.stdout
+    ran = [line for line in again.stdout.splitlines() if ": python " in line]
+    assert len(ran) == 1 and "eval_blimp.py --ckpt $WORK/out/student_s1/ckpt.pt".replace("$WORK", str(work)) in ran[0], ran
+    assert "All 4 models finished." in (work / "RESULTS_GPU.md").read_text()
