@@ -556,7 +556,8 @@ class RunLog:
 
 def print_header(cfg, rt, model, plan, peak):
     print0(f"{model.num_params():,} parameters | {plan.max_iters} steps ({plan.sampler.steps_per_epoch} per epoch) | "
-           f"global batch {cfg.batch_size} x {cfg.seq_len} tokens, grad_accum {plan.grad_accum}, world {rt.world} | "
+           f"global batch {cfg.batch_size} x {cfg.seq_len} tokens, grad_accum {plan.grad_accum}, world {rt.world}"
+           + (f" (DDP, {dist.get_backend()})" if rt.ddp else "") + " | "
            f"device {rt.device} {rt.dtype}, compile {rt.compile}")
     print0(f"MFU is measured against {peak / 1e12:.3g} TFLOP/s: " + ("the data sheet's dense bf16 peak" if peak / rt.world in GPU_PEAK_FLOPS.values()
            else "the best fp32 matmul reading so far on this machine (re-measured when a reading would exceed 100%)"))

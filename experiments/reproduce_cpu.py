@@ -83,21 +83,23 @@ ROLES = {"teacher": "teachers", "baseline": "baseline (plain CE, student size)",
          "three": "student, 3 teachers"}
 
 
-def subset_corpus(src, dst, words):
-    """The first `words` words of each training source (lines kept whole), the dev files as they are."""
+def subset_corpus(src, dst, words, dev_words=0):
+    """The first `words` words of each training source (lines kept whole), the dev files as they are
+    (or their first `dev_words` words)."""
     for split, suffix in (("train_10M", ".train"), ("dev", ".dev")):
         os.makedirs(os.path.join(dst, split), exist_ok=True)
         for fn in sorted(os.listdir(os.path.join(src, split))):
             if not fn.endswith(suffix):
                 continue
             text = open(os.path.join(src, split, fn), encoding="utf-8").read()
-            if split == "train_10M":
+            limit = words if split == "train_10M" else dev_words
+            if limit:
                 out, n = [], 0
                 for line in text.splitlines():
                     w = line.split()
-                    out.append(" ".join(w[: max(0, words - n)]) if n + len(w) > words else line)
+                    out.append(" ".join(w[: max(0, limit - n)]) if n + len(w) > limit else line)
                     n += len(w)
-                    if n >= words:
+                    if n >= limit:
                         break
                 text = "\n".join(out) + "\n"
             with open(os.path.join(dst, split, fn), "w", encoding="utf-8") as f:
@@ -247,37 +249,46 @@ def link_sweep_run(name, sweep_dir, work):
 
 
 @torch.no_grad()
-def test_ce_windows(ckpt_path, data_dir, windows):
-    """The mean next-token CE of each of `windows` fixed test windows (the same windows for every model):
-    their mean is the test CE, and a paired bootstrap resamples them."""
-    model, ckpt = load_checkpoint(ckpt_path)
+def test_ce_windows(ckpt_path, data_dir, windows, device="cpu"):
+    """The mean next-token CE of each of `windows` fixed test windows (0 = every window; the same windows for
+    every model): their mean is the test CE, and a paired bootstrap resamples them. fp32, on `device`."""
+    model, ckpt = load_checkpoint(ckpt_path, device)
     model.eval()
     w = Windows(os.path.join(data_dir, "test.bin"), ckpt["config"]["seq_len"])
-    idx, out = eval_indices(w.n, windows), []
+    idx, out = eval_indices(w.n, windows or w.n), []
     for i in range(0, len(idx), 32):
-        x, y = w.get(idx[i : i + 32], torch.device("cpu"))
+        x, y = w.get(idx[i : i + 32], torch.device(device))
         ce = F.cross_entropy(model.logits(x).float().flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
         out += ce.mean(1).tolist()  # (B,): one number per window
     return out
 
 
-def evaluate_model(args, work, data, name, role, out_dir, train_seconds, label):
-    """BLiMP + supplement (eval_blimp.py, a step with a marker) and test CE; writes work/results/NAME.json."""
+def blimp_command(out_dir, limit=0, extra=()):
+    """eval_blimp.py on a model's ckpt.pt: full BLiMP and the supplement (limit: pairs per paradigm, 0 = all),
+    written to out_dir/blimp.json."""
+    return ["eval_blimp.py", "--ckpt", os.path.join(out_dir, "ckpt.pt"), "--data", os.path.join(SHARED, "blimp_filtered"),
+            "--supplement", os.path.join(SHARED, "blimp_supplement"), "--out", os.path.join(out_dir, "blimp.json"),
+            *(["--limit", str(limit)] if limit else []), *extra]
+
+
+def evaluate_model(work, data, name, role, out_dir, train_seconds, label, limit=0, test_windows=TEST_WINDOWS, device="cpu", blimp_extra=()):
+    """BLiMP + supplement (blimp_command, a step with a marker) and test CE over test_windows windows (0 = all)
+    on `device`; writes work/results/NAME.json."""
     path = os.path.join(work, "results", f"{name}.json")
     if os.path.isfile(path):
         return
     ckpt_path, blimp_json = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "blimp.json")
-    eval_seconds = run_once(f"{name}_blimp", ["eval_blimp.py", "--ckpt", ckpt_path, "--data", os.path.join(SHARED, "blimp_filtered"),
-                                              "--supplement", os.path.join(SHARED, "blimp_supplement"), "--out", blimp_json,
-                                              *(["--limit", "20"] if args.smoke else [])], None, work, label)
+    eval_seconds = run_once(f"{name}_blimp", blimp_command(out_dir, limit, blimp_extra), None, work, label)
     b = json.load(open(blimp_json))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    ce_windows = test_ce_windows(ckpt_path, data, 64 if args.smoke else TEST_WINDOWS)
+    t0 = time.perf_counter()
+    ce_windows = test_ce_windows(ckpt_path, data, test_windows, device)
+    test_seconds = time.perf_counter() - t0
     log = read_log(os.path.join(out_dir, "log.jsonl"))
     cfg = ckpt["config"]
     result = {"role": role, "seed": cfg["seed"], "lr": cfg["lr"], "params": sum(v.numel() for v in ckpt["model"].values()),
               "best_step": ckpt["step"], "steps": cfg["max_iters"], "tokens_seen": cfg["max_iters"] * cfg["batch_size"] * cfg["seq_len"],
-              "train_seconds": train_seconds, "eval_seconds": eval_seconds, "val_ce": ckpt["val_loss"],
+              "train_seconds": train_seconds, "eval_seconds": eval_seconds, "test_seconds": test_seconds, "val_ce": ckpt["val_loss"],
               "test_ce": sum(ce_windows) / len(ce_windows), "test_ce_windows": ce_windows,
               "blimp": b["blimp"]["score"], "supplement": b["supplement"]["score"], "blimp_field": b["blimp"]["field"],
               "blimp_correct": {t: r["correct"] for t, r in b["blimp"]["tasks"].items()},
@@ -334,7 +345,8 @@ def main():
             label = f"{k}/{len(steps)}"
             seconds = run_once(name, cmd, out_dir, work, label) if cmd else t1_seconds if name == "teacher1" else b1_seconds
             if not os.path.isfile(os.path.join(work, "results", f"{name}.json")):
-                evaluate_model(args, work, data, name, role, out_dir, seconds, label)
+                evaluate_model(work, data, name, role, out_dir, seconds, label, limit=20 if args.smoke else 0,
+                               test_windows=64 if args.smoke else TEST_WINDOWS)
                 report(work, where, [name for name, *_ in steps], info, cmds)
     report(work, where, [name for name, *_ in steps], info, cmds)
     print(f"report: {os.path.join(where, 'RESULTS.md')}")
@@ -440,25 +452,65 @@ def comparison_section(title, intro, m, a_role, b, b_label, per_seed=False):
             f"**{title}:** " + "; ".join(parts) + ".", ""]
 
 
+def models_table(m):
+    """One row per finished model (m: name -> result, as evaluate_model writes it)."""
+    rows = ["| model | role | lr | params | best step | train s | val CE | test CE | BLiMP | supplement |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, x in m.items():
+        rows.append(f"| {name} | {x['role']} | {x['lr']:g} | {x['params']:,} | {x['best_step']} | {x['train_seconds']:.0f} | "
+                    f"{x['val_ce']:.4f} | {x['test_ce']:.4f} | {x['blimp']:.1f} | {x['supplement']:.1f} |")
+    return rows
+
+
+def summary_table(m, roles):
+    """Mean ± sd over the seeds of each role, one row per role, then a blank line."""
+    rows = ["| models | seeds | val CE | test CE | BLiMP | supplement | train s (mean) |", "|---|---|---|---|---|---|---|"]
+    for role in roles:
+        xs = [x for x in m.values() if x["role"] == role]
+        cell = lambda key, fmt: mean_sd([x[key] for x in xs], fmt)
+        rows.append(f"| {ROLES[role]} | {len(xs)} | {cell('val_ce', '.4f')} | {cell('test_ce', '.4f')} | {cell('blimp', '.2f')} | "
+                    f"{cell('supplement', '.2f')} | {sum(x['train_seconds'] for x in xs) / len(xs):.0f} |")
+    return rows + [""]
+
+
+def field_table(m):
+    """Each model's BLiMP accuracy per field, pooled over the field's pairs (as eval_blimp.py reports it)."""
+    fields = sorted({f for x in m.values() for f in x["blimp_field"]})
+    rows = ["| model | " + " | ".join(fields) + " |", "|---|" + "---|" * len(fields)]
+    for name, x in m.items():
+        rows.append(f"| {name} | " + " | ".join(f"{x['blimp_field'].get(f, float('nan')):.1f}" for f in fields) + " |")
+    return rows
+
+
+def how_to_read(m, n_intervals, sections, validation):
+    """The paragraph that explains the comparison tables once: `sections` they are in, and what the validation
+    CE is (`validation`: a sentence)."""
+    first = next(iter(m.values()), {"blimp_correct": (), "supplement_correct": ()})
+    return (f"How to read the comparisons of {sections}: each row is a 95% interval for A - B. *paired bootstrap*: both "
+            "models scored on the same items (BLiMP pairs and supplement items resampled within each paradigm or task, test CE "
+            "over the same test windows; 10,000 resamples); with several seeds the difference is the mean over seeds and an item "
+            "is resampled with all its seeds (they share the items). It measures the variation from the finite test sets, for "
+            "these trained models. *t interval over seeds*: the seed-matched differences (same seed = same initialisation and "
+            "data order): the variation from training, the one that says whether the recipe wins. CE in nats (lower is better); "
+            f"BLiMP ({len(first['blimp_correct'])} paradigms) and the supplement ({len(first['supplement_correct'])} tasks) in "
+            "percentage points, the unweighted mean over paradigms or tasks (higher is better; chance is 50). "
+            f"{validation} With {n_intervals} intervals in this report, a few of them excluding zero by chance alone is expected.")
+
+
+def count_intervals(lines):
+    """The interval rows of the comparison tables in `lines`."""
+    return sum(line.startswith("| ") and not line.startswith("| metric") for line in lines)
+
+
+def commands_block(cmds, work):
+    """The commands as they ran, from the project root: the work folder written $WORK, the data ../shared/data."""
+    return [f"python {' '.join(c if ' ' not in c else repr(c) for c in cmd)}".replace(work or "\0", "$WORK").replace(ROOT + "/", "")
+            .replace(SHARED, "../shared/data") for cmd in cmds]
+
+
 def write_report(m, info, path, missing=(), cmds=()):
     """RESULTS.md from the results of the finished models (m: name -> result) and the sweeps."""
     roles = [r for r in ROLES if any(x["role"] == r for x in m.values())]
-    models = ["| model | role | lr | params | best step | train s | val CE | test CE | BLiMP | supplement |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, x in m.items():
-        models.append(f"| {name} | {x['role']} | {x['lr']:g} | {x['params']:,} | {x['best_step']} | {x['train_seconds']:.0f} | "
-                      f"{x['val_ce']:.4f} | {x['test_ce']:.4f} | {x['blimp']:.1f} | {x['supplement']:.1f} |")
-    def summary(roles):
-        rows = ["| models | seeds | val CE | test CE | BLiMP | supplement | train s (mean) |", "|---|---|---|---|---|---|---|"]
-        for role in roles:
-            xs = [x for x in m.values() if x["role"] == role]
-            cell = lambda key, fmt: mean_sd([x[key] for x in xs], fmt)
-            rows.append(f"| {ROLES[role]} | {len(xs)} | {cell('val_ce', '.4f')} | {cell('test_ce', '.4f')} | {cell('blimp', '.2f')} | "
-                        f"{cell('supplement', '.2f')} | {sum(x['train_seconds'] for x in xs) / len(xs):.0f} |")
-        return rows + [""]
-    fields = sorted({f for x in m.values() for f in x["blimp_field"]})
-    frows = ["| model | " + " | ".join(fields) + " |", "|---|" + "---|" * len(fields)]
-    for name, x in m.items():
-        frows.append(f"| {name} | " + " | ".join(f"{x['blimp_field'].get(f, float('nan')):.1f}" for f in fields) + " |")
+    summary = lambda roles: summary_table(m, roles)
     sweeps = []
     for family, rows in info["sweeps"].items():
         chosen = info["lr"][family]
@@ -470,16 +522,6 @@ def write_report(m, info, path, missing=(), cmds=()):
         sweeps += ["", f"Chosen: lr = {chosen:g}.{edge}", ""]
     teachers = [n for n in ("teacher1", "teacher2") if n in m]
     best = min(teachers, key=lambda n: m[n]["val_ce"]) if teachers else None
-    how = ("How to read the comparisons of sections 2 to 5: each row is a 95% interval for A - B. *paired bootstrap*: both "
-           "models scored on the same items (BLiMP pairs and supplement items resampled within each paradigm or task, test CE "
-           "over the same test windows; 10,000 resamples); with several seeds the difference is the mean over seeds and an item "
-           "is resampled with all its seeds (they share the items). It measures the variation from the finite test sets, for "
-           "these trained models. *t interval over seeds*: the seed-matched differences (same seed = same initialisation and "
-           "data order): the variation from training, the one that says whether the recipe wins. CE in nats (lower is better); "
-           "BLiMP ({paradigms} paradigms) and the supplement ({tasks} tasks) in percentage points, the unweighted mean over paradigms or tasks "
-           "(higher is better; chance is 50). Validation CE is each model's best over its run, on the split it was tuned and "
-           "stopped on, so it is optimistic (baseline_s1's is the best of 4 or more sweep runs); test CE was used for no choice. "
-           "With {n} intervals in this report, a few of them excluding zero by chance alone is expected.")
     claims = []
     if best:
         claims += comparison_section("Student vs baseline", "", m, "student", "baseline", ROLES["baseline"], per_seed=True)
@@ -496,9 +538,9 @@ def write_report(m, info, path, missing=(), cmds=()):
                                      m, "mean", "baseline", ROLES["baseline"])]
     cache = [*comparison_section("Cache, sampled vs live teachers", "", m, "cache_sampled", "student", ROLES["student"]),
              *comparison_section("Cache, top-k vs live teachers", "", m, "cache_topk", "student", ROLES["student"])]
-    n_intervals = sum(line.startswith("| ") and not line.startswith("| metric") for line in claims + ensemble + ablations + cache)
-    first = next(iter(m.values()), {"blimp_correct": (), "supplement_correct": ()})
-    how = how.format(n=n_intervals, paradigms=len(first["blimp_correct"]), tasks=len(first["supplement_correct"]))
+    how = how_to_read(m, count_intervals(claims + ensemble + ablations + cache), "sections 2 to 5",
+                      "Validation CE is each model's best over its run, on the split it was tuned and stopped on, so it is optimistic "
+                      "(baseline_s1's is the best of 4 or more sweep runs); test CE was used for no choice.")
     status = (f"**Partial: {len(m)} of {len(m) + len(missing)} models finished.** Still to run: {', '.join(missing)}. "
               "Run the same command again to continue." if missing else f"All {len(m)} models finished.")
     hours = info.get("total_seconds", 0) / 3600
@@ -538,28 +580,35 @@ def write_report(m, info, path, missing=(), cmds=()):
         "first seed's train seconds) instead of running the teachers at every step. Both caches store 16 slots per token "
         "(100 bytes per token); mean ± standard deviation over seeds:", "",
         *summary([r for r in ("student", "cache_sampled", "cache_topk") if r in roles]), *(cache or ["Not run yet.", ""]),
-        "## All models", "", *models, "",
+        "## All models", "", *models_table(m), "",
         "train s: wall time of the training run on the shared 2 cores (a run beside other work on the machine is slower). "
         f"best step = {info['steps']}, the last: the model was still improving on validation when training stopped.", "",
         *([f"Resumed after a kill: {', '.join(info['resumed'])}. Their train s, and the compute total, count only the run "
            "that finished them, not the part before the kill.", ""] if info.get("resumed") else []),
         "## BLiMP by field", "", "Pooled accuracy over the pairs of each field, as eval_blimp.py reports it. BLiMP's own files spell "
-        "one field two ways (syntax_semantics in 13 paradigms, syntax/semantics in 1); the labels are kept as given.", "", *frows, "",
+        "one field two ways (syntax_semantics in 13 paradigms, syntax/semantics in 1); the labels are kept as given.", "", *field_table(m), "",
         "![validation CE](RESULTS_val_ce.png)", "",
         "## Commands", "", "Run from the project root, in this order, with WORK the work folder (each model then gets `eval_blimp.py` "
         "on its `ckpt.pt`, full sets; teacher1 and baseline_s1 are links to the sweeps' runs at the chosen learning rate):", "", "```",
-        *[f"python {' '.join(c if ' ' not in c else repr(c) for c in cmd)}".replace(info.get("work", "\0"), "$WORK").replace(ROOT + "/", "")
-          for cmd in cmds], "```", ""])
+        *commands_block(cmds, info.get("work")), "```", ""])
     atomic_write(path, lambda f: f.write(text), "w")
 
 
-def plot(m, info, curves_path, sweep_path):
+def pyplot():
+    """matplotlib.pyplot without a display, or None (it is optional: the report is written without plots)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed (pip install matplotlib): no plots written")
+        return None
+    return plt
+
+
+def plot(m, info, curves_path, sweep_path):
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8, 5))
     for family, rows in info["sweeps"].items():
@@ -571,6 +620,11 @@ def plot(m, info, curves_path, sweep_path):
     fig.tight_layout()
     fig.savefig(sweep_path, dpi=100)
     plt.close(fig)
+    plot_curves(m, curves_path, plt)
+
+
+def plot_curves(m, curves_path, plt):
+    """Validation CE against the step: the teachers and the first seed of every other model."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
     shown = [name for name, x in m.items() if x["role"] == "teacher" or name.endswith("_s1")]  # teachers, first seed of the rest
     for k, name in enumerate(shown):

@@ -2,6 +2,7 @@
 torch.compile, through the same code as the fp32 CPU path. Whatever differs between CPU and CUDA is decided
 by config.runtime(); these tests check that the bf16 and compiled paths run (no dtype error) and give finite
 numbers close to fp32. bf16 matmuls are slow on most CPUs, so the sizes are tiny.
+bench/gpu_check.py runs the same tests on a GPU: BABYDISTILL_TEST_DEVICE=cuda puts every run and model there.
 Run: python -m pytest tests/test_bf16.py   (the compiled test is marked slow)"""
 
 import math
@@ -17,7 +18,8 @@ from eval_blimp import evaluate_set, score_sentences
 from data import load_tokenizer
 from train_teacher import main as teacher_main
 
-STEPS = dict(max_iters=6, eval_interval=3, warmup_iters=1, log_interval=1)
+DEVICE = os.environ.get("BABYDISTILL_TEST_DEVICE", "cpu")
+STEPS = dict(max_iters=6, eval_interval=3, warmup_iters=1, log_interval=1, device=DEVICE)
 
 
 def train_logs(out):
@@ -49,15 +51,16 @@ def test_distillation_with_bf16_teachers(prepared, tiny_teachers, tmp_path):
 
 
 def test_blimp_scoring_under_bf16_autocast(prepared, tiny_teachers):
-    model = load_checkpoint(tiny_teachers[1])[0].eval()
+    device = torch.device(DEVICE)
+    model = load_checkpoint(tiny_teachers[1], device)[0].eval()
     enc, info = load_tokenizer(prepared)
     tasks = {"t": [{"good": f"the cat sees the ball{s}.", "bad": f"the cat see ball the{s}.", "field": "", "term": "", "pair_id": i}
                    for i, s in enumerate(["", " today", " again", " at night"])]}
     sentences = [s for pairs in tasks.values() for p in pairs for s in (p["good"], p["bad"])]
-    fp32 = score_sentences(model, enc, info, sentences, "2024", torch.device("cpu"), progress=False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = score_sentences(model, enc, info, sentences, "2024", torch.device("cpu"), progress=False)
-        result = evaluate_set(model, enc, info, tasks, "2024", torch.device("cpu"), progress=False)  # the whole path runs
+    fp32 = score_sentences(model, enc, info, sentences, "2024", device, progress=False)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        bf16 = score_sentences(model, enc, info, sentences, "2024", device, progress=False)
+        result = evaluate_set(model, enc, info, tasks, "2024", device, progress=False)  # the whole path runs
     assert result["pairs"] == 4 and sorted(bf16) == sorted(fp32)
     for s in fp32:  # sums of ~10 log-probs: bf16 matmuls move them by about a percent, not more
         assert math.isfinite(bf16[s]) and bf16[s] == pytest.approx(fp32[s], rel=0.02), (s, bf16[s], fp32[s])
