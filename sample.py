@@ -54,7 +54,7 @@ def main(argv=None):
         out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, generator)
     samples = []
     for row in out.tolist():
-        text = enc.decode(row[1:]).replace("<|endoftext|>", "\n")  # a boundary token starts a new document
+        text = enc.decode(row[1:]).replace("<|endoftext|> ", "\n").replace("<|endoftext|>", "\n")  # a boundary starts a document
         samples.append(text.strip(" "))
         print(f"--- sample {len(samples)}\n{samples[-1]}")
     return samples
