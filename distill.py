@@ -360,9 +360,10 @@ def main(argv=None):
     train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
     plan_run(cfg, rt.world, train_w.n, corpus=split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
     teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
+    inputs = run_inputs(cfg.data_dir, cfg.teachers)  # the data and teachers by content: resume compares them, not their paths
     cache = None
     if cfg.teacher_cache:  # a built cache is checked now (header and every file's sha256), a path to build into too
-        header = cache_header(cfg, weights, train_w)
+        header = cache_header(cfg, weights, train_w, teacher_sha256=inputs["teachers"])
         if os.path.isfile(os.path.join(cfg.teacher_cache, "header.json")):
             cache = TeacherCache(cfg.teacher_cache, expect=header)
             if rt.master:
@@ -372,7 +373,6 @@ def main(argv=None):
     if cfg.cache_only and cache is not None:
         print0(f"teacher cache ready in {cfg.teacher_cache} (checked)")
         return None
-    inputs = run_inputs(cfg.data_dir, cfg.teachers)  # the data and teachers by content: resume compares them, not their paths
     inputs["teacher_cache"] = cache_identity(header) if cfg.teacher_cache else None  # a cache is a function of its header
     start = None if cfg.cache_only else start_run(cfg, tok_info, rt, inputs)  # out_dir is taken only after the teachers' work below
 

@@ -71,7 +71,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -134,9 +133,10 @@ def sparse_target(log_p, k, method, u=None, proposal_temperature=1.0):
 # The header: what a cache was built from, checked on use
 
 
-def cache_header(cfg, weights, windows, teacher_paths=None):
+def cache_header(cfg, weights, windows, teacher_paths=None, teacher_sha256=None):
     """The header a cache for this run must have. `windows` is the train.Windows of train.bin;
-    cfg has data_dir, teachers, temperature, ensemble and the cache_* keys (CACHE_KEYS)."""
+    cfg has data_dir, teachers, temperature, ensemble and the cache_* keys (CACHE_KEYS).
+    teacher_sha256: the teachers' file hashes when the caller has them already (they take seconds at 345M)."""
     paths = list(teacher_paths if teacher_paths is not None else cfg.teachers)
     with open(os.path.join(cfg.data_dir, "meta.json")) as f:
         tok = json.load(f)["tokenizer"]
@@ -147,7 +147,7 @@ def cache_header(cfg, weights, windows, teacher_paths=None):
     tokens = np.asarray(windows.tokens)
     return {
         "format": FORMAT,
-        "teacher_sha256": [file_sha256(p) for p in paths],
+        "teacher_sha256": list(teacher_sha256) if teacher_sha256 is not None else [file_sha256(p) for p in paths],
         "teacher_weights": [float(w) for w in weights],
         "tokenizer": {"name": tok["name"], "vocab_size": tok["vocab_size"], "sha256": tok["sha256"]},
         "train_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(),
@@ -345,9 +345,7 @@ def build_cache(compute_block, header, path, rt, block=256, rank=None, world=Non
             clear_stale_lock(path)
         return header
     part = path + ".partial"
-    n, B = header["n_windows"], block
-    n_blocks = math.ceil(n / B)
-    build = {"header": {k: v for k, v in header.items() if k not in ("info", "files")}, "block": B}
+    build = {"header": {k: v for k, v in header.items() if k not in ("info", "files")}, "block": block}
     lock = None
     if rank == 0 or not ddp:
         check_cache_path(path, header)
