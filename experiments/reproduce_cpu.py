@@ -430,6 +430,19 @@ def winner(metric, ci):
     return "A" if (ci.hi < 0) == (metric in LOWER_IS_BETTER) else "B"
 
 
+def main_claims(m, teachers_context):
+    """(best teacher by validation CE, the three sections of the claim): student vs baseline, student vs best teacher,
+    baseline vs best teacher (teachers_context: one sentence on why the last one matters here)."""
+    teachers = [n for n in ("teacher1", "teacher2") if n in m]
+    best = min(teachers, key=lambda n: m[n]["val_ce"]) if teachers else None
+    claims = []
+    if best:
+        claims += comparison_section("Student vs baseline", "", m, "student", "baseline", ROLES["baseline"], per_seed=True)
+        claims += comparison_section("Student vs best teacher", f"The best teacher by validation CE is {best}.", m, "student", best, best, per_seed=True)
+        claims += comparison_section("Baseline vs best teacher", teachers_context, m, "baseline", best, best)
+    return best, claims
+
+
 def comparison_section(title, intro, m, a_role, b, b_label, per_seed=False):
     rows = compare(m, a_role, b, per_seed)
     a_label = ROLES[a_role]
@@ -520,14 +533,7 @@ def write_report(m, info, path, missing=(), cmds=()):
         lrs = [r[0] for r in rows]
         edge = " It is at the edge of the grid: a wider sweep might find a better value." if chosen in (min(lrs), max(lrs)) else ""
         sweeps += ["", f"Chosen: lr = {chosen:g}.{edge}", ""]
-    teachers = [n for n in ("teacher1", "teacher2") if n in m]
-    best = min(teachers, key=lambda n: m[n]["val_ce"]) if teachers else None
-    claims = []
-    if best:
-        claims += comparison_section("Student vs baseline", "", m, "student", "baseline", ROLES["baseline"], per_seed=True)
-        claims += comparison_section("Student vs best teacher", f"The best teacher by validation CE is {best}.", m, "student", best, best, per_seed=True)
-        claims += comparison_section("Baseline vs best teacher", "Context for the claim: are the larger teachers better than the "
-                                     "small plain-CE model at all?", m, "baseline", best, best)
+    best, claims = main_claims(m, "Context for the claim: are the larger teachers better than the small plain-CE model at all?")
     ensemble = [*comparison_section("Two teachers vs teacher1 alone", "", m, "student", "single_t1", ROLES["single_t1"]),
                 *comparison_section("Two teachers vs teacher2 alone", "", m, "student", "single_t2", ROLES["single_t2"]),
                 *comparison_section("Three teachers vs two", "", m, "three", "student", ROLES["student"])]

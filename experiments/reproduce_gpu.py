@@ -47,7 +47,7 @@ sys.path.insert(0, EXPERIMENTS)
 
 import torch  # noqa: E402
 
-from reproduce_cpu import (ROLES, ROOT, SHARED, blimp_command, commands_block, comparison_section, count_intervals,  # noqa: E402
+from reproduce_cpu import (ROOT, SHARED, blimp_command, commands_block, count_intervals, main_claims,  # noqa: E402
                            evaluate_model, field_table, how_to_read, kv, models_table, plot_curves, pyplot, run_once,
                            subset_corpus, summary_table)
 from checkpoint import atomic_write  # noqa: E402
@@ -315,14 +315,8 @@ def plan_table(plan, markers, m):
 def write_report(m, info, plan, markers, path, missing=(), cmds=()):
     s = info["settings"]
     roles = [r for r in ("teacher", "student", "baseline") if any(x["role"] == r for x in m.values())]
-    teachers = [n for n in ("teacher1", "teacher2") if n in m]
-    best = min(teachers, key=lambda n: m[n]["val_ce"]) if teachers else None
-    claims = []
-    if best:
-        claims += comparison_section("Student vs baseline", "", m, "student", "baseline", ROLES["baseline"], per_seed=True)
-        claims += comparison_section("Student vs best teacher", f"The best teacher by validation CE is {best}.", m, "student", best, best, per_seed=True)
-        claims += comparison_section("Baseline vs best teacher", "Context for the claim: are the teachers better than the "
-                                     "baseline at all? (Here they have its size and recipe, and differ by seed only.)", m, "baseline", best, best)
+    best, claims = main_claims(m, "Context for the claim: are the teachers better than the baseline at all? "
+                                  "(Here they have its size and recipe, and differ by seed only.)")
     how = how_to_read(m, count_intervals(claims), "section 2",
                       "Validation CE is each model's best over its run (once per epoch), on the split it was stopped on, so it is "
                       "slightly optimistic; test CE was used for no choice.")
