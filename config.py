@@ -26,6 +26,7 @@ import ctypes
 import difflib
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -40,8 +41,18 @@ class InputError(ValueError):
     """A mistake in the user's input (file, key or value). Scripts print it as one line and exit."""
 
 
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which stops cleanly on its own): unwinds like Ctrl-C, finally blocks run."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def run_main(main):
-    """Run a script's main(): a mistake in the input is one line `error: ...` (exit 1), Ctrl-C one line (exit 130)."""
+    """Run a script's main(), the one way every entry point runs: a mistake in the input is one line
+    `error: ...` (exit 1), Ctrl-C one line (exit 130), SIGTERM one line (exit 143), never a traceback."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
     except (InputError, FloatingPointError) as e:  # FloatingPointError: a non-finite loss stopped training
@@ -49,12 +60,15 @@ def run_main(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("\nterminated (SIGTERM)", file=sys.stderr)
+        sys.exit(143)
 
 
 # -----------------------------------------------------------------------------------------------
 # Keys: {group: {key: (default, meaning) or (default, meaning, accepted)}}
 #
-# `accepted` is a tuple of allowed values, or a bound: ">0", ">=0" or "0..1" (inclusive).
+# `accepted` is a tuple of allowed values, or a bound: ">0", ">=0" or "lo..hi" (inclusive: "0..1", "1..64").
 
 RUNTIME_KEYS = {
     "runtime": {
@@ -139,9 +153,12 @@ def _convert(key, value, default, accepted, where):
     if isinstance(accepted, tuple) and value not in accepted:
         raise InputError(f"{where}: {key}={value!r}: expected one of {', '.join(map(repr, accepted))}")
     if isinstance(accepted, str):
-        bad = (isinstance(value, float) and not math.isfinite(value)) or {
-            ">0": value <= 0, ">=0": value < 0, "0..1": not 0 <= value <= 1}[accepted]
-        if bad:
+        if accepted in (">0", ">=0"):
+            bad = value <= 0 if accepted == ">0" else value < 0
+        else:  # "lo..hi", inclusive
+            lo, hi = (float(b) for b in accepted.split(".."))
+            bad = not lo <= value <= hi
+        if bad or (isinstance(value, float) and not math.isfinite(value)):
             raise InputError(f"{where}: {key}={value!r}: expected a number {accepted.replace('..', ' to ')}")
     return value
 
@@ -204,8 +221,16 @@ def load_config(keys, argv, doc=""):
                 text = args.pop(0)
         if key not in specs:
             raise _unknown(key, specs, f"--{key}")
-        cfg[key] = _convert(key, _literal(text), specs[key][0], (specs[key] + (None,))[2], f"--{key}")
+        cfg[key] = _convert(key, _typed(text, specs[key]), specs[key][0], (specs[key] + (None,))[2], f"--{key}")
     return SimpleNamespace(**cfg)
+
+
+def _typed(text, spec):
+    """The value of --key=text: a Python literal, except that a key whose values are all text takes any text as
+    typed (--protocol 2025 is the string '2025', --out_dir 1e3 the folder 1e3); a quoted literal stays as quoted."""
+    value, accepted = _literal(text), (spec + (None,))[2]
+    text_key = isinstance(spec[0], str) and not (isinstance(accepted, tuple) and any(not isinstance(a, str) for a in accepted))
+    return text if text_key and not isinstance(value, str) else value
 
 
 # -----------------------------------------------------------------------------------------------

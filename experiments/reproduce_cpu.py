@@ -245,7 +245,7 @@ def link_sweep_run(name, sweep_dir, work):
     if os.path.lexists(path):
         sys.exit(f"error: {path} exists and is not the sweep's run {sweep_dir}; move it away and run again")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.symlink(os.path.realpath(sweep_dir), path)
+    os.symlink(os.path.relpath(os.path.realpath(sweep_dir), os.path.realpath(os.path.dirname(path))), path)  # relative: the work folder may move
 
 
 @torch.no_grad()
@@ -274,11 +274,20 @@ def blimp_command(out_dir, limit=0, extra=()):
 def evaluate_model(work, data, name, role, out_dir, train_seconds, label, limit=0, test_windows=TEST_WINDOWS, device="cpu", blimp_extra=()):
     """BLiMP + supplement (blimp_command, a step with a marker) and test CE over test_windows windows (0 = all)
     on `device`; writes work/results/NAME.json."""
-    path = os.path.join(work, "results", f"{name}.json")
-    if os.path.isfile(path):
+    if os.path.isfile(os.path.join(work, "results", f"{name}.json")):
         return
-    ckpt_path, blimp_json = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "blimp.json")
     eval_seconds = run_once(f"{name}_blimp", blimp_command(out_dir, limit, blimp_extra), None, work, label)
+    result = model_result(work, data, name, role, out_dir, train_seconds, eval_seconds, test_windows, device)
+    print(f"[{label}] {name}: val CE {result['val_ce']:.4f}, test CE {result['test_ce']:.4f}, BLiMP {result['blimp']:.1f}, "
+          f"supplement {result['supplement']:.1f}", flush=True)
+
+
+def model_result(work, data, name, role, out_dir, train_seconds, eval_seconds, test_windows=TEST_WINDOWS, device="cpu"):
+    """work/results/NAME.json of a trained model whose out_dir/blimp.json is written (blimp_command): the recipe,
+    validation CE, test CE over test_windows windows (0 = all) on `device`, and every BLiMP and supplement pair's
+    correctness (for the paired intervals). Written whole: a kill leaves none of it."""
+    path = os.path.join(work, "results", f"{name}.json")
+    ckpt_path, blimp_json = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "blimp.json")
     b = json.load(open(blimp_json))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     t0 = time.perf_counter()
@@ -295,8 +304,7 @@ def evaluate_model(work, data, name, role, out_dir, train_seconds, label, limit=
               "supplement_correct": {t: r["correct"] for t, r in b["supplement"]["tasks"].items()},
               "val_curve": [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]}
     atomic_write(path, lambda f: json.dump(result, f), "w")  # a kill leaves no half-written result
-    print(f"[{label}] {name}: val CE {result['val_ce']:.4f}, test CE {result['test_ce']:.4f}, BLiMP {result['blimp']:.1f}, "
-          f"supplement {result['supplement']:.1f}", flush=True)
+    return result
 
 
 def prepare_command(work, data):
