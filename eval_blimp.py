@@ -124,7 +124,7 @@ def encode_sentence(enc, info, sentence, protocol):
 def score_one(model, ctx, ids, device):
     """Sum of log p(ids[i] | ctx, ids[:i]) for one sentence, unbatched: the reference."""
     x = torch.tensor([[ctx] + ids[:-1]], device=device)
-    logp = F.log_softmax(model.logits(x).float(), dim=-1)[0]
+    logp = F.log_softmax(model(x).float(), dim=-1)[0]
     return logp[torch.arange(len(ids)), torch.tensor(ids, device=device)].sum().item()
 
 
@@ -139,7 +139,7 @@ def score_batch(model, items, pad_id, device):
         x[b, 0], x[b, 1 : len(ids)] = ctx, torch.tensor(ids[:-1])
         y[b, : len(ids)], mask[b, : len(ids)] = torch.tensor(ids), True
     x, y, mask = x.to(device), y.to(device), mask.to(device)
-    logp = F.log_softmax(model.logits(x).float(), dim=-1)  # (B, T, V), in fp32 even under bf16 autocast
+    logp = F.log_softmax(model(x).float(), dim=-1)  # (B, T, V), in fp32 even under bf16 autocast
     token_logp = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     return (token_logp * mask).sum(-1).tolist()
 

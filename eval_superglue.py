@@ -337,7 +337,7 @@ class Classifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
 
     def forward(self, x, last):
-        h = self.llama(x)  # (B, T, dim) final hidden states; the LM output head is not used
+        h = self.llama(x, return_hidden=True)  # (B, T, dim) final hidden states; the LM output head is not used
         return self.head(h[torch.arange(len(x), device=x.device), last])  # (B, n_out)
 
 

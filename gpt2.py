@@ -22,7 +22,7 @@ layer_norm_epsilon 1e-5, initializer_range 0.02, resid/embd/attn_pdrop 0.1); exp
 model as a transformers GPT2LMHeadModel, and the tests compare the two logit for logit.
 
 The interface is model.Llama's, so that training, distillation, evaluation and sampling take either model:
-forward(idx, causal) -> final-norm hidden states (B, T, dim); .output, the (tied) head; .logits(idx, causal);
+forward(idx, causal, return_hidden) -> logits (B, T, vocab), or the final-norm hidden states (B, T, dim); .output, the (tied) head;
 .config; num_params(matmul_only); flops_per_token(seq_len, backward); configure_optimizer(...); generate(...).
 The last four need nothing architecture-specific and are model.Llama's own functions, reused below.
 
@@ -146,8 +146,8 @@ class GPT2(nn.Module):
             else:
                 nn.init.normal_(p, mean=0.0, std=0.02)
 
-    def forward(self, idx, causal=True):
-        """Final-norm hidden states (B, T, dim) of token ids idx (B, T). Apply self.output for logits."""
+    def forward(self, idx, causal=True, return_hidden=False):
+        """Next-token logits (B, T, vocab) of token ids idx (B, T); with return_hidden, the final-norm hidden states (B, T, dim)."""
         B, T = idx.shape
         if T > self.config.max_seq_len:  # there is no position vector beyond the table
             raise ValueError(f"sequence length {T} exceeds the model's max_seq_len={self.config.max_seq_len}")
@@ -155,12 +155,12 @@ class GPT2(nn.Module):
         x = F.dropout(self.tok_embeddings(idx) + self.pos_embeddings(pos), self.config.dropout, self.training)  # (B, T, dim)
         for layer in self.layers:
             x = layer(x, causal)
-        return self.norm(x)
+        h = self.norm(x)
+        return h if return_hidden else self.output(h)
 
     # Nothing architecture-specific in these: the Llama's own functions (they use forward, output, config,
     # num_params and parameters only). configure_optimizer decays 2-D weights only: matrices and the two
     # embedding tables, not biases or LayerNorm parameters (as the Hugging Face Trainer).
-    logits = Llama.logits
     generate = Llama.generate
     flops_per_token = Llama.flops_per_token
     configure_optimizer = Llama.configure_optimizer

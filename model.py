@@ -16,8 +16,9 @@ Notable features (all the published BabyLlama / BabyLlama-2 shapes are expressib
 
 References: Llama (arXiv 2302.13971), BabyLlama (arXiv 2308.02019), BabyLlama-2 (arXiv 2409.17312).
 The file imports only torch: training, distillation and evaluation scripts all build on it.
-The model returns final hidden states; whoever computes a loss applies the output head (`model.output`),
-so that distill.py can apply it chunk by chunk without ever holding (B, T, vocab) logits.
+model(idx) returns next-token logits (B, T, vocab), as nanoGPT's does; model(idx, return_hidden=True) returns
+the final-norm hidden states (B, T, dim) instead, for a loss that applies the output head a few sequences at a
+time (chunked_loss.py) and so never holds the (B, T, vocab) logits.
 """
 
 from dataclasses import dataclass, fields
@@ -193,8 +194,9 @@ class Llama(nn.Module):
             else:
                 nn.init.normal_(p, mean=0.0, std=0.02)
 
-    def forward(self, idx, causal=True):
-        """Final-norm hidden states (B, T, dim) of token ids idx (B, T). Apply self.output for logits."""
+    def forward(self, idx, causal=True, return_hidden=False):
+        """Next-token logits (B, T, vocab) of token ids idx (B, T); with return_hidden, the final-norm hidden states
+        (B, T, dim) that the output head would turn into them."""
         B, T = idx.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds the model's max_seq_len={self.config.max_seq_len}")
@@ -202,11 +204,8 @@ class Llama(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for layer in self.layers:
             x = layer(x, cos, sin, causal)
-        return self.norm(x)
-
-    def logits(self, idx, causal=True):
-        """(B, T, vocab) next-token logits: for evaluation, where (B, T, vocab) fits in memory."""
-        return self.output(self(idx, causal))
+        h = self.norm(x)
+        return h if return_hidden else self.output(h)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, generator=None):
@@ -216,7 +215,7 @@ class Llama(nn.Module):
         No KV cache: every token runs the whole context again, simple and fast enough at these sizes."""
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.max_seq_len :]  # (B, <= max_seq_len)
-            logits = self.logits(context)[:, -1, :].float()  # (B, vocab): the next token after the context
+            logits = self(context)[:, -1, :].float()  # (B, vocab): the next token after the context
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:

@@ -6,10 +6,11 @@ as a sparse, unbiased estimate, then read in every epoch instead of running the 
     python distill.py configs/tiny_student.py --teacher_cache=out/tiny_cache --cache_only=True   # build only
     torchrun --nproc_per_node=8 distill.py configs/student.py --teacher_cache=out/cache345m      # each rank builds a share
 
-This file is the cache as an artifact: what is stored per position (sparse_target), the header that says
-what it was built from, reading it (TeacherCache) and building it in resumable blocks (build_cache). The
-teachers' pass that fills a block and the loss that reads it are distillation, in distill.py. Live
-teachers stay the default and the reference; with a cache the step runs no teacher forward at all.
+This file is the cache, top to bottom: what is stored per position (sparse_target), the header that says
+what it was built from, reading it (TeacherCache), building it in resumable blocks (build_cache) from the
+teachers' pass (teacher_block), the loss that reads it (sparse_distill_loss, CachedDistillation), and the two
+calls distill.py makes (check, then ready). Live teachers stay the default and the reference; with a cache the
+step runs no teacher forward at all.
 
 Why it is possible: train.Windows cuts train.bin into fixed non-overlapping windows and every epoch
 (EpochSampler) is a permutation of the SAME windows, so the teacher ensemble sees the same inputs in every
@@ -27,7 +28,7 @@ a sparse vector p_hat over k slots (token ids + weights) is stored:
           d KL(p || q_T) / d s = (softmax(s / T) - p) / T,
       so the gradient with p_hat in place of p is an unbiased estimate of the exact one, and so is the
       whole step's gradient d loss / d s = a_ce (softmax(s) - onehot(y)) + a_kl (softmax(s / T) - p_hat)
-      (a_ce, a_kl as distill.FusedHeadLoss). The loss value uses the identity
+      (a_ce = alpha / N, a_kl = (1 - alpha) T / kl_denominator). The loss value uses the identity
       KL = sum_v p log p - (p . s) / T + logsumexp(s / T),
       whose middle term is linear in p (unbiased with p_hat) and whose first term, minus the entropy of p,
       does not depend on the student: it is computed exactly at build time and stored (4 bytes a token),
@@ -72,6 +73,7 @@ import math
 import os
 import shutil
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -82,6 +84,7 @@ from tqdm import tqdm
 from checkpoint import atomic_write, check_writable_dir, file_sha256
 from config import InputError
 from run_dir import release_lock, stop_signals, take_lock
+from train import CausalLM
 
 FORMAT = "babydistill-teacher-cache-2"  # 2: the files' sha256 in the header, checked on every use
 
@@ -434,3 +437,103 @@ def _build(compute_block, header, path, part, build, rank, world, ddp, on_block)
     if ddp:
         dist.barrier()
     return header
+
+
+# -----------------------------------------------------------------------------------------------
+# Filling it: the teachers' pass over a block of windows
+
+
+@torch.no_grad()
+def teacher_block(teachers, target, windows, lo, hi, header, rt, chunk=256):
+    """What the cache stores for windows lo..hi-1: (ids (n, L, k) uint16, weights (n, L, k) float32, plogp (n, L)
+    float32), from one pass of the teachers. target(teacher logits) -> log p: the run's ensemble target
+    (distill.ensemble_log_probs with its weights, temperature and ensemble), applied `chunk` positions at a time."""
+    L, k = header["seq_len"], header["k"]
+    x, _ = windows.get(torch.arange(lo, hi), rt.device)
+    with rt.autocast:
+        t_h = [t(x, return_hidden=True).reshape((hi - lo) * L, -1) for t in teachers]  # (n L, dim_k) final hidden states
+    u = None
+    if header["method"] == "sampled":  # the uniforms of window i depend on (seed, i) only
+        g = torch.Generator()
+        u = torch.cat([torch.rand(L * k, generator=g.manual_seed(header["seed"] * 1_000_003 + i)) for i in range(lo, hi)]).view(-1, k)
+    N = (hi - lo) * L
+    out_ids, out_w, out_plogp = torch.empty(N, k, dtype=torch.int64), torch.empty(N, k), torch.empty(N)
+    for i in range(0, N, chunk):
+        log_p = target([t.output(th[i : i + chunk]) for th, t in zip(t_h, teachers)])  # (chunk, V)
+        out_plogp[i : i + chunk] = (log_p.exp() * log_p).sum(-1).cpu()  # log_p is finite (a log-softmax): no 0 * inf
+        ids, w = sparse_target(log_p.cpu(), k, header["method"], None if u is None else u[i : i + chunk], header["proposal_temperature"] or 1.0)
+        out_ids[i : i + chunk], out_w[i : i + chunk] = ids, w
+    n = hi - lo
+    return out_ids.view(n, L, k).numpy().astype(np.uint16), out_w.view(n, L, k).numpy(), out_plogp.view(n, L).numpy()
+
+
+# -----------------------------------------------------------------------------------------------
+# Learning from it: the distillation loss with p replaced by the stored p_hat
+
+
+def sparse_distill_loss(student_logits, y, ids, weights, plogp, alpha, temperature, kl_reduction):
+    """distill.distill_loss with the ensemble target p replaced by the cache's sparse estimate p_hat: per position, k
+    token ids and weights (B, L, k), and plogp (B, L) = sum_v p_v log p_v, stored exactly when the cache was built.
+    As log q_v = s_v / T - logsumexp(s / T) and sum_v p_v = 1,
+        KL(p || q) = sum_v p_v log p_v - (p . s) / T + logsumexp(s / T),
+    and only the middle term needs p: with p_hat, a sum over the k stored slots. It is linear in p, so with the
+    sampled cache (E[p_hat] = p) the loss and its gradient are unbiased estimates of the live ones."""
+    B, L, V = student_logits.shape
+    s = student_logits.float()
+    ce = F.cross_entropy(s.reshape(B * L, V), y.reshape(B * L))
+    p_hat_dot_s = (weights.float() * s.gather(-1, ids)).sum()  # over B, L and the k slots
+    kl_sum = plogp.float().sum() - p_hat_dot_s / temperature + torch.logsumexp(s / temperature, dim=-1).sum()
+    kl_term = temperature**2 * kl_sum / (B if kl_reduction == "paper" else B * L)
+    return alpha * ce + (1 - alpha) * kl_term, ce, kl_term, kl_sum / (B * L)
+
+
+class CachedDistillation(CausalLM):
+    """The student's objective with a teacher cache: each batch's targets are read by window index, and no teacher
+    runs (so the FLOPs per token are the student's alone)."""
+
+    def __init__(self, student, cache, cfg, teacher_val=None):
+        super().__init__(student, cfg)
+        self.cache = cache
+        self.alpha, self.temperature, self.kl_reduction = cfg.alpha, cfg.temperature, cfg.kl_reduction
+        self.record = dict(teacher_val or {})  # the teachers' validation losses, beside the student's in the log
+
+    def inputs(self, batch):
+        ids, weights, plogp = self.cache.get(batch.idx)
+        return batch.x, batch.y, ids.to(batch.x.device), weights.to(batch.x.device), plogp.to(batch.x.device)
+
+    def loss(self, student, x, y, ids, weights, plogp):
+        def formula(student_logits, y, ids, weights, plogp):  # on the whole micro-batch, or on a chunk of its sequences
+            loss, ce, kl_term, kl = sparse_distill_loss(student_logits, y, ids, weights, plogp, self.alpha, self.temperature, self.kl_reduction)
+            return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
+
+        return self.apply(formula, student, x, [y, ids, weights, plogp])
+
+
+# -----------------------------------------------------------------------------------------------
+# What distill.py calls: check (before any work), then ready (after the teachers' validation)
+
+
+def check(cfg, weights, windows, rt, inputs):
+    """--teacher_cache, before any work: the header this run needs, whose identity joins `inputs` (resume compares
+    it), and either the built cache, opened and checked (header and every file's sha256), or the folder a build will
+    fill, checked (a file, read-only, other files, no room). None for live teachers (no --teacher_cache)."""
+    inputs["teacher_cache"] = None
+    if not cfg.teacher_cache:
+        if cfg.cache_only:
+            raise InputError("cache_only=True needs --teacher_cache=DIR, the folder of the cache to build (or check)")
+        return None
+    header = cache_header(cfg, weights, windows, teacher_sha256=inputs["teachers"])
+    inputs["teacher_cache"] = cache_identity(header)  # a cache is a function of its header
+    built = os.path.isfile(os.path.join(cfg.teacher_cache, "header.json"))
+    cache = TeacherCache(cfg.teacher_cache, expect=header) if built else None
+    if rt.master:
+        clear_stale_lock(cfg.teacher_cache) if built else check_cache_path(cfg.teacher_cache, header)
+    return SimpleNamespace(path=cfg.teacher_cache, header=header, built=built, cache=cache, block=cfg.cache_block, chunk=cfg.loss_chunk or 256)
+
+
+def ready(plan, teachers, target, windows, rt):
+    """The cache of check(), built now by one pass of the teachers over every window if it was not built yet."""
+    if plan.cache is None:
+        build_cache(lambda lo, hi: teacher_block(teachers, target, windows, lo, hi, plan.header, rt, plan.chunk), plan.header, plan.path, rt, plan.block)
+        plan.cache = TeacherCache(plan.path, expect=plan.header)
+    return plan.cache

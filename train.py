@@ -34,6 +34,7 @@ import math
 import os
 import re
 import time
+from collections import namedtuple
 from fractions import Fraction
 from types import SimpleNamespace
 
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import append_log, check_writable_dir, model_checkpoint, read_log, save_checkpoint, unwrap, write_log
+from chunked_loss import chunked_loss
 from config import GPU_PEAK_FLOPS, RUNTIME_KEYS, InputError, flat_defaults, merge_keys, peak_flops, print0
 from data import read_bin, split_words
 from gpt2 import GPT2Config
@@ -88,6 +90,13 @@ TRAIN_KEYS = merge_keys({
         "seed": (1337, "initialisation, data order and masks all follow from it", ">=0"),
         "nonfinite": ("stop", "a non-finite loss or gradient: 'stop' (keep the last good checkpoint) or 'skip' the step", ("stop", "skip")),
     },
+    "the loss at scale (chunked_loss.py; either way the same values and gradients)": {
+        "loss_impl": ("chunked", "'chunked': the loss loss_chunk positions at a time, each chunk differentiated by autograd, never "
+                                 "the whole (B, T, vocab) logits; 'plain': on the whole micro-batch's logits ('fused': chunked, its old name)",
+                      ("chunked", "plain", "fused")),
+        "loss_chunk": (256, "positions per chunk (whole sequences, at least one; a micro-batch within one chunk is computed whole; "
+                            "0 = all at once); also the positions per teacher pass of a cache build", ">=0"),
+    },
     "evaluation and logging": {
         "eval_interval": (200, "steps between validation losses and checkpoints", ">0"),
         "eval_windows": (1024, "validation windows, spread evenly over val.bin (the same for every model)", ">0"),
@@ -113,6 +122,9 @@ def check_train_config(cfg):
         raise InputError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}: lower --seq_len or raise --max_seq_len")
     if cfg.min_lr > cfg.lr:
         raise InputError(f"min_lr={cfg.min_lr} is larger than lr={cfg.lr}: lower --min_lr")
+    if cfg.loss_impl == "fused":
+        print0("note: loss_impl='fused' is now 'chunked' (the same loss, chunked and differentiated by autograd): running chunked")
+        cfg.loss_impl = "chunked"
     if cfg.wandb_log:
         wandb_module()  # a missing package is a one-line error now, not after the first steps
     check_writable_dir(cfg.out_dir, "out_dir")  # empty, a file, under a file or read-only: now, not at the first checkpoint
@@ -220,7 +232,7 @@ def evaluate(model, windows, idx, batch_size, rt, desc="validation"):
     for i in tqdm(range(0, len(mine), batch_size), desc=desc, disable=desc is None or not rt.master, leave=False, mininterval=1):
         x, y = windows.get(mine[i : i + batch_size], rt.device)
         with rt.autocast:
-            logits = model.logits(x)
+            logits = model(x)
         total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
         total[1] += y.numel()
     if rt.ddp:
@@ -350,6 +362,8 @@ def check_track(cfg, plan, words):
 # -----------------------------------------------------------------------------------------------
 # The plain objective. Others subclass it and change what they need.
 
+Batch = namedtuple("Batch", "x y idx step micro rank")  # a micro-batch and where it comes from (window indices, step, micro-step, rank)
+
 
 class CausalLM:
     """Next-token cross-entropy: what a teacher or a baseline learns. What an objective gives the loop:
@@ -358,31 +372,50 @@ class CausalLM:
     record                  fixed numbers added to every validation entry and checkpoint (distillation: the
                             teachers' validation losses)
     flops_per_token(L)      for MFU
-    batch(x, y, idx, step, micro, rank) -> the loss inputs of one micro-batch (idx: its window indices)
+    inputs(batch)           the loss inputs of one micro-batch (a Batch: each objective reads what it needs)
     loss(model, *inputs)    -> (loss, {name: scalar tensor to log}); compiled when rt.compile, so it must not
                             take the step number (a Python int argument would recompile at every step)
-    log_fields(step)        -> plain values added to the log line of a step (AntLM: the phase)
-    """
+    log_fields(step)        plain values added to the log line of a step (AntLM: the phase)
+
+    Every objective computes its loss with apply(): one formula on the model's logits, either on the whole
+    micro-batch (loss_impl="plain") or a chunk of sequences at a time (loss_impl="chunked", the default:
+    chunked_loss.py), the same values and gradients without (B, L, vocab) tensors."""
 
     epochs = None
     record = {}
 
-    def __init__(self, model):
+    def __init__(self, model, cfg):
         self.model = model
+        self.chunk = 0 if cfg.loss_impl == "plain" or not cfg.loss_chunk else max(1, cfg.loss_chunk // cfg.seq_len)  # sequences; 0 = plain
 
     def flops_per_token(self, seq_len):
         return self.model.flops_per_token(seq_len)
 
-    def batch(self, x, y, idx, step, micro, rank):
-        return x, y
+    def inputs(self, batch):
+        return batch.x, batch.y
 
     def loss(self, model, x, y, causal=True):
-        """Targets of -1 are ignored (the unselected positions of a masked-LM batch)."""
-        logits = unwrap(model).output(model(x, causal))  # through the DDP wrapper's forward, then the head
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1), {}
+        ce = lambda logits, y: (F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1), {})
+        if not causal:  # masked LM (AntLM): the CE averages over the selected positions (the others are -1), not per sequence
+            return ce(model(x, causal), y)
+        return self.apply(ce, model, x, [y])
+
+    def apply(self, formula, model, x, per_sequence):
+        """formula(logits (b, L, V), *per_sequence) -> (loss, logs), a mean over the b sequences it is given, on the
+        model's logits of x (through the DDP wrapper's forward): all at once when the micro-batch fits one chunk (or
+        loss_impl="plain"), else chunked_loss cuts x's sequences and every tensor of per_sequence into chunks."""
+        if not self.chunk or len(x) <= self.chunk:
+            return formula(model(x), *per_sequence)
+        return chunked_loss(formula, model(x, return_hidden=True), unwrap(model).output.weight, per_sequence, self.chunk)
 
     def log_fields(self, step):
         return {}
+
+
+def micro_batch_seed(seed, step, micro, rank):
+    """The seed of a micro-batch's random draws (GPT-2's dropout masks, AntLM's masking): a function of where it
+    is, so a resumed run draws what the uninterrupted run drew. Within the 64 bits torch.manual_seed takes."""
+    return (((seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank) % 2**63
 
 
 # -----------------------------------------------------------------------------------------------
@@ -393,103 +426,53 @@ def train(cfg, rt, model, objective, train_w, tok_info, start=None, inputs=None)
     """Train `model` (a bare Llama or GPT2, on rt.device) on the windows train_w with `objective`, resuming from the
     checkpoint dict `start` (its weights already loaded) if given; `inputs` (run_dir.run_inputs) go into every
     checkpoint, for resume to compare. Returns a summary dict."""
-    plan = plan_run(cfg, rt.world, train_w.n, objective.epochs, split_words(cfg.data_dir))
-    plan.inputs = inputs or {}
-    val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
-    val_idx = eval_indices(val_w.n, cfg.eval_windows)
-    optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps)
-    step, best_val = 0, float("inf")
-    if start is not None:
-        optimizer.load_state_dict(start["optimizer"])
-        step, best_val = start["step"], start["best_val_loss"]
-    log = RunLog(cfg, rt, step if start is not None else None)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.ddp else model
-    loss_fn = torch.compile(objective.loss) if rt.compile else objective.loss
-    flops_per_step = objective.flops_per_token(cfg.seq_len) * cfg.batch_size * cfg.seq_len
-    peak = peak_flops(rt.device) * rt.world
-    print_header(cfg, rt, model, plan, peak)
-    bar = tqdm(total=plan.max_iters, initial=step, desc="train", disable=not rt.master, mininterval=1, dynamic_ncols=True)
-    t_run = t0 = time.perf_counter()
-    t0_step = step
+    run = Run(cfg, rt, model, objective, train_w, tok_info, start, inputs)
     with running(cfg, rt) as stop:
         try:
-            while step < plan.max_iters:
+            while run.step < run.plan.max_iters:
                 # ---- every step: the learning rate, gradients over grad_accum micro-batches, one AdamW step
-                lr = lr_at(step, cfg, plan.max_iters)
-                for group in optimizer.param_groups:
+                lr = lr_at(run.step, cfg, run.plan.max_iters)
+                for group in run.optimizer.param_groups:
                     group["lr"] = lr
-                named, norm, stop_requested = forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, plan, step, stop)
-                if all(map(math.isfinite, [*named.values(), norm])):  # never step with a NaN: the weights stay good
-                    optimizer.step()
-                elif cfg.nonfinite == "stop":
-                    raise FloatingPointError(f"non-finite loss or gradient at step {step}; the last good checkpoint is "
-                                             f"{os.path.join(cfg.out_dir, 'last.pt')} (--nonfinite=skip skips such steps)")
-                else:
-                    print0(f"step {step}: non-finite loss or gradient, step skipped")
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-                save_milestones(cfg, rt, model, tok_info, plan, step)  # chck_<words>/ckpt.pt when this step reaches one
-
-                # ---- every log_interval steps: the losses, the learning rate, speed and MFU
-                if step % cfg.log_interval == 0 or step == plan.max_iters:
-                    dt = (time.perf_counter() - t0) / (step - t0_step)
-                    if flops_per_step / dt > peak:  # the first reading of the peak was low (a busy machine)
-                        peak = max(peak, peak_flops(rt.device) * rt.world)
-                    log(bar, {"step": step, "words_seen": words_seen(plan, step), **named, "lr": lr, **objective.log_fields(step - 1), "ms_per_step": 1000 * dt,
-                              "tok_per_s": cfg.batch_size * cfg.seq_len / dt, "mfu": flops_per_step / dt / peak})
-                    t0, t0_step = time.perf_counter(), step
-
-                # ---- every eval_interval steps: the validation loss, then checkpoints
-                if step % cfg.eval_interval == 0 or step == plan.max_iters:
-                    val = evaluate(model, val_w, val_idx, cfg.micro_batch_size, rt)
-                    if not math.isfinite(val):
-                        raise FloatingPointError(f"non-finite validation loss at step {step}; the last good checkpoint is "
-                                                 f"{os.path.join(cfg.out_dir, 'last.pt')}")
-                    improved, best_val = val < best_val, min(best_val, val)
-                    log(bar, {"step": step, "words_seen": words_seen(plan, step), "val_loss": val, **objective.record}, shown={"best val_loss": best_val})
-                    # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes
-                    # both again, so the best checkpoint is never left behind by a resumed run.
-                    if improved:
-                        save_run("ckpt.pt", cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, val)
-                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, val)
-                    t0, t0_step = time.perf_counter(), step  # evaluation time is not training time
-
-                # ---- a stop request (Ctrl-C, SIGTERM or stop_at): save last.pt and leave
-                if stop_requested and step < plan.max_iters:
-                    save_run("last.pt", cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, None)
-                    bar.close()
-                    print0(f"saved {os.path.join(cfg.out_dir, 'last.pt')} at step {step}; resume with --resume=True")
+                logs, grad_norm, stop_asked = forward_backward(run, stop)
+                if run.finite(logs, grad_norm):  # never a step with a NaN: the weights stay good
+                    run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                run.step += 1
+                run.bar.update(1)
+                # ---- around the learning, each at its own interval
+                run.save_milestones()  # BabyLM's chck_<words>/ckpt.pt, when this step reaches one
+                run.log_step(logs, lr)  # every log_interval steps: the losses, the learning rate, speed and MFU
+                run.validate_and_save()  # every eval_interval steps: validation CE, then ckpt.pt and last.pt
+                if stop_asked and run.step < run.plan.max_iters:  # Ctrl-C, SIGTERM (any rank) or stop_at: save last.pt, leave
+                    run.save_and_stop()
                     break
         finally:
-            bar.close()
-            log.close()
-    return {"best_val_loss": best_val, "steps": step, "max_iters": plan.max_iters, "seconds": time.perf_counter() - t_run,
-            "signal": stop.signum}
+            run.close()
+    return {"best_val_loss": run.best_val, "steps": run.step, "max_iters": run.plan.max_iters,
+            "seconds": time.perf_counter() - run.t_start, "signal": stop.signum}
 
 
-def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, plan, step, stop):
+def forward_backward(run, stop):
     """Gradients of one optimizer step over plan.grad_accum micro-batches, clipped. Returns the logged means
     ({"loss": ..., **logs}), the gradient norm, and whether any rank asked to stop (a signal, or stop_at)."""
+    cfg, rt, plan = run.cfg, run.rt, run.plan
     loss_sum, logs_sum = 0.0, {}
     for micro in range(plan.grad_accum):
-        idx = plan.sampler.indices(step, micro, rt.rank)
-        x, y = train_w.get(idx, rt.device, rt.pin_memory)
-        inputs = objective.batch(x, y, idx, step, micro, rt.rank)
-        # Dropout (GPT-2) draws its masks from the global generator: seeded from (seed, step, micro-step, rank),
-        # a resumed run draws the masks the uninterrupted run drew. (Nothing else in training draws from it.)
-        # The modulo keeps a large seed within the 64 bits torch.manual_seed accepts.
-        torch.manual_seed((((cfg.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rt.rank) % 2**63)
+        idx = plan.sampler.indices(run.step, micro, rt.rank)
+        x, y = run.train_w.get(idx, rt.device, rt.pin_memory)
+        inputs = run.objective.inputs(Batch(x, y, idx, run.step, micro, rt.rank))
+        torch.manual_seed(micro_batch_seed(cfg.seed, run.step, micro, rt.rank))  # dropout draws from the global generator
         if rt.ddp:  # all-reduce gradients on the last micro-step only
-            ddp_model.require_backward_grad_sync = micro == plan.grad_accum - 1
+            run.ddp_model.require_backward_grad_sync = micro == plan.grad_accum - 1
         with rt.autocast:
-            loss, logs = loss_fn(ddp_model, *inputs)
+            loss, logs = run.loss_fn(run.ddp_model, *inputs)
         (loss / plan.grad_accum).backward()
         loss_sum = loss_sum + loss.detach() / plan.grad_accum
         for k, v in logs.items():
             logs_sum[k] = logs_sum.get(k, 0.0) + v.detach() / plan.grad_accum
     # clip_grad_norm_ also returns the norm: a non-finite gradient is caught even when the loss is finite
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip or float("inf"))
     # One tensor, one all-reduce and one host sync per step: loss and logs (means over the global batch, as in
     # one process), the gradient norm (already global under DDP), and the stop request of any rank.
     stats = torch.stack([loss_sum, *logs_sum.values(), grad_norm.to(loss_sum.device), torch.tensor(float(stop.signum), device=loss_sum.device)]).float()
@@ -497,33 +480,110 @@ def forward_backward(cfg, rt, model, ddp_model, loss_fn, objective, train_w, pla
         dist.all_reduce(stats)
         stats /= rt.world
     *values, norm, stop_value = stats.tolist()
-    return dict(zip(["loss", *logs_sum], values)), norm, stop_value > 0 or step + 1 == cfg.stop_at
+    return dict(zip(["loss", *logs_sum], values)), norm, stop_value > 0 or run.step + 1 == cfg.stop_at
 
 
-def save_run(name, cfg, rt, model, optimizer, objective, tok_info, plan, step, best_val, val_loss):
-    """ckpt.pt or last.pt of the run: everything resume needs (rank 0 writes, every rank waits)."""
-    if rt.master:
-        ckpt = model_checkpoint(model, tok_info, optimizer=optimizer.state_dict(), step=step, words_seen=words_seen(plan, step),
-                                best_val_loss=best_val, val_loss=val_loss, config=vars(cfg), inputs=plan.inputs, **objective.record)
-        save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
-    if rt.ddp:
-        dist.barrier()
+class Run:
+    """A run's state (the plan, the optimizer, the step, the best validation loss) and the operations that happen
+    around the learning: the non-finite policy, milestones, logging, validation, checkpoints and stopping."""
 
+    def __init__(self, cfg, rt, model, objective, train_w, tok_info, start, inputs):
+        self.cfg, self.rt, self.model, self.objective, self.train_w, self.tok_info = cfg, rt, model, objective, train_w, tok_info
+        self.plan = plan_run(cfg, rt.world, train_w.n, objective.epochs, split_words(cfg.data_dir))
+        self.plan.inputs = inputs or {}
+        self.val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
+        self.val_idx = eval_indices(self.val_w.n, cfg.eval_windows)
+        self.optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps)
+        self.step, self.best_val = 0, float("inf")
+        if start is not None:
+            self.optimizer.load_state_dict(start["optimizer"])
+            self.step, self.best_val = start["step"], start["best_val_loss"]
+        self.log = RunLog(cfg, rt, self.step if start is not None else None)
+        self.ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.ddp else model
+        self.loss_fn = torch.compile(objective.loss) if rt.compile else objective.loss
+        self.flops_per_step = objective.flops_per_token(cfg.seq_len) * cfg.batch_size * cfg.seq_len
+        self.peak = peak_flops(rt.device) * rt.world
+        print_header(cfg, rt, model, self.plan, self.peak)
+        self.bar = tqdm(total=self.plan.max_iters, initial=self.step, desc="train", disable=not rt.master, mininterval=1, dynamic_ncols=True)
+        self.t_start = self.t0 = time.perf_counter()
+        self.t0_step = self.step  # speed is measured over the steps since t0
 
-def save_milestones(cfg, rt, model, tok_info, plan, step):
-    """BabyLM's intermediate checkpoints: out_dir/chck_<words>/ckpt.pt for each milestone first reached at this step
-    (several when one step passes several). Weights, step, words seen and the recipe; no optimizer state (they are
-    for evaluation, and 19 of them add up). The recipe leaves out the keys that only say how this process was
-    launched (RESUMABLE_KEYS: out_dir, resume, stop_at, ...), so that a stopped and resumed run writes the very
-    bytes an uninterrupted run writes. Each file is written whole (atomic_write): a kill leaves none or all of it."""
-    for label in plan.milestones.get(step, ()):
-        if rt.master:
-            path = os.path.join(cfg.out_dir, label, "ckpt.pt")
-            recipe = {k: v for k, v in vars(cfg).items() if k not in RESUMABLE_KEYS}
-            save_checkpoint(path, model_checkpoint(model, tok_info, step=step, words_seen=words_seen(plan, step), config=recipe))
-            tqdm.write(f"saved {path} at step {step} ({words_seen(plan, step):,} words seen)")
-        if rt.ddp:
+    def finite(self, logs, grad_norm):
+        """Whether the step may be taken: a non-finite loss or gradient stops the run (nonfinite="stop": the last good
+        checkpoint stays the last) or skips the step ("skip")."""
+        if all(map(math.isfinite, [*logs.values(), grad_norm])):
+            return True
+        if self.cfg.nonfinite == "stop":
+            raise FloatingPointError(f"non-finite loss or gradient at step {self.step}; the last good checkpoint is "
+                                     f"{os.path.join(self.cfg.out_dir, 'last.pt')} (--nonfinite=skip skips such steps)")
+        print0(f"step {self.step}: non-finite loss or gradient, step skipped")
+        return False
+
+    def save_milestones(self):
+        """BabyLM's intermediate checkpoints: out_dir/chck_<words>/ckpt.pt for each milestone first reached at this step
+        (several when one step passes several). Weights, step, words seen and the recipe; no optimizer state (they are
+        for evaluation, and 19 of them add up). The recipe leaves out the keys that only say how this process was
+        launched (RESUMABLE_KEYS: out_dir, resume, stop_at, ...), so that a stopped and resumed run writes the very
+        bytes an uninterrupted run writes. Each file is written whole (atomic_write): a kill leaves none or all of it."""
+        cfg, plan, step = self.cfg, self.plan, self.step
+        for label in plan.milestones.get(step, ()):
+            if self.rt.master:
+                path = os.path.join(cfg.out_dir, label, "ckpt.pt")
+                recipe = {k: v for k, v in vars(cfg).items() if k not in RESUMABLE_KEYS}
+                save_checkpoint(path, model_checkpoint(self.model, self.tok_info, step=step, words_seen=words_seen(plan, step), config=recipe))
+                tqdm.write(f"saved {path} at step {step} ({words_seen(plan, step):,} words seen)")
+            if self.rt.ddp:
+                dist.barrier()
+
+    def log_step(self, logs, lr):
+        """Every log_interval steps (and the last): the losses, the learning rate, the speed and the MFU."""
+        cfg, step = self.cfg, self.step
+        if step % cfg.log_interval and step != self.plan.max_iters:
+            return
+        dt = (time.perf_counter() - self.t0) / (step - self.t0_step)
+        if self.flops_per_step / dt > self.peak:  # the first reading of the peak was low (a busy machine)
+            self.peak = max(self.peak, peak_flops(self.rt.device) * self.rt.world)
+        self.log(self.bar, {"step": step, "words_seen": words_seen(self.plan, step), **logs, "lr": lr, **self.objective.log_fields(step - 1),
+                            "ms_per_step": 1000 * dt, "tok_per_s": cfg.batch_size * cfg.seq_len / dt, "mfu": self.flops_per_step / dt / self.peak})
+        self.t0, self.t0_step = time.perf_counter(), step
+
+    def validate_and_save(self):
+        """Every eval_interval steps (and the last): the validation loss, then ckpt.pt (when it improved) and last.pt."""
+        cfg, step = self.cfg, self.step
+        if step % cfg.eval_interval and step != self.plan.max_iters:
+            return
+        val = evaluate(self.model, self.val_w, self.val_idx, cfg.micro_batch_size, self.rt)
+        if not math.isfinite(val):
+            raise FloatingPointError(f"non-finite validation loss at step {step}; the last good checkpoint is {os.path.join(cfg.out_dir, 'last.pt')}")
+        improved, self.best_val = val < self.best_val, min(self.best_val, val)
+        self.log(self.bar, {"step": step, "words_seen": words_seen(self.plan, step), "val_loss": val, **self.objective.record},
+                 shown={"best val_loss": self.best_val})
+        # ckpt.pt before last.pt: a kill between the two resumes from the older last.pt and writes both again,
+        # so the best checkpoint is never left behind by a resumed run.
+        if improved:
+            self.save("ckpt.pt", val)
+        self.save("last.pt", val)
+        self.t0, self.t0_step = time.perf_counter(), step  # evaluation time is not training time
+
+    def save_and_stop(self):
+        """A stop was asked for: last.pt now, so that --resume=True continues from this very step."""
+        self.save("last.pt", None)
+        self.bar.close()
+        print0(f"saved {os.path.join(self.cfg.out_dir, 'last.pt')} at step {self.step}; resume with --resume=True")
+
+    def save(self, name, val_loss):
+        """ckpt.pt or last.pt of the run: everything resume needs (rank 0 writes, every rank waits)."""
+        if self.rt.master:
+            ckpt = model_checkpoint(self.model, self.tok_info, optimizer=self.optimizer.state_dict(), step=self.step,
+                                    words_seen=words_seen(self.plan, self.step), best_val_loss=self.best_val, val_loss=val_loss,
+                                    config=vars(self.cfg), inputs=self.plan.inputs, **self.objective.record)
+            save_checkpoint(os.path.join(self.cfg.out_dir, name), ckpt)
+        if self.rt.ddp:
             dist.barrier()
+
+    def close(self):
+        self.bar.close()
+        self.log.close()
 
 
 # -----------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from checkpoint import build_model, config_from_dict
 from config import InputError, load_config, merge_keys, run_main, runtime
 from data import load_tokenizer, split_words
 from run_dir import run_inputs, start_run, take_out_dir
-from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, model_config, plan_run, train
+from train import TRAIN_KEYS, CausalLM, Windows, check_train_config, finish, micro_batch_seed, model_config, plan_run, train
 
 TEACHER_KEYS = merge_keys(TRAIN_KEYS, {
     "objective": {
@@ -87,11 +87,11 @@ class AntLM(CausalLM):
     """Which phase a step trains, and its batches. Everything is a function of the step (and micro-step and
     rank), so a resumed run continues in the right phase, with the same masks."""
 
-    def __init__(self, model, text, steps_per_epoch, tok_info, probability, seed):
-        super().__init__(model)
-        self.schedule = parse_objective(text)
+    def __init__(self, model, cfg, steps_per_epoch, tok_info):
+        super().__init__(model, cfg)
+        self.schedule = parse_objective(cfg.objective)
         self.epochs = schedule_epochs(self.schedule)  # the schedule sets the run's length
-        self.steps_per_epoch, self.probability, self.seed = steps_per_epoch, probability, seed
+        self.steps_per_epoch, self.probability, self.seed = steps_per_epoch, cfg.mlm_probability, cfg.seed
         if "mask_id" not in tok_info:
             raise InputError("the tokenizer has no <|mask|> token: re-run prepare_data.py")
         self.mask_id, self.n_regular = tok_info["mask_id"], tok_info["bos_id"]  # ranks 0..bos_id-1 are BPE tokens
@@ -106,13 +106,13 @@ class AntLM(CausalLM):
                 return name
         return self.schedule[-1][0]
 
-    def batch(self, x, y, idx, step, micro, rank):
+    def inputs(self, b):
         """(inputs, targets, causal): the causal flag has two values, so a compiled loss has two graphs at most."""
-        if self.phase(step) == "clm":
-            return x, y, True
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
-        xm, ym = mask_tokens(x.cpu(), y.cpu(), self.probability, self.mask_id, self.n_regular, g)
-        return xm.to(x.device), ym.to(y.device), False
+        if self.phase(b.step) == "clm":
+            return b.x, b.y, True
+        g = torch.Generator().manual_seed(micro_batch_seed(self.seed, b.step, b.micro, b.rank))
+        xm, ym = mask_tokens(b.x.cpu(), b.y.cpu(), self.probability, self.mask_id, self.n_regular, g)
+        return xm.to(b.x.device), ym.to(b.y.device), False
 
     def log_fields(self, step):
         return {"phase": self.phase(step)}
@@ -134,9 +134,9 @@ def main(argv=None):
     if start:
         model.load_state_dict(start["model"])
     if cfg.objective == "clm":
-        objective = CausalLM(model)
+        objective = CausalLM(model, cfg)
     else:
-        objective = AntLM(model, cfg.objective, train_w.n // cfg.batch_size, tok_info, cfg.mlm_probability, cfg.seed)
+        objective = AntLM(model, cfg, train_w.n // cfg.batch_size, tok_info)
     summary = train(cfg, rt, model, objective, train_w, tok_info, start=start, inputs=inputs)
     finish(summary, "", cfg.out_dir)
     if rt.ddp:

@@ -258,7 +258,7 @@ def test_ce_windows(ckpt_path, data_dir, windows, device="cpu"):
     idx, out = eval_indices(w.n, windows or w.n), []
     for i in range(0, len(idx), 32):
         x, y = w.get(idx[i : i + 32], torch.device(device))
-        ce = F.cross_entropy(model.logits(x).float().flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        ce = F.cross_entropy(model(x).float().flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
         out += ce.mean(1).tolist()  # (B,): one number per window
     return out
 

@@ -2,6 +2,7 @@
 positions only, attention per phase, resume across a phase boundary. Run: python -m pytest tests/test_antlm.py"""
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,10 +12,14 @@ from checkpoint import read_log
 from config import InputError
 from conftest import strip_timing, tiny_argv
 from model import Llama, ModelConfig
-from train import CausalLM
+from train import Batch, CausalLM
 from train_teacher import AntLM, main, mask_tokens, parse_objective
 
 INFO = {"bos_id": 317, "mask_id": 319}
+
+
+def cfg(objective, **kw):
+    return SimpleNamespace(objective=objective, mlm_probability=0.15, seed=0, loss_impl="chunked", loss_chunk=256, seq_len=16, **kw)
 
 
 @pytest.mark.core
@@ -30,12 +35,12 @@ def test_antlm_schedule_parsing():
 @pytest.mark.core
 def test_antlm_phase_at_each_step():
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
-    obj = AntLM(model, "clm:1,mlm:2,clm:0.5", steps_per_epoch=10, tok_info=INFO, probability=0.15, seed=0)
+    obj = AntLM(model, cfg("clm:1,mlm:2,clm:0.5"), steps_per_epoch=10, tok_info=INFO)
     phases = [obj.phase(s) for s in range(40)]
     assert phases[:10] == ["clm"] * 10 and phases[10:30] == ["mlm"] * 20 and phases[30:35] == ["clm"] * 5
     assert obj.epochs == 3.5
-    assert AntLM(model, "mlm", 10, INFO, 0.15, 0).phase(123) == "mlm"
-    assert AntLM(model, "mlm", 10, INFO, 0.15, 0).epochs is None, "a single objective leaves the run length to epochs"
+    assert AntLM(model, cfg("mlm"), 10, INFO).phase(123) == "mlm"
+    assert AntLM(model, cfg("mlm"), 10, INFO).epochs is None, "a single objective leaves the run length to epochs"
 
 
 @pytest.mark.core
@@ -66,8 +71,8 @@ def test_masking_mlm_loss_covers_selected_positions_only():
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
     x = torch.randint(0, 300, (4, 16))
     xm, ym = mask_tokens(x, torch.roll(x, -1, 1), 0.3, 319, 317, torch.Generator().manual_seed(1))
-    loss, _ = CausalLM(model).loss(model, xm, ym, causal=False)
-    logits = model.logits(xm, causal=False)
+    loss, _ = CausalLM(model, cfg("clm")).loss(model, xm, ym, causal=False)
+    logits = model(xm, causal=False)
     keep = ym != -1
     expected = F.cross_entropy(logits[keep], ym[keep])
     torch.testing.assert_close(loss, expected)
@@ -76,13 +81,13 @@ def test_masking_mlm_loss_covers_selected_positions_only():
 def test_mlm_phase_sees_the_future_clm_phase_does_not(prepared, tmp_path):
     torch.manual_seed(0)
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32)).eval()
-    obj = AntLM(model, "clm:1,mlm:1", steps_per_epoch=5, tok_info=INFO, probability=0.15, seed=0)
+    obj = AntLM(model, cfg("clm:1,mlm:1"), steps_per_epoch=5, tok_info=INFO)
     x = torch.randint(0, 300, (1, 12))
     later = x.clone()
     later[0, 9] = (later[0, 9] + 1) % 300
     for step, sees_future in ((2, False), (7, True)):
-        *_, causal = obj.batch(x, x, None, step, 0, 0)  # the attention the loop uses at this step
-        a, b = model.logits(x, causal=causal), model.logits(later, causal=causal)
+        *_, causal = obj.inputs(Batch(x, x, None, step, 0, 0))  # the attention the loop uses at this step
+        a, b = model(x, causal=causal), model(later, causal=causal)
         assert (not torch.allclose(a[0, 3], b[0, 3])) == sees_future
 
 

@@ -1,5 +1,5 @@
 """distill.py: the ensemble target and the loss against float64 references, the loss's gradient against its
-closed form, frozen teachers (the `core` teaching tests); the fused loss against the plain one in value and
+closed form, frozen teachers (the `core` teaching tests); the chunked loss against the plain one in value and
 every gradient, compiled == eager, vocabulary errors, end-to-end tiny runs and the 2-process torchrun run.
 Run: python -m pytest tests/test_distill.py   (the compiled and torchrun tests are marked slow)"""
 
@@ -17,7 +17,7 @@ from checkpoint import model_checkpoint, read_log, save_checkpoint
 from config import InputError
 from conftest import ROOT, strip_timing, student_argv
 import distill
-from distill import Distillation, FusedDistillation, distill_loss, ensemble_log_probs
+from distill import Distillation, distill_loss, ensemble_log_probs
 from distill import main as distill_main
 from data import load_tokenizer
 from gpt2 import GPT2, GPT2Config
@@ -132,7 +132,8 @@ def small(seed, **kw):
 
 
 def cfg_ns(**kw):
-    return SimpleNamespace(**{**dict(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=0, teachers=["a", "b"]), **kw})
+    return SimpleNamespace(**{**dict(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_impl="chunked", loss_chunk=256,
+                                      seq_len=8, teachers=["a", "b"]), **kw})
 
 
 def small_gpt2(seed, **kw):
@@ -149,8 +150,8 @@ def student_and_teachers():
 def plain_loss_and_grads(student, teachers, x, y, weights, cfg):
     """Autograd of the formula as written (distill_loss on full logits): the reference for the trained path."""
     with torch.no_grad():
-        teacher_logits = [t.logits(x) for t in teachers]
-    loss = distill_loss(student.logits(x), teacher_logits, y, weights, cfg.alpha, cfg.temperature, cfg.ensemble, cfg.kl_reduction)[0]
+        teacher_logits = [t(x) for t in teachers]
+    loss = distill_loss(student(x), teacher_logits, y, weights, cfg.alpha, cfg.temperature, cfg.ensemble, cfg.kl_reduction)[0]
     return loss.detach(), torch.autograd.grad(loss, list(student.parameters()))
 
 
@@ -166,15 +167,18 @@ def trained_loss_and_grads(loss_fn, student, x, y):
 @pytest.mark.parametrize("ensemble", ["logits", "probs"])
 @pytest.mark.parametrize("reduction", ["paper", "mean"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-@pytest.mark.parametrize("chunk", [0, 5])
-def test_fused_loss_equals_the_plain_loss_in_value_and_every_gradient(ensemble, reduction, temperature, chunk):
-    """loss_impl="fused" (chunked, hand-differentiated) against the default: autograd of distill_loss."""
+@pytest.mark.parametrize("chunk", [8, 16])
+def test_chunked_loss_equals_the_plain_loss_in_value_and_every_gradient(ensemble, reduction, temperature, chunk):
+    """loss_impl="chunked" (distill_loss per chunk of sequences, autograd per chunk: chunked_loss.py) against
+    loss_impl="plain" (autograd of distill_loss on the whole batch): 3 sequences of 8 positions in chunks of one or
+    two sequences (the last chunk shorter), every parameter's gradient, through a GPT-2 + Llama ensemble."""
     student, teachers = student_and_teachers()
-    cfg = cfg_ns(alpha=0.3, temperature=temperature, ensemble=ensemble, kl_reduction=reduction, loss_chunk=chunk)
+    plain = cfg_ns(alpha=0.3, temperature=temperature, ensemble=ensemble, kl_reduction=reduction, loss_impl="plain")
+    chunked = cfg_ns(alpha=0.3, temperature=temperature, ensemble=ensemble, kl_reduction=reduction, loss_chunk=chunk)
     weights = [0.35, 0.65]
-    x, y = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
-    want_loss, want_logs, want_grads = trained_loss_and_grads(Distillation(student, teachers, weights, cfg).loss, student, x, y)
-    loss, logs, grads = trained_loss_and_grads(FusedDistillation(student, teachers, weights, cfg).loss, student, x, y)
+    x, y = torch.randint(0, V, (3, 8)), torch.randint(0, V, (3, 8))
+    want_loss, want_logs, want_grads = trained_loss_and_grads(Distillation(student, teachers, weights, plain).loss, student, x, y)
+    loss, logs, grads = trained_loss_and_grads(Distillation(student, teachers, weights, chunked).loss, student, x, y)
     torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
     for key in ("ce", "kl_term", "kl"):
         torch.testing.assert_close(logs[key], want_logs[key], rtol=1e-5, atol=1e-6)
@@ -199,15 +203,15 @@ def test_distill_loss_is_what_the_default_objective_trains(monkeypatch):
     torch.testing.assert_close(loss, cfg.alpha * logs["ce"] + (1 - cfg.alpha) * logs["kl_term"])
 
 
-def test_a_default_run_needs_distill_loss_and_a_fused_run_does_not(prepared, tiny_teachers, tmp_path, monkeypatch):
+def test_every_loss_impl_trains_with_distill_loss(prepared, tiny_teachers, tmp_path, monkeypatch):
+    """One formula at every scale: with distill_loss blanked, neither a plain nor a chunked run can train."""
     def blanked(*args):
         raise NotImplementedError
     monkeypatch.setattr(distill, "distill_loss", blanked)
-    with pytest.raises(NotImplementedError):
-        distill_main(student_argv(prepared, str(tmp_path / "plain"), tiny_teachers, max_iters=4, eval_interval=2, warmup_iters=1))
-    fused = str(tmp_path / "fused")
-    distill_main(student_argv(prepared, fused, tiny_teachers, max_iters=4, eval_interval=2, warmup_iters=1, loss_impl="fused"))
-    assert [e["step"] for e in read_log(os.path.join(fused, "log.jsonl")) if "loss" in e] == [1, 2, 3, 4]
+    for impl in ("plain", "chunked"):
+        with pytest.raises(NotImplementedError):
+            distill_main(student_argv(prepared, str(tmp_path / impl), tiny_teachers, max_iters=4, eval_interval=2, warmup_iters=1,
+                                      loss_impl=impl, loss_chunk=16))
 
 
 @pytest.mark.core
@@ -226,13 +230,13 @@ def test_distill_loss_gradients_reach_only_the_student_and_teachers_stay_fixed()
 
 
 @pytest.mark.slow
-def test_compiled_fused_loss_equals_autograd_of_the_plain_formula():
-    """loss_impl="fused" under torch.compile, as a GPU runs it (tests/test_bf16.py compiles the default, plain loss)."""
+def test_compiled_chunked_loss_equals_autograd_of_the_plain_formula():
+    """The chunked loss (one sequence per chunk) under torch.compile, as a GPU runs it."""
     student, teachers = student_and_teachers()
-    cfg = cfg_ns(temperature=2.0, ensemble="probs", kl_reduction="paper", loss_chunk=5)
+    cfg = cfg_ns(temperature=2.0, ensemble="probs", kl_reduction="paper", loss_chunk=8)
     x, y = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
     want_loss, want_grads = plain_loss_and_grads(student, teachers, x, y, [0.4, 0.6], cfg)
-    compiled = torch.compile(FusedDistillation(student, teachers, [0.4, 0.6], cfg).loss)
+    compiled = torch.compile(Distillation(student, teachers, [0.4, 0.6], cfg).loss)
     loss, _, grads = trained_loss_and_grads(compiled, student, x, y)
     torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
     for g, want in zip(grads, want_grads):
@@ -256,23 +260,23 @@ def test_tiny_distillation_run(prepared, tiny_teachers, tmp_path):
 
 def test_tiny_distillation_run_from_a_gpt2_and_a_llama_teacher(prepared, tiny_gpt2_teacher, tiny_teachers, tmp_path):
     """BabyLlama's 2023 recipe in miniature: a Llama student of a GPT-2 and a Llama teacher (both wider than it),
-    live and with loss_impl='fused'; the teachers load as what they are, frozen and in eval mode."""
+    plain and chunked; the teachers load as what they are, frozen and in eval mode."""
     rt = SimpleNamespace(device=torch.device("cpu"), dtype="float32")
     _, info = load_tokenizer(prepared)
     gpt2, llama = distill.load_teachers([tiny_gpt2_teacher, tiny_teachers[1]], info, prepared, rt)
     assert isinstance(gpt2, GPT2) and isinstance(llama, Llama) and gpt2.config.dim != llama.config.dim
     x = torch.randint(0, 320, (2, 16))
-    assert torch.equal(gpt2.logits(x), gpt2.logits(x)), "a teacher's dropout is off: its logits are a function of its input"
-    for impl in ("plain", "fused"):
+    assert torch.equal(gpt2(x), gpt2(x)), "a teacher's dropout is off: its logits are a function of its input"
+    for impl in ("plain", "chunked"):
         out = str(tmp_path / impl)
-        distill_main(student_argv(prepared, out, [tiny_gpt2_teacher, tiny_teachers[1]], loss_impl=impl))
+        distill_main(student_argv(prepared, out, [tiny_gpt2_teacher, tiny_teachers[1]], loss_impl=impl, loss_chunk=16))
         log = read_log(os.path.join(out, "log.jsonl"))
         train_logs, vals = [e for e in log if "ce" in e], [e for e in log if "val_loss" in e]
         assert vals[-1]["teacher1_val_loss"] < math.log(320) - 1.0, "the GPT-2 teacher learned"
         assert vals[-1]["val_loss"] < math.log(320) - 1.0 and train_logs[-1]["ce"] < train_logs[0]["ce"] - 0.5
         if impl == "plain":
             first = train_logs[0]
-        else:  # the same run, fused: the same first step
+        else:  # the same run, chunked: the same first step
             assert train_logs[0]["loss"] == pytest.approx(first["loss"], rel=1e-5)
 
 

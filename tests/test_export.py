@@ -84,7 +84,7 @@ def test_exported_logits_equal_the_project_model(real_tokenizer, tmp_path, varia
     enc, _ = load_tokenizer(real_tokenizer)
     ids = torch.tensor([enc.encode_ordinary(" ".join(real_lines()[:40]))[:200]])
     with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, model.logits(ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
     assert hf.config.tie_word_embeddings == variant.get("tie_embeddings", False)
 
 
@@ -123,7 +123,7 @@ def test_gpt2_exports_as_a_gpt2_lm_head_model_with_equal_logits(real_tokenizer, 
     enc, _ = load_tokenizer(real_tokenizer)
     ids = torch.tensor([enc.encode_ordinary(" ".join(real_lines()[:40]))[:200]])
     with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, model.logits(ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
     assert set(read_safetensors(os.path.join(out, "model.safetensors"))) == set(hf.state_dict()) - {"lm_head.weight"}
 
 
@@ -210,7 +210,7 @@ def test_older_transformers_loads_the_export(real_tokenizer, tmp_path, make):
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["ids"] == ids, f"transformers {got['version']} tokenizes differently"
     with torch.no_grad():
-        expected = model.logits(torch.tensor([ids]))[0, -1]
+        expected = model(torch.tensor([ids]))[0, -1]
     torch.testing.assert_close(torch.tensor(got["last"]), expected, atol=1e-4, rtol=1e-4)
 
 
@@ -226,5 +226,5 @@ def test_every_exported_revision_loads_in_transformers(milestone_runs, tmp_path)
         model, _ = load_checkpoint(os.path.join(run, ckpt))
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(hf, rev)).eval()
         with torch.no_grad():
-            torch.testing.assert_close(hf_model(ids).logits, model.eval().logits(ids), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(hf_model(ids).logits, model.eval()(ids), atol=1e-4, rtol=1e-4)
         assert transformers.AutoTokenizer.from_pretrained(os.path.join(hf, rev))("the cat").input_ids[0] == 317, rev

@@ -65,7 +65,7 @@ def test_forward_matches_a_float64_reference():
             else:
                 prm.mul_(10)  # activations of order 1, where the two GELUs differ (by up to ~5e-4)
     idx = torch.randint(0, 97, (2, 12))
-    torch.testing.assert_close(model.logits(idx), reference_logits(model, idx), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model(idx), reference_logits(model, idx), rtol=1e-10, atol=1e-10)
     assert model.output.weight is model.tok_embeddings.weight, "the head is tied to the token embedding"
 
 
@@ -74,9 +74,9 @@ def test_causal_logits_ignore_the_future_and_bidirectional_ones_do_not():
     idx = torch.randint(0, 97, (2, 12))
     changed = idx.clone()
     changed[:, 7] = (changed[:, 7] + 1) % 97
-    a, b = model.logits(idx), model.logits(changed)
+    a, b = model(idx), model(changed)
     assert torch.equal(a[:, :7], b[:, :7]) and not torch.allclose(a[:, 7], b[:, 7])
-    assert not torch.allclose(model.logits(idx, causal=False)[:, 3], model.logits(changed, causal=False)[:, 3])
+    assert not torch.allclose(model(idx, causal=False)[:, 3], model(changed, causal=False)[:, 3])
 
 
 def test_positions_are_learned_and_matter():
@@ -92,15 +92,15 @@ def test_dropout_acts_in_training_only():
     model = tiny_gpt2()
     idx = torch.randint(0, 97, (2, 12))
     model.eval()
-    assert torch.equal(model.logits(idx), model.logits(idx)), "eval mode: no dropout"
+    assert torch.equal(model(idx), model(idx)), "eval mode: no dropout"
     model.train()
     torch.manual_seed(1)
-    a = model.logits(idx)
+    a = model(idx)
     torch.manual_seed(1)
-    assert torch.equal(a, model.logits(idx)), "the masks come from the global generator: the same seed, the same masks"
-    assert not torch.allclose(a, model.logits(idx)), "training mode: dropout 0.1"
+    assert torch.equal(a, model(idx)), "the masks come from the global generator: the same seed, the same masks"
+    assert not torch.allclose(a, model(idx)), "training mode: dropout 0.1"
     quiet = tiny_gpt2(dropout=0.0).train()
-    torch.testing.assert_close(quiet.logits(idx), quiet.eval().logits(idx))
+    torch.testing.assert_close(quiet(idx), quiet.eval()(idx))
 
 
 def test_initialisation_scales_the_residual_projections():
@@ -140,7 +140,7 @@ def test_generate_continues_greedily():
     model = tiny_gpt2().eval()
     out = model.generate(torch.tensor([[1, 2, 3]]), 4, temperature=0)
     assert out.shape == (1, 7) and out[0, :3].tolist() == [1, 2, 3]
-    assert out[0, 3].item() == model.logits(out[:, :3])[0, -1].argmax().item()
+    assert out[0, 3].item() == model(out[:, :3])[0, -1].argmax().item()
 
 
 def test_checkpoint_records_the_arch_and_the_loader_builds_the_right_model(tmp_path):
@@ -150,7 +150,7 @@ def test_checkpoint_records_the_arch_and_the_loader_builds_the_right_model(tmp_p
     loaded, ckpt = load_checkpoint(path)
     assert ckpt["model_config"]["arch"] == "gpt2" and isinstance(loaded, GPT2) and loaded.config == model.config
     idx = torch.randint(0, 97, (1, 8))
-    assert torch.equal(loaded.eval().logits(idx), model.logits(idx))
+    assert torch.equal(loaded.eval()(idx), model(idx))
     # a Llama's checkpoint says "llama"; one written before the arch was recorded (no "arch") is a Llama too
     llama = Llama(ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, hidden_dim=48, max_seq_len=16))
     ckpt = model_checkpoint(llama, {"vocab_size": 97})

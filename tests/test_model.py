@@ -31,8 +31,8 @@ def test_attention_causal_logits_ignore_the_future():
     for t in range(11):
         changed = idx.clone()
         changed[:, t + 1] = (changed[:, t + 1] + 1) % 97
-        a = model.logits(idx)
-        b = model.logits(changed)
+        a = model(idx)
+        b = model(changed)
         assert torch.equal(a[:, : t + 1], b[:, : t + 1]), f"logits at <= {t} changed when token {t + 1} changed"
         assert not torch.allclose(a[:, t + 1], b[:, t + 1])
 
@@ -42,8 +42,8 @@ def test_attention_bidirectional_mode_sees_the_future():
     idx = torch.randint(0, 97, (2, 12))
     changed = idx.clone()
     changed[:, 7] = (changed[:, 7] + 1) % 97
-    a = model.logits(idx, causal=False)
-    b = model.logits(changed, causal=False)
+    a = model(idx, causal=False)
+    b = model(changed, causal=False)
     assert not torch.allclose(a[:, 3], b[:, 3]), "with causal=False, position 3 must depend on token 7"
 
 
@@ -147,7 +147,7 @@ def test_checkpoint_roundtrip_strips_compile_prefix_and_checks_tokenizer(tmp_pat
     assert os.listdir(tmp_path) == ["ckpt.pt"], "no temporary file may be left behind"
     loaded, meta = load_checkpoint(path, tokenizer=tok)
     idx = torch.randint(0, 97, (1, 8))
-    assert torch.equal(loaded.eval().logits(idx), model.logits(idx)) and meta["step"] == 3
+    assert torch.equal(loaded.eval()(idx), model(idx)) and meta["step"] == 3
     with pytest.raises(InputError, match="tokenizer"):
         load_checkpoint(path, tokenizer={"name": "gpt2", "vocab_size": 50259, "sha256": "def"})
 

@@ -26,7 +26,7 @@ def test_generate_greedy_is_the_argmax_of_a_full_forward_at_every_step():
     out = model.generate(prompt, max_new_tokens=8, temperature=0)
     assert out.shape == (2, 11) and torch.equal(out[:, :3], prompt), "the prompt is kept, 8 tokens are added"
     for t in range(3, 11):  # token t is the most likely next token after out[:, :t], by a forward of the whole prefix
-        expected = model.logits(out[:, :t])[:, -1].argmax(-1)
+        expected = model(out[:, :t])[:, -1].argmax(-1)
         assert torch.equal(out[:, t], expected), f"generated token {t - 3} is not the argmax of the logits after its prefix"
 
 
@@ -34,7 +34,7 @@ def test_generate_crops_the_context_to_max_seq_len():
     model = small_model(max_seq_len=8)
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=12, temperature=0)  # 15 tokens > max_seq_len
     for t in range(8, 15):
-        expected = model.logits(out[:, t - 8 : t])[:, -1].argmax(-1)  # the last max_seq_len tokens only
+        expected = model(out[:, t - 8 : t])[:, -1].argmax(-1)  # the last max_seq_len tokens only
         assert torch.equal(out[:, t], expected), f"token {t} should be predicted from the last 8 tokens"
 
 
@@ -42,7 +42,7 @@ def test_generate_top_k_keeps_only_the_k_most_likely_tokens_and_is_seeded():
     model = small_model()
     prompt = torch.tensor([[7, 8]] * 200)
     draw = lambda seed, **kw: model.generate(prompt, 1, generator=torch.Generator().manual_seed(seed), **kw)[:, -1]
-    top3 = model.logits(prompt[:1])[0, -1].topk(3).indices.tolist()
+    top3 = model(prompt[:1])[0, -1].topk(3).indices.tolist()
     sampled = draw(0, temperature=5.0, top_k=3)  # a high temperature: without top_k, other tokens would appear
     assert set(sampled.tolist()) <= set(top3) and len(set(sampled.tolist())) > 1, (sampled.unique(), top3)
     assert len(set(draw(0, temperature=5.0, top_k=0).tolist()) - set(top3)) > 0, "top_k=0 samples from every token"

@@ -1,5 +1,5 @@
-"""teacher_cache.py: the cached step equals the live step (k = V), the sampled estimator is unbiased (and
-top-k is not), the sparse loss is its formula and the fused one equals it, the header check, and an
+"""teacher_cache.py: the cached step equals the live step (k = V), plain or chunked, the sampled estimator is
+unbiased (and top-k is not), the sparse loss is its formula, the header check, and an
 interrupted (raised, or SIGKILLed) or rank-sharded build equals an uninterrupted one bit for bit.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_teacher_cache.py   (~20 s; -m "not slow" skips the
 torchrun and torch.compile tests, ~7 s)"""
@@ -15,13 +15,12 @@ import torch.nn.functional as F
 
 from checkpoint import model_checkpoint, save_checkpoint
 from config import InputError, flat_defaults
-from distill import (CachedDistillation, Distillation, FusedCachedDistillation, FusedDistillation, FusedSparseHeadLoss, ensemble_log_probs,
-                     main, sparse_distill_loss, teacher_block)
+from distill import Distillation, ensemble_log_probs, main
 from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 from data import load_tokenizer
-from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_header, sparse_target
-from train import EpochSampler, Windows
+from teacher_cache import CACHE_KEYS, CachedDistillation, TeacherCache, build_cache, cache_header, sparse_distill_loss, sparse_target, teacher_block
+from train import Batch, EpochSampler, Windows
 
 CACHE_DEFAULTS = flat_defaults(CACHE_KEYS)
 
@@ -62,12 +61,14 @@ def setup(prepared, tmp_path_factory):
 def build(s, weights, cfg, path, **kw):
     """The cache of this run, built as distill.main builds it: the header, then the teachers' pass per block."""
     header = cache_header(cfg, weights, s.windows)
-    return build_cache(lambda lo, hi: teacher_block(s.teachers, s.windows, lo, hi, header, RT, cfg.loss_chunk or 256),
+    target = lambda z: ensemble_log_probs(z, weights, cfg.temperature, cfg.ensemble)
+    return build_cache(lambda lo, hi: teacher_block(s.teachers, target, s.windows, lo, hi, header, RT, cfg.loss_chunk or 256),
                        header, path, RT, cfg.cache_block, **kw)
 
 
 def cfg_of(s, **kw):
-    base = dict(data_dir=s.data, teachers=s.paths, alpha=0.4, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=7)
+    base = dict(data_dir=s.data, teachers=s.paths, alpha=0.4, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=7,
+                loss_impl="chunked", seq_len=SEQ)
     return SimpleNamespace(**{**base, **CACHE_DEFAULTS, "cache_block": 6, **kw})
 
 
@@ -75,24 +76,26 @@ def cfg_of(s, **kw):
 # Exactness: with every token stored, the cached step is the live step
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("loss_impl", ["plain", "chunked"])
 @pytest.mark.parametrize("T", [1.0, 2.0])
 @pytest.mark.parametrize("reduction", ["paper", "mean"])
 @pytest.mark.parametrize("ensemble", ["logits", "probs"])
-def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, reduction, T, fused):
-    cfg = cfg_of(setup, ensemble=ensemble, kl_reduction=reduction, temperature=T, cache_method="topk", cache_k=setup.vocab)
+def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, reduction, T, loss_impl):
+    """Both the live and the cached objective, plain or chunked (one sequence per chunk here: 4 chunks)."""
+    cfg = cfg_of(setup, ensemble=ensemble, kl_reduction=reduction, temperature=T, cache_method="topk", cache_k=setup.vocab,
+                 loss_impl=loss_impl, loss_chunk=SEQ)
     weights = [0.3, 0.7]
     build(setup, weights, cfg, str(tmp_path / "c"))
     cache = TeacherCache(str(tmp_path / "c"), expect=cache_header(cfg, weights, setup.windows))
     idx = EpochSampler(N_WINDOWS, 4, 4, 1, seed=5).indices(step=1, micro_step=0, rank=0)  # what the loop draws
     x, y = setup.windows.get(idx, RT.device)
     student = tiny(0, setup.vocab)
-    live, live_logs = (FusedDistillation if fused else Distillation)(student, setup.teachers, weights, cfg).loss(student, x, y)
+    live, live_logs = Distillation(student, setup.teachers, weights, cfg).loss(student, x, y)
     live.backward()
     g_live = [p.grad.clone() for p in student.parameters()]
     student.zero_grad(set_to_none=True)
-    objective = (FusedCachedDistillation if fused else CachedDistillation)(student, cache, cfg)
-    cached, cached_logs = objective.loss(student, *objective.batch(x, y, idx, 1, 0, 0))  # as the loop calls it
+    objective = CachedDistillation(student, cache, cfg)
+    cached, cached_logs = objective.loss(student, *objective.inputs(Batch(x, y, idx, 1, 0, 0)))  # as the loop calls it
     cached.backward()
     torch.testing.assert_close(cached, live, rtol=1e-5, atol=1e-6)
     for key in ("ce", "kl_term", "kl"):
@@ -102,7 +105,7 @@ def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, 
 
 
 # -----------------------------------------------------------------------------------------------
-# The sparse loss is its formula; the fused one equals it
+# The sparse loss is its formula
 
 
 def plain_sparse_loss(h, W, y, ids, w, plogp, alpha, T, kl_denom):
@@ -148,27 +151,6 @@ def test_sparse_distill_loss_equals_the_formula_over_the_stored_slots(T):
     want.backward()
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)  # the loss runs in fp32
     torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("T", [1.0, 2.0])
-@pytest.mark.parametrize("reduction", ["paper", "mean"])
-def test_fused_sparse_loss_equals_plain_autograd(T, reduction):
-    torch.manual_seed(0)
-    B, L, d, V, k = 3, 5, 8, 13, 4
-    h, W = torch.randn(B, L, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
-    y, ids = torch.randint(0, V, (B, L)), torch.randint(0, V, (B, L, k))  # duplicate ids included
-    w, plogp = torch.rand(B, L, k, dtype=torch.float64), -torch.rand(B, L, dtype=torch.float64)  # sum(w) != 1
-    denom = B if reduction == "paper" else B * L
-    h1, W1 = h.clone().requires_grad_(), W.clone().requires_grad_()
-    fused, ce, kl_term, kl = FusedSparseHeadLoss.apply(h1, W1, y, ids, w, plogp, 0.3, T, denom, 4)
-    (2.0 * fused).backward()  # a non-unit upstream gradient
-    h2, W2 = h.clone().requires_grad_(), W.clone().requires_grad_()
-    plain = plain_sparse_loss(h2, W2, y, ids, w, plogp, 0.3, T, denom)
-    (2.0 * plain).backward()
-    torch.testing.assert_close(fused.double(), plain, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(W1.grad, W2.grad, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ce.double(), F.cross_entropy((h @ W.t()).reshape(-1, V), y.reshape(-1)), rtol=1e-6, atol=1e-6)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -313,8 +295,8 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 import torch
 from checkpoint import load_checkpoint
-from distill import teacher_block
-from teacher_cache import build_cache, cache_header
+from distill import ensemble_log_probs
+from teacher_cache import build_cache, cache_header, teacher_block
 from train import Windows
 torch.set_num_threads(1)
 teachers = [load_checkpoint(p)[0].eval().requires_grad_(False) for p in {paths!r}]
@@ -323,7 +305,8 @@ windows.n = {n}
 cfg = SimpleNamespace(**{cfg!r})
 rt = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1)
 header = cache_header(cfg, [0.5, 0.5], windows)
-build_cache(lambda lo, hi: teacher_block(teachers, windows, lo, hi, header, rt, 256), header, {path!r}, rt, cfg.cache_block,
+target = lambda z: ensemble_log_probs(z, [0.5, 0.5], cfg.temperature, cfg.ensemble)
+build_cache(lambda lo, hi: teacher_block(teachers, target, windows, lo, hi, header, rt, 256), header, {path!r}, rt, cfg.cache_block,
             on_block=lambda b: b == 2 and os.kill(os.getpid(), signal.SIGKILL))
 """
 
@@ -385,14 +368,14 @@ def test_torchrun_two_ranks_build_the_same_cache_as_one_process(setup, tmp_path)
 
 
 @pytest.mark.slow
-def test_compiled_fused_cached_step_equals_eager_step(setup):
-    """loss_impl="fused" with a cache, under torch.compile (tests/test_bf16.py compiles the default, plain loss)."""
-    cfg = cfg_of(setup, loss_chunk=0)
+def test_compiled_chunked_cached_step_equals_eager_step(setup):
+    """The chunked cached loss (one sequence per chunk) under torch.compile, as a GPU runs it."""
+    cfg = cfg_of(setup, loss_chunk=SEQ)
     student = tiny(0, setup.vocab)
     x, y = torch.randint(0, setup.vocab, (2, 2, SEQ))
     ids, w = sparse_target(torch.log_softmax(torch.randn(2 * SEQ, setup.vocab), -1), 16, "sampled", torch.rand(2 * SEQ, 16))
     batch = (ids.view(2, SEQ, 16), w.view(2, SEQ, 16), -torch.rand(2, SEQ))
-    fn = FusedCachedDistillation(student, None, cfg).loss
+    fn = CachedDistillation(student, None, cfg).loss
     eager, _ = fn(student, x, y, *batch)
     eager.backward()
     g_eager = [p.grad.clone() for p in student.parameters()]
