@@ -313,6 +313,19 @@ def measure_matmul_flops(n=2048, device="cpu", reps=5):
     return 2 * n**3 / best
 
 
+def peak_rss_mb():
+    """This process's peak resident memory in MB: /proc/self/status's VmHWM (reset by exec, so a benchmark's child
+    process reports its own), else getrusage's ru_maxrss (which Linux carries across exec from the parent)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity). H200: the H100's SXM peak.
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "RTX 3090": 71e12, "RTX 4090": 165e12}
 

@@ -75,20 +75,25 @@ DISTILL_KEYS = merge_keys(TRAIN_KEYS, {
 # The loss as written in the papers
 
 
+def fp32(t):
+    """t in float32 at least: bf16 logits (autocast) are upcast for the softmax; float64 (the tests' references) stays."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def ensemble_log_probs(teacher_logits, weights, temperature, ensemble):
     """log p (..., V) of the ensemble target, in fp32, from a list of teacher logits."""
     if ensemble == "logits":
-        mean = sum(w * z.float() for w, z in zip(weights, teacher_logits))
+        mean = sum(w * fp32(z) for w, z in zip(weights, teacher_logits))
         return F.log_softmax(mean / temperature, dim=-1)
     # mixture: log sum_k w_k p_k = logsumexp_k (log w_k + log p_k), stable in log space
-    stacked = torch.stack([F.log_softmax(z.float() / temperature, dim=-1) + (math.log(w) if w > 0 else -math.inf) for w, z in zip(weights, teacher_logits)])
+    stacked = torch.stack([F.log_softmax(fp32(z) / temperature, dim=-1) + (math.log(w) if w > 0 else -math.inf) for w, z in zip(weights, teacher_logits)])
     return torch.logsumexp(stacked, dim=0)
 
 
 def distill_loss(student_logits, teacher_logits, y, weights, alpha, temperature, ensemble, kl_reduction):
     """(loss, ce, kl_term, per-token kl) from student logits (B, L, V), teacher logits [(B, L, V)], labels y (B, L)."""
     B, L, V = student_logits.shape
-    s = student_logits.float()
+    s = fp32(student_logits)
     log_p = ensemble_log_probs(teacher_logits, weights, temperature, ensemble)  # the target: no gradient flows to it
     log_q = F.log_softmax(s / temperature, dim=-1)  # the student at temperature T
     log_s = log_q if temperature == 1.0 else F.log_softmax(s, dim=-1)  # at T = 1 the same tensor: (B, L, V) once, not twice

@@ -479,10 +479,10 @@ def sparse_distill_loss(student_logits, y, ids, weights, plogp, alpha, temperatu
     and only the middle term needs p: with p_hat, a sum over the k stored slots. It is linear in p, so with the
     sampled cache (E[p_hat] = p) the loss and its gradient are unbiased estimates of the live ones."""
     B, L, V = student_logits.shape
-    s = student_logits.float()
+    s = student_logits if student_logits.dtype == torch.float64 else student_logits.float()  # at least fp32 (distill.fp32)
     ce = F.cross_entropy(s.reshape(B * L, V), y.reshape(B * L))
-    p_hat_dot_s = (weights.float() * s.gather(-1, ids)).sum()  # over B, L and the k slots
-    kl_sum = plogp.float().sum() - p_hat_dot_s / temperature + torch.logsumexp(s / temperature, dim=-1).sum()
+    p_hat_dot_s = (weights.to(s.dtype) * s.gather(-1, ids)).sum()  # over B, L and the k slots
+    kl_sum = plogp.to(s.dtype).sum() - p_hat_dot_s / temperature + torch.logsumexp(s / temperature, dim=-1).sum()
     kl_term = temperature**2 * kl_sum / (B if kl_reduction == "paper" else B * L)
     return alpha * ce + (1 - alpha) * kl_term, ce, kl_term, kl_sum / (B * L)
 

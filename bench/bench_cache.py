@@ -2,15 +2,17 @@
 
     OMP_NUM_THREADS=1 python bench/bench_cache.py           # 58M student, two 58M teachers, batch 8 x 128 (~5 min)
     OMP_NUM_THREADS=1 python bench/bench_cache.py --small   # tiny sizes, a quick check (~1 min)
+    OMP_NUM_THREADS=1 python bench/bench_cache.py --loss_impl=plain   # the losses on the whole micro-batch's logits
 (One thread: on a shared 2-core machine two OpenMP threads stall whenever another process holds a core.)
 
 Variants (same student init, batch and AdamW):
-    ce       plain next-token CE (train.CausalLM: full (B, T, V) logits, F.cross_entropy)
-    live     distill.Distillation: two teacher forwards + distill_loss on full logits, eager
-             (--loss_impl fused: distill.FusedDistillation, the chunked head/CE/KL, loss_chunk 256)
-    cached   distill.CachedDistillation: its batch() reads the memory-mapped cache (inside the timed step),
-             then sparse_distill_loss (--loss_impl fused: FusedCachedDistillation, the fused sparse head/CE/KL)
-    build    teacher_cache.build_cache with distill.teacher_block over a few blocks: seconds per window of the one-off pass
+    ce       next-token CE (train.CausalLM)
+    live     distill.Distillation: two teacher forwards + distill_loss, eager
+    cached   teacher_cache.CachedDistillation: its inputs() read the memory-mapped cache (inside the timed step),
+             then sparse_distill_loss
+    build    teacher_cache.build_cache with teacher_cache.teacher_block over a few blocks: seconds per window of the one-off pass
+Each loss as training computes it with --loss_impl (default chunked: loss_chunk 256 positions at a time, chunked_loss.py;
+plain: on the whole micro-batch's logits).
 Speeds: the three step variants run interleaved step by step in one process (the machine is shared: load
 from other processes then slows all of them alike), medians of the timed steps. Peak RSS: each variant
 alone in its own process for two steps (the cached one without any teacher in memory). The 8-epoch projection for a corpus of --corpus_tokens tokens:
@@ -20,10 +22,8 @@ Targets (the issue): cached >= 0.9x CE step speed, end-to-end >= 1.4x faster tha
 <= 1.1x the CE step's. MFU against the fp32 2048 x 2048 matmul rate measured in the same run.
 """
 
-import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,21 +38,37 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench_distill import SIZES  # noqa: E402
-from config import flat_defaults  # noqa: E402
-from distill import CachedDistillation, Distillation, FusedCachedDistillation, FusedDistillation, teacher_block  # noqa: E402
+from config import InputError, flat_defaults, load_config, measure_matmul_flops, peak_rss_mb, run_main  # noqa: E402
+from distill import Distillation, ensemble_log_probs  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
-from teacher_cache import CACHE_KEYS, TeacherCache, build_cache, cache_bytes  # noqa: E402
-from config import measure_matmul_flops  # noqa: E402
-from train import CausalLM, Windows  # noqa: E402
+from teacher_cache import CACHE_KEYS, CachedDistillation, TeacherCache, build_cache, cache_bytes, teacher_block  # noqa: E402
+from train import Batch, CausalLM, Windows  # noqa: E402
 
 CACHE_DEFAULTS = flat_defaults(CACHE_KEYS)
 
 RT = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0, world=1, dtype="float32", master=True, ddp=False)
 
 
+KEYS = {"benchmark": {
+    "small": (False, "tiny sizes, few steps: a quick check"),
+    "size": ("58m", "model size (bench_distill.py's SIZES)", tuple(SIZES)),
+    "batch": (8, "sequences per step (one micro-batch)", "1..4096"),
+    "seq_len": (128, "tokens per sequence", "1..4096"),
+    "k": (CACHE_DEFAULTS["cache_k"], "cache slots per position", "1..65536"),
+    "loss_impl": ("chunked", "distill.py's loss_impl for every variant", ("chunked", "plain")),
+    "steps": (5, "timed steps (their median counts)", "1..1000"),
+    "warmup": (2, "untimed first steps", "1..100"),
+    "build_blocks": (3, "blocks of batch windows in the timed build", "1..1000"),
+    "corpus_tokens": (13e6, "for the 8-epoch projection (BabyLM 10M words ~ 13M tokens)", ">0"),
+    "variant": ("", "internal: run one part in this process"),
+    "work": ("", "internal: the child's work folder"),
+    "windows": (0, "internal: windows of the synthetic train.bin", ">=0"),
+}}
+
+
 def loss_cfg(args):
     return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=256, teachers=["t1", "t2"],
-                           **{**CACHE_DEFAULTS, "cache_k": args.k, "cache_block": args.batch})
+                           loss_impl=args.loss_impl, seq_len=args.seq_len, **{**CACHE_DEFAULTS, "cache_k": args.k, "cache_block": args.batch})
 
 
 def header_of(args, n_windows):
@@ -85,14 +101,14 @@ def step_fn(variant, args, student, windows, cfg, teachers=None):
     """One training step (loss, backward, AdamW) of a variant, as a function of the batch's window indices."""
     opt = student.configure_optimizer(2.5e-4, 0.1, (0.9, 0.999), 1e-8)
     if variant == "ce":
-        objective = CausalLM(student)
+        objective = CausalLM(student, cfg)
     elif variant == "live":
-        objective = (FusedDistillation if args.loss_impl == "fused" else Distillation)(student, teachers, [0.5, 0.5], cfg)
+        objective = Distillation(student, teachers, [0.5, 0.5], cfg)
     else:
         cache = TeacherCache(os.path.join(args.work, "cache"), expect=header_of(args, windows.n))
-        objective = (FusedCachedDistillation if args.loss_impl == "fused" else CachedDistillation)(student, cache, cfg)
-    # as the training loop calls it: the objective's batch (the cached one reads the cache), then its loss
-    loss_of = lambda idx: objective.loss(student, *objective.batch(*windows.get(idx, RT.device), idx, 0, 0, 0))[0]
+        objective = CachedDistillation(student, cache, cfg)
+    # as the training loop calls it: the objective's inputs (the cached one reads the cache), then its loss
+    loss_of = lambda idx: objective.loss(student, *objective.inputs(Batch(*windows.get(idx, RT.device), idx, 0, 0, 0)))[0]
 
     def step(idx):
         loss = loss_of(idx)
@@ -108,19 +124,20 @@ def run_variant(args):
     mcfg, student = models(args)
     windows = windows_of(args, mcfg.vocab_size)
     cfg = loss_cfg(args)
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb
     gen = torch.Generator().manual_seed(0)
     batch = lambda: torch.randperm(windows.n, generator=gen)[: args.batch]
-    if args._variant == "build":
+    if args.variant == "build":
         teachers = teachers_of(mcfg)
         stamps = [time.perf_counter()]
         header = header_of(args, windows.n)
-        build_cache(lambda lo, hi: teacher_block(teachers, windows, lo, hi, header, RT, cfg.loss_chunk), header,
+        target = lambda z: ensemble_log_probs(z, [0.5, 0.5], cfg.temperature, cfg.ensemble)
+        build_cache(lambda lo, hi: teacher_block(teachers, target, windows, lo, hi, header, RT, cfg.loss_chunk), header,
                     os.path.join(args.work, "cache"), RT, cfg.cache_block, on_block=lambda b: stamps.append(time.perf_counter()))
         per_block = sorted(np.diff(stamps)[1:] if len(stamps) > 2 else np.diff(stamps))  # the first block warms up
         return {"s_per_window": per_block[len(per_block) // 2] / args.batch, "peak_rss_mb": rss()}
-    if args._variant.startswith("mem-"):  # peak memory of one variant alone: a couple of steps
-        variant = args._variant[4:]
+    if args.variant.startswith("mem-"):  # peak memory of one variant alone: a couple of steps
+        variant = args.variant[4:]
         step = step_fn(variant, args, student, windows, cfg, teachers_of(mcfg) if variant == "live" else None)
         for _ in range(2):
             step(batch())
@@ -150,23 +167,9 @@ def run_variant(args):
     return out
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--small", action="store_true", help="tiny sizes, few steps: a quick check")
-    p.add_argument("--size", default="58m", choices=sorted(SIZES))
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--k", type=int, default=CACHE_DEFAULTS["cache_k"])
-    p.add_argument("--loss_impl", default="plain", choices=["plain", "fused"], help="distill.py's loss_impl for live and cached")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--build_blocks", type=int, default=3, help="blocks of --batch windows in the timed build")
-    p.add_argument("--corpus_tokens", type=float, default=13e6, help="for the 8-epoch projection (BabyLM 10M words ~ 13M tokens)")
-    p.add_argument("--_variant", help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
-    p.add_argument("--windows", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args._variant:  # child process: one variant, result as JSON on the last line
+def main(argv=None):
+    args = load_config(KEYS, sys.argv[1:] if argv is None else argv, __doc__)
+    if args.variant:  # a child: one part, its numbers as JSON on the last line
         print(json.dumps(run_variant(args)))
         return
     if args.small:
@@ -179,11 +182,11 @@ def main():
     rows = {}
     with tempfile.TemporaryDirectory() as work:
         for variant in ("build", "speed", "mem-ce", "mem-live", "mem-cached"):
-            cmd = [sys.executable, __file__, f"--_variant={variant}", f"--work={work}", f"--windows={args.windows}", f"--size={args.size}",
+            cmd = [sys.executable, __file__, f"--variant={variant}", f"--work={work}", f"--windows={args.windows}", f"--size={args.size}",
                    f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--loss_impl={args.loss_impl}"]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
-                sys.exit(f"error: variant {variant} failed:\n{out.stderr[-2000:]}")
+                raise InputError(f"part {variant} failed: {(out.stderr or out.stdout).strip().splitlines()[-1]}")
             rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     for name in ("ce", "live", "cached"):
         rows[name] = {**rows["speed"][name], "peak_rss_mb": rows[f"mem-{name}"]["peak_rss_mb"]}
@@ -210,4 +213,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
