@@ -5,7 +5,6 @@ Stage 3: distil a student Llama from an ensemble of teacher checkpoints (BabyLla
     python distill.py configs/student.py                               # one GPU: the BabyLlama-2 345M student
     torchrun --nproc_per_node=8 distill.py configs/student.py          # 8 GPUs, same global batch
     python distill.py configs/babyllama_58m.py                         # BabyLlama 58M: a Llama 360M and a GPT-2 705M teacher
-    python distill.py configs/babyllama_58m.py --teachers=out/t1/ckpt.pt,out/t2/ckpt.pt
     python distill.py configs/tiny_student.py --teacher_cache=out/tiny_cache   # the teachers run once (teacher_cache.py)
     python distill.py configs/student.py --track=strict-small --checkpoints_at=babylm   # a BabyLM submission
     python distill.py --help                                           # every key, its default and meaning
@@ -28,20 +27,16 @@ The KL reduction, kl_reduction=
              alpha 0.5, T=1 and seq_len 128 the KL:CE weight ratio is 128:1 (512:1 at the 58M recipe's
              T=2), and the logged kl_term is ~128 x the per-token kl. Default, to reproduce the papers.
     "mean":  the per-token mean KL, so alpha means what it says (KL:CE = (1-alpha) T^2 : alpha).
-The log shows ce and kl_term exactly as they enter the loss (loss = alpha ce + (1 - alpha) kl_term), and
-kl, the per-token KL(p || q).
+The log shows ce and kl_term as they enter the loss (loss = alpha ce + (1 - alpha) kl_term), and kl, per token.
 
 What trains: Distillation.loss applies distill_loss, the formula as written above, to the student's and the
-teachers' logits. At scale (loss_impl="chunked", the default) the same formula is applied a few sequences at a
-time and each chunk is differentiated by autograd (chunked_loss.py, train.CausalLM.apply): the same values and
-gradients, without ever holding the (B, L, V) logits. train.py compiles the step where runtime() compiles.
+teachers' logits, by default a few sequences at a time, each chunk differentiated by autograd (loss_impl="chunked":
+chunked_loss.py), the same values and gradients without ever holding the (B, L, V) logits.
 With teacher_cache=DIR the teachers run once, over every training window, and the student learns from a stored
 sparse, unbiased estimate of p (teacher_cache.py: the same formula over the k stored tokens).
-Teachers may differ in architecture, width and depth (BabyLlama: a GPT-2 and a Llama, gpt2.py and model.py),
-as long as they share the tokenizer: only their logits meet. They are frozen, in eval mode (a GPT-2's dropout
-is then off: its logits are a function of its input), and cast to bf16 when the run uses bf16 autocast. The
-loop is train.py's (the same optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds
-teacher replicas).
+Teachers may differ in architecture, width and depth (BabyLlama: a GPT-2 and a Llama), as long as they share
+the tokenizer: only their logits meet. They are frozen, in eval mode, and cast to bf16 under bf16 autocast. The
+loop is train.py's (optimiser, schedule, checkpoints, resume, DDP: the student only; each rank holds the teachers).
 """
 
 import math
@@ -154,11 +149,19 @@ def load_teachers(paths, tok_info, data_dir, rt):
 
 
 def teacher_weights(cfg):
+    """The teacher weights w_k, normalised to sum to 1 (equal when none are given)."""
     n = len(cfg.teachers)
     w = list(cfg.teacher_weights) or [1.0] * n
     if len(w) != n or any(not isinstance(x, (int, float)) or x < 0 for x in w) or sum(w) <= 0:
         raise InputError(f"teacher_weights={cfg.teacher_weights}: expected {n} non-negative numbers, not all zero")
     return [x / sum(w) for x in w]
+
+
+def validation_losses(teachers, cfg, rt):
+    """Each teacher's CE on the windows the student is validated on, once (logged beside the student's)."""
+    val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
+    idx = eval_indices(val_w.n, cfg.eval_windows)
+    return {f"teacher{k + 1}_val_loss": evaluate(t, val_w, idx, cfg.micro_batch_size, rt) for k, t in enumerate(teachers)}
 
 
 def main(argv=None):
@@ -174,11 +177,9 @@ def main(argv=None):
     if cfg.cache_only and cache.built:
         return print0(f"teacher cache ready in {cfg.teacher_cache} (checked)")
     start = None if cfg.cache_only else start_run(cfg, tok_info, rt, inputs)  # out_dir is taken only after the teachers' work
-    val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)  # each teacher's CE on the student's validation windows, once
-    teacher_val = {f"teacher{k + 1}_val_loss": evaluate(t, val_w, eval_indices(val_w.n, cfg.eval_windows), cfg.micro_batch_size, rt)
-                   for k, t in enumerate(teachers)}
+    teacher_val = validation_losses(teachers, cfg, rt)
     print0(" | ".join(f"{k} {v:.4f}" for k, v in teacher_val.items()))
-    if cfg.teacher_cache:  # the teachers run once, here, over every training window, and never again
+    if cache:  # the teachers run once, here, over every training window, and never again
         cache = teacher_cache.ready(cache, teachers, lambda z: ensemble_log_probs(z, weights, cfg.temperature, cfg.ensemble), train_w, rt)
         if cfg.cache_only:
             return print0(f"teacher cache ready in {cfg.teacher_cache}")
@@ -187,10 +188,7 @@ def main(argv=None):
     student = build_model(config_from_dict(start["model_config"]) if start else model_config(cfg, tok_info)).to(rt.device)
     if start:
         student.load_state_dict(start["model"])
-    if cfg.teacher_cache:
-        objective = teacher_cache.CachedDistillation(student, cache, cfg, teacher_val)
-    else:
-        objective = Distillation(student, teachers, weights, cfg, teacher_val)
+    objective = teacher_cache.CachedDistillation(student, cache, cfg, teacher_val) if cache else Distillation(student, teachers, weights, cfg, teacher_val)
     summary = train(cfg, rt, student, objective, train_w, tok_info, start=start, inputs=inputs)
     finish(summary, "student", cfg.out_dir)
     if rt.ddp:
