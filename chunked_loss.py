@@ -31,8 +31,8 @@ def chunked_loss(loss_fn, h, W, per_sequence, chunk):
     """(loss, logs) equal to loss_fn(h @ W.T, *per_sequence) and its gradients, computed `chunk` sequences at a time.
 
     h (B, L, dim): the final hidden states (autograd flows back through them into the model); W (V, dim): the head.
-    per_sequence: tensors (or lists of tensors) whose first dimension is the batch, cut along with h (targets,
-    teachers' hidden states, cached targets). loss_fn(logits (b, L, V), *per_sequence_b) -> (loss, {name: scalar}),
+    per_sequence: tensors whose first dimension is the batch, cut along with h (targets, teachers' hidden states,
+    cached targets). loss_fn(logits (b, L, V), *per_sequence_b) -> (loss, {name: scalar}),
     a mean over the b sequences it is given; every logged number is averaged over chunks the same way."""
     B = h.shape[0]
     grad_and_value = torch.func.grad_and_value(lambda h_c, W, *rest: loss_fn(h_c @ W.t(), *rest), argnums=(0, 1), has_aux=True)
@@ -40,7 +40,7 @@ def chunked_loss(loss_fn, h, W, per_sequence, chunk):
     dh, dW = torch.empty_like(hd), torch.zeros_like(Wd)
     loss, logs = 0.0, {}
     for i in range(0, B, chunk):
-        cut = [[t[i : i + chunk] for t in a] if isinstance(a, (list, tuple)) else a[i : i + chunk] for a in per_sequence]
+        cut = [t[i : i + chunk] for t in per_sequence]
         (dh_c, dW_c), (loss_c, logs_c) = grad_and_value(hd[i : i + chunk], Wd, *cut)
         share = min(chunk, B - i) / B  # the chunk's weight in a mean over the batch's sequences
         dh[i : i + chunk] = dh_c * share

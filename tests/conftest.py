@@ -83,7 +83,8 @@ def tiny_argv(data_dir, out_dir, **overrides):
     """--key=value arguments for a tiny CPU teacher run on the prepared synthetic data."""
     cfg = dict(data_dir=data_dir, out_dir=out_dir, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
                seq_len=32, batch_size=8, micro_batch_size=8, max_iters=20, warmup_iters=2, lr=3e-3, min_lr=3e-4,
-               weight_decay=0.1, eval_interval=10, eval_windows=16, log_interval=1, compile=False, device="cpu")
+               weight_decay=0.1, eval_interval=10, eval_windows=16, log_interval=1, compile=False, device="cpu",
+               loss_chunk=64)  # 2 sequences a chunk: every run takes the default chunked path (chunked_loss.py) in 4 chunks
     cfg.update(overrides)
     return [f"--{k}={v}" for k, v in cfg.items()]
 

@@ -213,8 +213,8 @@ def test_ctrl_c_saves_and_exits_cleanly(prepared, tmp_path):
 class NaNAt(CausalLM):
     """The causal-LM objective with a NaN loss on the given calls (1-based)."""
 
-    def __init__(self, model, bad_calls, where="loss"):
-        super().__init__(model)
+    def __init__(self, model, cfg, bad_calls, where="loss"):
+        super().__init__(model, cfg)
         self.bad, self.calls, self.where = set(bad_calls), 0, where
 
     def loss(self, model, x, y, causal=True):
@@ -240,7 +240,7 @@ def tiny_run(prepared, out, **kw):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path):
     cfg, rt, model, info, windows = tiny_run(prepared, str(tmp_path / "t"), max_iters=20, eval_interval=4)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 9; the last good checkpoint is .*last.pt"):
-        train(cfg, rt, model, NaNAt(model, range(10, 100)), windows, info)
+        train(cfg, rt, model, NaNAt(model, cfg, range(10, 100)), windows, info)
     ckpt = read_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
     assert ckpt["step"] == 8 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -249,7 +249,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_
 def test_non_finite_step_can_be_skipped_without_losing_steps(prepared, tmp_path, where):
     # the 4th step is bad, and so is the last one (step 6, an evaluation step and the stop_at step)
     cfg, rt, model, info, windows = tiny_run(prepared, str(tmp_path / "t"), max_iters=8, eval_interval=3, nonfinite="skip", stop_at=6)
-    summary = train(cfg, rt, model, NaNAt(model, [4, 6], where), windows, info)
+    summary = train(cfg, rt, model, NaNAt(model, cfg, [4, 6], where), windows, info)
     assert summary["steps"] == 6, "stop_at is honoured on a skipped step"
     ckpt = read_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
     assert ckpt["step"] == 6, "last.pt is not left behind"
@@ -259,7 +259,7 @@ def test_non_finite_step_can_be_skipped_without_losing_steps(prepared, tmp_path,
 def test_non_finite_gradient_with_a_finite_loss_stops_before_writing_weights(prepared, tmp_path):
     cfg, rt, model, info, windows = tiny_run(prepared, str(tmp_path / "t"), max_iters=20, eval_interval=4)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 7"):
-        train(cfg, rt, model, NaNAt(model, [8], "gradient"), windows, info)
+        train(cfg, rt, model, NaNAt(model, cfg, [8], "gradient"), windows, info)
     ckpt = read_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
     assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -495,7 +495,7 @@ def skipped_last_step(e, lines, stdout):
 
 def nan_objective(e):
     import train_teacher
-    e.mp.setattr(train_teacher, "CausalLM", lambda model: NaNAt(model, [4, 6]))  # the 4th step and the last one
+    e.mp.setattr(train_teacher, "CausalLM", lambda model, cfg: NaNAt(model, cfg, [4, 6]))  # the 4th step and the last one
 
 
 def dead_pid():
@@ -693,7 +693,7 @@ ROWS = [
     Row("blimp: --out read-only", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR}), out=str(e.tmp / "ro" / "r.json")), r"ro is not writable",
         setup=lambda e: e.read_only(e.tmp / "ro")),
     Row("blimp: missing --ckpt", "eval_blimp.py", lambda e: ["--data", str(e.tmp)], r"--ckpt: required"),
-    Row("blimp: --protocol=2022", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp), protocol=2022), r"protocol=2022 has type int, expected str"),
+    Row("blimp: --protocol=2022", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp), protocol=2022), r"protocol='2022': expected one of '2023', '2024', '2025'"),
     Row("blimp: a model of another tokenizer", "eval_blimp.py", lambda e: ["--ckpt", other_vocab_ckpt(e), "--data", blimp(e, {"a.jsonl": GOOD_PAIR}),
                                                                            "--data_dir", e.prepared, "--out", os.path.join(e.out, "r.json")], r"other_vocab\.pt was made with tokenizer 'bpe400'"),
     # --- eval_superglue.py
