@@ -114,14 +114,13 @@ class Distillation(CausalLM):
     def loss(self, student, x, y):
         with torch.no_grad():  # the teachers' final hidden states (B, L, dim_k); their heads are applied beside the student's
             teacher_h = [t(x, return_hidden=True) for t in self.teachers]
+        return self.apply(student, x, [y, *teacher_h])  # formula() on the whole micro-batch, or on a chunk of its sequences
 
-        def formula(student_logits, y, *teacher_h):  # on the whole micro-batch, or on a chunk of its sequences
-            teacher_logits = [t.output(h) for t, h in zip(self.teachers, teacher_h)]  # (b, L, V) each
-            loss, ce, kl_term, kl = distill_loss(student_logits, teacher_logits, y, self.weights, self.alpha, self.temperature,
-                                                 self.ensemble, self.kl_reduction)
-            return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
-
-        return self.apply(formula, student, x, [y, *teacher_h])
+    def formula(self, student_logits, y, *teacher_h):
+        teacher_logits = [t.output(h) for t, h in zip(self.teachers, teacher_h)]  # (b, L, V) each
+        loss, ce, kl_term, kl = distill_loss(student_logits, teacher_logits, y, self.weights, self.alpha, self.temperature,
+                                             self.ensemble, self.kl_reduction)
+        return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
 
 
 # -----------------------------------------------------------------------------------------------

@@ -502,11 +502,11 @@ class CachedDistillation(CausalLM):
         return batch.x, batch.y, ids.to(batch.x.device), weights.to(batch.x.device), plogp.to(batch.x.device)
 
     def loss(self, student, x, y, ids, weights, plogp):
-        def formula(student_logits, y, ids, weights, plogp):  # on the whole micro-batch, or on a chunk of its sequences
-            loss, ce, kl_term, kl = sparse_distill_loss(student_logits, y, ids, weights, plogp, self.alpha, self.temperature, self.kl_reduction)
-            return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
+        return self.apply(student, x, [y, ids, weights, plogp])  # formula() on the whole micro-batch, or on a chunk of its sequences
 
-        return self.apply(formula, student, x, [y, ids, weights, plogp])
+    def formula(self, student_logits, y, ids, weights, plogp):
+        loss, ce, kl_term, kl = sparse_distill_loss(student_logits, y, ids, weights, plogp, self.alpha, self.temperature, self.kl_reduction)
+        return loss, {"ce": ce, "kl_term": kl_term, "kl": kl}
 
 
 # -----------------------------------------------------------------------------------------------

@@ -377,9 +377,10 @@ class CausalLM:
                             take the step number (a Python int argument would recompile at every step)
     log_fields(step)        plain values added to the log line of a step (AntLM: the phase)
 
-    Every objective computes its loss with apply(): one formula on the model's logits, either on the whole
-    micro-batch (loss_impl="plain") or a chunk of sequences at a time (loss_impl="chunked", the default:
-    chunked_loss.py), the same values and gradients without (B, L, vocab) tensors."""
+    formula(logits, ...)    -> (loss, logs): the loss itself, on logits and the tensors that go with them; loss()
+                            gives it to apply(), which runs it on the whole micro-batch (loss_impl="plain") or a
+                            chunk of sequences at a time (loss_impl="chunked", the default: chunked_loss.py), the
+                            same values and gradients without (B, L, vocab) tensors."""
 
     epochs = None
     record = {}
@@ -395,18 +396,21 @@ class CausalLM:
         return batch.x, batch.y
 
     def loss(self, model, x, y, causal=True):
-        ce = lambda logits, y: (F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1), {})
         if not causal:  # masked LM (AntLM): the CE averages over the selected positions (the others are -1), not per sequence
-            return ce(model(x, causal), y)
-        return self.apply(ce, model, x, [y])
+            return self.formula(model(x, causal), y)
+        return self.apply(model, x, [y])
 
-    def apply(self, formula, model, x, per_sequence):
-        """formula(logits (b, L, V), *per_sequence) -> (loss, logs), a mean over the b sequences it is given, on the
-        model's logits of x (through the DDP wrapper's forward): all at once when the micro-batch fits one chunk (or
-        loss_impl="plain"), else chunked_loss cuts x's sequences and every tensor of per_sequence into chunks."""
+    def formula(self, logits, y):
+        """The loss on logits (b, L, V) and their inputs: next-token CE (targets of -1 are ignored)."""
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1), {}
+
+    def apply(self, model, x, per_sequence):
+        """self.formula(logits, *per_sequence), a mean over the sequences it is given, on the model's logits of x
+        (through the DDP wrapper's forward): all at once when the micro-batch fits one chunk (or loss_impl="plain"),
+        else chunked_loss.py cuts x's sequences and every tensor of per_sequence into chunks."""
         if not self.chunk or len(x) <= self.chunk:
-            return formula(model(x), *per_sequence)
-        return chunked_loss(formula, model(x, return_hidden=True), unwrap(model).output.weight, per_sequence, self.chunk)
+            return self.formula(model(x), *per_sequence)
+        return chunked_loss(self.formula, model(x, return_hidden=True), unwrap(model).output.weight, per_sequence, self.chunk)
 
     def log_fields(self, step):
         return {}
