@@ -77,10 +77,11 @@ DISTILL = dict(alpha=0.5, temperature=1.0, ensemble="logits", kl_reduction="pape
 MAX_EXTENSIONS = 1  # a best lr at the edge of the grid adds one value beyond it, at most this many times
 FULL = dict(vocab_size=16000, epochs=1, batch_size=32, lrs=(1.5e-3, 3e-3, 6e-3), min_lr=1e-4, eval_windows=1024, shapes=(BASE, WIDE),
             milestones=("100k", "250k", "500k", "1M", "2M"), blimp_limit=0, curve_limit=200, supplement_curve_limit=50, test_windows=2048)
-# --smoke: 2,000 words of each source and dev file, a 1,024-token BPE, 2-layer models of width 64 and 48
-SMOKE = dict(vocab_size=1024, epochs=1, batch_size=8, lrs=(3e-3, 6e-3, 1.2e-2), min_lr=1e-4, eval_windows=64,
-             shapes=(dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=192), dict(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=144)),
-             milestones=("5k", "10k"), blimp_limit=20, curve_limit=10, supplement_curve_limit=10, test_windows=64, words=2000)
+# --smoke: the same pipeline as small as it goes: 1,000 words of each source and dev file, a 512-token BPE, 1-layer
+# models of width 32 and 48, 5 pairs per BLiMP paradigm (most of its time is the processes' start)
+SMOKE = dict(vocab_size=512, epochs=1, batch_size=8, lrs=(3e-3, 6e-3, 1.2e-2), min_lr=1e-4, eval_windows=32,
+             shapes=(dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64), dict(dim=48, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=96)),
+             milestones=("2k", "4k"), blimp_limit=5, curve_limit=5, supplement_curve_limit=5, test_windows=32, words=1000)
 CURVE_RUNS = ("teacher1", "teacher2", "student_s1", "baseline_s1")
 
 
