@@ -138,7 +138,8 @@ def grade(file, qualname, command, substitutes):
     args = [os.path.join(ROOT, a) if a.endswith(".py") else a for a in args]  # from any working directory
     grader = Grader(file, qualname, substitutes)
     # quiet (no terminal report), no cache, and no unraisable-exception plugin (its gc.collect costs 0.6 s a session)
-    pytest.main([*args, "-p", "no:terminal", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "--rootdir", ROOT], plugins=[grader])
+    rc = pytest.main([*args, "-p", "no:terminal", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "--rootdir", ROOT], plugins=[grader])
+    assert rc in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), f"`{command}` could not run its tests here: pytest exit code {rc!r}"
     return grader.results
 
 
@@ -248,10 +249,16 @@ def test_exercise_accepts_every_correct_answer_and_rejects_every_wrong_one(row):
             f"exercise {number}: the mistake {f.__name__} fails only by raising, no test says what is wrong:\n" + "\n".join(failed.values()))
 
 
-def run_command(command, cwd):
+def start_command(command, cwd):
+    """Start a grading command `python -m pytest ...` as a student runs it, in the folder cwd."""
     argv = shlex.split(command)
-    return subprocess.run([sys.executable, *argv[1:], "-p", "no:cacheprovider"], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen([sys.executable, *argv[1:], "-p", "no:cacheprovider"], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finish(process):
+    out, _ = process.communicate(timeout=600)
+    return process.returncode, out
 
 
 def put_back(path, qualname, solution):
@@ -280,13 +287,13 @@ def test_handout_has_no_history_and_grades_the_blanked_functions(tmp_path):
     handout = (dest / "HANDOUT.md").read_text()
     commands = dict(re.findall(r"\| `([\w.]+)` \| `[\w/.]+` \| `(python -m pytest [^`]+)` \|", handout))
     assert set(commands) == {"RMSNorm.forward", "lr_at"}, handout
-    for qualname, command in commands.items():
-        result = run_command(command, dest)
-        out = result.stdout + result.stderr
-        assert result.returncode == 1 and TWO_LINES.format(name=qualname) in out, f"`{command}` in the handout, {qualname} blanked:\n{out[-3000:]}"
+    running = {qualname: start_command(command, dest) for qualname, command in commands.items()}  # side by side: one import of torch each
+    for qualname, process in running.items():
+        rc, out = finish(process)
+        assert rc == 1 and TWO_LINES.format(name=qualname) in out, f"`{commands[qualname]}` in the handout, {qualname} blanked, exited {rc}:\n{out[-3000:]}"
     put_back(str(dest / "model.py"), "RMSNorm.forward", rmsnorm_divide_by_sqrt)  # a student's solution, not the repository's
-    result = run_command(commands["RMSNorm.forward"], dest)
-    assert result.returncode == 0, f"the handout with a correct RMSNorm.forward put back:\n{(result.stdout + result.stderr)[-3000:]}"
+    rc, out = finish(start_command(commands["RMSNorm.forward"], dest))
+    assert rc == 0, f"the handout with a correct RMSNorm.forward put back: `{commands['RMSNorm.forward']}` exited {rc}:\n{out[-3000:]}"
 
 
 def test_handout_refuses_an_unknown_function_before_writing(tmp_path):
