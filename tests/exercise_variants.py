@@ -502,6 +502,11 @@ def distill_loss_paper_over_l(student_logits, teacher_logits, y, weights, alpha,
     return alpha * ce + (1 - alpha) * kl_term, ce, kl_term, kl_sum / (B * L)
 
 
+def distill_loss_detached_student(student_logits, teacher_logits, y, weights, alpha, temperature, ensemble, kl_reduction):
+    """Mistake: the student's logits detached, as the teachers' are (no gradient reaches the student)."""
+    return distill_loss_kl_div_none(student_logits.detach(), teacher_logits, y, weights, alpha, temperature, ensemble, kl_reduction)
+
+
 def distill_loss_log_of_softmax(student_logits, teacher_logits, y, weights, alpha, temperature, ensemble, kl_reduction):
     """Mistake: log q as the log of a softmax (-inf where the softmax underflows)."""
     B, L, V = student_logits.shape
@@ -695,6 +700,12 @@ def masking_no_random_tokens(x, y, probability, mask_id, n_regular, generator):
     out = x.clone()
     out[select & (torch.rand(x.shape, generator=generator) < 0.9)] = mask_id
     return out, _shifted_targets(y, select)
+
+
+def masking_ignore_index_minus_100(x, y, probability, mask_id, n_regular, generator):
+    """Mistake: Hugging Face's -100 for "no target" (train.py's loss ignores -1)."""
+    out, targets = masking_one_uniform(x, y, probability, mask_id, n_regular, generator)
+    return out, targets.masked_fill(targets == -1, -100)
 
 
 def masking_global_generator(x, y, probability, mask_id, n_regular, generator):
@@ -991,7 +1002,7 @@ VARIANTS = {
                                      ensemble_mixture_of_log_probs, ensemble_probabilities_not_logs]},
     "distill_loss": {"correct": [distill_loss_kl_div_none, distill_loss_logsumexp_by_hand, distill_loss_textbook, distill_loss_per_position],
                      "wrong": [distill_loss_no_t_squared, distill_loss_t_not_squared, distill_loss_ce_at_temperature, distill_loss_reversed_kl,
-                               distill_loss_mean_for_paper, distill_loss_paper_over_l, distill_loss_log_of_softmax]},
+                               distill_loss_mean_for_paper, distill_loss_paper_over_l, distill_loss_log_of_softmax, distill_loss_detached_student]},
     "lr_at": {"correct": [lr_cos_squared, lr_in_fp32],
               "wrong": [lr_warmup_from_zero, lr_cosine_over_all_steps, lr_no_floor_after_max_iters, lr_linear_decay]},
     "EpochSampler.indices": {"correct": [sampler_numpy_permutation, sampler_rank_major],
@@ -999,7 +1010,7 @@ VARIANTS = {
                                        sampler_no_wrap]},
     "mask_tokens": {"correct": [masking_one_uniform, masking_bernoulli],
                     "wrong": [masking_not_shifted, masking_position_zero_too, masking_specials_as_random_tokens, masking_no_random_tokens,
-                              masking_global_generator]},
+                              masking_ignore_index_minus_100, masking_global_generator]},
     "sparse_target": {"correct": [sparse_target_dense_counts, sparse_target_unique_keys],
                       "wrong": [sparse_target_no_importance_weights, sparse_target_counts_ignored, sparse_target_self_normalised,
                                 sparse_target_drawn_from_p, sparse_target_topk_not_renormalised]},

@@ -55,6 +55,7 @@ def masked_batch(seed, probability=0.15, shape=(1024, 129)):
 def test_masking_statistics_on_a_large_batch():
     x, y, xm, ym = masked_batch(0)  # 1024 x 128 candidate positions: 1 sd of the 15% share is 0.001
     assert xm.shape == x.shape and ym.shape == y.shape, f"mask_tokens: returned shapes {tuple(xm.shape)}, {tuple(ym.shape)}, expected {tuple(x.shape)} twice"
+    assert ((ym == -1) | (ym >= 0)).all(), f"mask_tokens: targets {sorted(set(ym[ym < -1].unique().tolist()))}: -1 marks a position without a target (train.py's ignore_index)"
     assert (ym[:, -1] == -1).all(), "mask_tokens: the last output has a target, but the token it would predict (t+1) is not in the window's input"
     selected = torch.zeros_like(x, dtype=torch.bool)
     selected[:, 1:] = ym[:, :-1] != -1  # output t predicts input token t+1: position t+1 was selected
@@ -96,6 +97,7 @@ def test_masking_mlm_loss_covers_selected_positions_only():
     model = Llama(ModelConfig(vocab_size=320, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
     x = torch.randint(0, 300, (4, 16))
     xm, ym = mask_tokens(x, torch.roll(x, -1, 1), 0.3, 319, 317, torch.Generator().manual_seed(1))
+    assert ((ym == -1) | ((ym >= 0) & (ym < 320))).all(), f"mask_tokens: targets {sorted(set(ym.unique().tolist()) - set(range(320)))}: a target is a token id, or -1 (no target)"
     loss, _ = CausalLM(model, cfg("clm")).loss(model, xm, ym, causal=False)
     logits = model(xm, causal=False).double()
     keep = ym != -1

@@ -58,7 +58,8 @@ def test_sentence_scores_of_a_known_model_pick_the_expected_sentence():
         check_close(scores[s], by_hand(s), scores_tol(table.abs().max().item(), 8), f"score_sentences: score of {s!r}", "the sum of its tokens' log p under the bigram model")
     tasks = {"t": [{"good": good, "bad": bad, "field": "", "term": ""}]}
     per_task, _, _ = pair_results(tasks, scores)
-    assert per_task["t"]["acc"] == (100.0 if by_hand(good) >= by_hand(bad) else 0.0)
+    expected = 100.0 if by_hand(good) >= by_hand(bad) else 0.0
+    assert per_task["t"]["acc"] == expected, f"pair_results: accuracy {per_task['t']['acc']}, expected {expected} (the good sentence scores at least the bad one)"
 
 
 @pytest.mark.core

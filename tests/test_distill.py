@@ -166,8 +166,9 @@ def test_distill_loss_gradient_is_the_closed_form(reduction):
     s = (torch.randn(B, L, V) * 3).requires_grad_()
     z1, z2 = torch.randn(B, L, V) * 3, torch.randn(B, L, V) * 3
     y = torch.randint(0, V, (B, L))
-    distill_loss(s, [z1, z2], y, [0.5, 0.5], alpha, T, "logits", reduction)[0].backward()
-    assert s.grad is not None, "distill_loss: no gradient reached the student's logits (the loss must be differentiable in them)"
+    loss = distill_loss(s, [z1, z2], y, [0.5, 0.5], alpha, T, "logits", reduction)[0]
+    assert loss.requires_grad, "distill_loss: the loss does not depend on the student's logits (no gradient can reach them: detached?)"
+    loss.backward()
     expected, tol = closed_form_gradient(s.detach(), [z1, z2], y, [0.5, 0.5], alpha, T, "logits", reduction)
     check_close(s.grad, expected, tol, "distill_loss: d loss / d student logits[b, t, v]",
                 f"alpha/N (softmax(s) - onehot(y)) + (1 - alpha) T^2/D (softmax(s/T) - p)/T, N = B L, D = {'B' if reduction == 'paper' else 'B L'}")
@@ -286,6 +287,7 @@ def test_distill_loss_is_what_the_default_objective_trains(monkeypatch):
     check_close(loss, returned[0].detach().double(), 0.0, "distill_loss: loss as Distillation.loss trains it", "the value distill_loss returned")
     for name, value in zip(("ce", "kl_term", "kl"), returned[1:]):
         check_close(logs[name], value.detach().double(), 0.0, f"distill_loss: {name} as the log shows it", "the value distill_loss returned")
+    assert loss.requires_grad, "distill_loss: the loss does not depend on the student's logits (no gradient can reach them: detached?)"
     (grad,) = torch.autograd.grad(loss, [s])
     expected, tol = closed_form_gradient(s.detach(), [zk.detach() for zk in z], y, [0.4, 0.6], 0.3, 2.0, "probs", "mean")
     check_close(grad, expected, tol, "distill_loss: d loss / d student logits[b, t, v] of the trained loss",
@@ -311,6 +313,7 @@ def test_distill_loss_gradients_reach_only_the_student_and_teachers_stay_fixed()
     torch.manual_seed(0)
     x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
     loss, logs = Distillation(student, teachers, [0.5, 0.5], cfg_ns()).loss(student, x, y)
+    assert loss.requires_grad, "distill_loss: the loss does not depend on the student's logits (no gradient can reach the student: detached?)"
     loss.backward()
     opt.step()
     for name, p in student.named_parameters():

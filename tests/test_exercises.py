@@ -235,8 +235,10 @@ def test_exercise_accepts_every_correct_answer_and_rejects_every_wrong_one(row):
     assert blanked, f"exercise {number}: `{command}` selects no test"
     failures = {test: message for test, message in blanked.items() if message}
     assert failures, f"exercise {number}: with {qualname} blanked, `{command}` passes"
+    raise_line = function_node(ast.parse(blank_source(open(os.path.join(ROOT, file), encoding="utf-8").read(), qualname)), qualname, file).body[-1].lineno
+    two_lines = f"{file}:{raise_line}: " + TWO_LINES.format(name=qualname)  # where the student will write, and what
     for test, message in failures.items():  # every failure is the two-line message, naming the function
-        assert TWO_LINES.format(name=qualname) in message, f"exercise {number}: {test} fails with {qualname} blanked, but not with the two-line message:\n{message}"
+        assert message.startswith(two_lines), f"exercise {number}: {test} fails with {qualname} blanked, but not with the two-line message:\n{message}"
     for f in correct:
         failed = {test: message for test, message in results[f.__name__].items() if message}
         assert not failed, f"exercise {number}: the correct {f.__name__} ({f.__doc__}) fails:\n" + "\n".join(f"{t}: {m}" for t, m in failed.items())

@@ -163,7 +163,6 @@ def test_rmsnorm_formula():
 def test_swiglu_feed_forward_formula():
     torch.manual_seed(0)
     ffn = FeedForward(ModelConfig(vocab_size=10, dim=8, n_heads=2, hidden_dim=10))
-    assert ffn.w1.weight.shape == (10, 8) and ffn.w3.weight.shape == (10, 8) and ffn.w2.weight.shape == (8, 10)
     x = torch.randn(2, 3, 8)
     w1, w2, w3 = (getattr(ffn, n).weight.detach().double() for n in ("w1", "w2", "w3"))  # (10, 8), (8, 10), (10, 8)
     gate, up = x.double() @ w1.T, x.double() @ w3.T
@@ -174,9 +173,11 @@ def test_swiglu_feed_forward_formula():
 
 
 def test_swiglu_hidden_rule():
-    assert ModelConfig(dim=512, hidden_dim=1024).ffn_hidden_dim() == 1024
-    assert ModelConfig(dim=768, multiple_of=256).ffn_hidden_dim() == 2048  # 2/3 * 4 * 768 = 2048
-    assert ModelConfig(dim=4096, multiple_of=256).ffn_hidden_dim() == 11008  # Llama-7B
+    """Not an exercise: the width of the SwiGLU layer (ModelConfig.ffn_hidden_dim) the exercise's layer is built with."""
+    for cfg, expected in ((ModelConfig(dim=512, hidden_dim=1024), 1024), (ModelConfig(dim=768, multiple_of=256), 2048),  # 2/3 * 4 * 768 = 2048
+                          (ModelConfig(dim=4096, multiple_of=256), 11008)):  # Llama-7B
+        assert cfg.ffn_hidden_dim() == expected, (f"ModelConfig.ffn_hidden_dim: {cfg.ffn_hidden_dim()} for dim {cfg.dim}, hidden_dim {cfg.hidden_dim}, "
+                                                  f"expected {expected} (hidden_dim, else 2/3 of 4 dim rounded up to a multiple of {cfg.multiple_of})")
 
 
 @pytest.mark.parametrize("config, expected", [
