@@ -1,4 +1,4 @@
-"""eval_blimp.py: a model with known log-probs, batched == one-by-one on real pairs, ties, aggregation,
+"""eval_blimp.py: score_batch against models with known log-probs (float64), batched == one-by-one on real pairs, ties, aggregation,
 both field-name formats, errors. Run: python -m pytest tests/test_blimp.py"""
 
 import json

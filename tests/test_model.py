@@ -1,5 +1,5 @@
-"""model.py: causality, bidirectional mode, RoPE against an explicit rotation, GQA against expanded heads,
-RMSNorm, SwiGLU, the published parameter counts, checkpoints. Run: python -m pytest tests/test_model.py
+"""model.py: causality, bidirectional mode, RoPE against an explicit rotation, GQA attention, RMSNorm and SwiGLU against
+float64 references, the published parameter counts, checkpoints. Run: python -m pytest tests/test_model.py
 Every test here is a `core` (teaching) test: EXERCISES.md grades its model exercises with them."""
 
 import math

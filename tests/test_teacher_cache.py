@@ -1,5 +1,5 @@
-"""teacher_cache.py: the cached step equals the live step (k = V), plain or chunked, the sampled estimator is
-unbiased (and top-k is not), the sparse loss is its formula, the header check, and an
+"""teacher_cache.py: the cached step equals the live step (k = V), plain or chunked, the sparse target's draws and
+weights (unbiased for any proposal; top-k renormalised) and the sparse loss against float64 references, the header check, and an
 interrupted (raised, or SIGKILLed) or rank-sharded build equals an uninterrupted one bit for bit.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_teacher_cache.py   (~20 s; -m "not slow" skips the
 torchrun and torch.compile tests, ~7 s)"""
