@@ -2,7 +2,7 @@
 solution. For each exercise, in this process: its function blanked fails its grading command with the two-line
 message that names it; each solution of tests/exercise_variants.py passes; each mistake there fails, every failure
 naming the function. The handout: a copy of the tracked files without .git, the chosen functions blanked, graded.
-Run: python -m pytest tests/test_exercises.py     (about 20 s on one core)
+Run: python -m pytest tests/test_exercises.py     (about 25 s of one core)
      python tests/test_exercises.py --blank FILE:FUNCTION      blank a function in place (setting an exercise)
      python tests/test_exercises.py --handout DIR --blank FILE:FUNCTION [--blank FILE:FUNCTION ...]   a student copy"""
 

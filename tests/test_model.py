@@ -123,10 +123,10 @@ def attention_reference(attn, x, theta, causal):
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
     P = scores.softmax(-1)
     y = (P @ v[:, kv_of]).transpose(1, 2).reshape(B, T, H * hd) @ W["wo"].T
-    # The tolerance: the scores' terms have magnitude |q||k|/sqrt(hd) (q, k from |x||W|, RoPE mixing a pair); the softmax
-    # turns a score error e into a relative weight error of at most 2e, so the output's magnitude |wo| (P |v|) is
-    # scaled by 1 + 2 max|score terms|. Roundings on the longest chain: dim (projection) + hd (score) + T (weighted
-    # sum) + H hd (output projection) terms, and a few for RoPE and the softmax.
+    # The tolerance. Roundings on the longest chain: dim (projection) + hd (score) + T (weighted sum) + H hd (output
+    # projection) terms, and a few for RoPE and the softmax. Magnitudes: a score's terms sum to at most s_abs =
+    # |q||k|/sqrt(hd) (q, k from |x||W|, RoPE adding a pair's two elements), and a softmax weight moves by at most 2e
+    # of itself when the scores move by e, so score errors reach the output as 2 s_abs times its magnitude |wo| (P |v|).
     absd = lambda z, n: heads(xd.abs() @ W[z].T.abs(), n)
     pair = lambda z: z + z.roll(hd // 2, dims=-1)
     s_abs = pair(absd("wq", H)) @ pair(absd("wk", KV))[:, kv_of].transpose(-1, -2) / math.sqrt(hd)
