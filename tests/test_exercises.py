@@ -284,8 +284,10 @@ def test_handout_has_no_history_and_grades_the_blanked_functions(tmp_path):
     dest = tmp_path / "handout"
     write_handout(str(dest), [("model.py", "RMSNorm.forward"), ("train.py", "lr_at")])
     assert not (dest / ".git").exists(), "the handout has a .git: its history shows the solutions"
-    assert all(not (dest / f).exists() for f in NOT_HANDED_OUT) and (dest / "tests" / "conftest.py").exists()
-    assert "raise NotImplementedError" in (dest / "model.py").read_text() and "rsqrt" not in (dest / "model.py").read_text().split("class RMSNorm")[1].split("def rope_tables")[0]
+    handed = [f for f in NOT_HANDED_OUT if (dest / f).exists()]
+    assert not handed and (dest / "tests" / "conftest.py").exists(), f"the handout holds {handed}: other solutions of every exercise"
+    rmsnorm = (dest / "model.py").read_text().split("class RMSNorm")[1].split("def rope_tables")[0]
+    assert "raise NotImplementedError" in rmsnorm and "rsqrt(" not in rmsnorm, f"RMSNorm.forward is not blanked in the handout:\n{rmsnorm}"
     handout = (dest / "HANDOUT.md").read_text()
     commands = dict(re.findall(r"\| `([\w.]+)` \| `[\w/.]+` \| `(python -m pytest [^`]+)` \|", handout))
     assert set(commands) == {"RMSNorm.forward", "lr_at"}, handout
