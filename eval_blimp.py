@@ -130,7 +130,8 @@ def score_one(model, ctx, ids, device):
 
 @torch.no_grad()
 def score_batch(model, items, pad_id, device):
-    """Scores of a list of (ctx, ids) in one right-padded forward pass."""
+    """Scores of a list of (ctx, ids), each the sum of log p(ids[i] | ctx, ids[:i]), from one forward pass of the
+    right-padded batch (the pads masked out of the sums)."""
     T = max(len(ids) for _, ids in items)
     x = torch.full((len(items), T), pad_id, dtype=torch.long)
     y = torch.zeros((len(items), T), dtype=torch.long)

@@ -1,6 +1,8 @@
 """Shared fixtures: a small synthetic BabyLM corpus, prepared once per test session, and the path
-to the real data in ../shared/data (tests that need it skip with a reason when it is absent)."""
+to the real data in ../shared/data (tests that need it skip with a reason when it is absent); the grading
+helpers of the `core` tests (fp32_tol, check_close) and their message for a blanked exercise."""
 
+import math
 import os
 import random
 import sys
@@ -156,3 +158,37 @@ def milestone_runs(prepared, tmp_path_factory):
         teacher_main(tiny_argv(prepared, out, max_iters=12, eval_interval=6, log_interval=6, seed=seed, checkpoints_at="500,1k"))
         runs.append(out)
     return runs
+
+
+# -----------------------------------------------------------------------------------------------
+# Grading (the `core` tests of EXERCISES.md): a function's fp32 result against a float64 reference, with a
+# tolerance derived from fp32 rounding, and a message that names the function and the quantity.
+
+U32 = 2.0**-24  # fp32's unit roundoff: rounding a result to fp32 moves it by at most U32 times its magnitude
+
+
+def fp32_tol(magnitude, n):
+    """How far a correct fp32 computation may land from the exact value: n roundings along its longest chain (a sum
+    or dot product of m terms counts m), each at most U32 times `magnitude`, the size of what is rounded (the sum of
+    the terms' absolute values: Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., section 3.1:
+    |error| <= n U32 sum |terms|), times 4 for what the count leaves out (exp, log, sqrt and casts, each good to a
+    few ulps). The bound holds for any order of the operations, so every correct solution meets it; a wrong formula
+    misses by orders of magnitude more. A tensor magnitude gives one tolerance per element."""
+    return 4 * n * U32 * magnitude
+
+
+def check_close(got, expected, tol, what, why=""):
+    """Assert that `got` (what the function under test returned: a tensor or a number) equals `expected` (float64)
+    within `tol` (a number, or a tensor of per-element tolerances). `what` names the function and the quantity
+    ("distill_loss: kl_term"), `why` the definition the value should follow; the message gives the worst element."""
+    got = torch.as_tensor(got.detach() if torch.is_tensor(got) else got).double()
+    expected = torch.as_tensor(expected).double()
+    assert got.shape == expected.shape, f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}" + (f" ({why})" if why else "")
+    err = (got - expected).abs()
+    excess = torch.nan_to_num(err - torch.as_tensor(tol, dtype=torch.float64), nan=math.inf)  # a NaN is never close
+    worst = int(excess.flatten().argmax())
+    if excess.flatten()[worst] > 0:
+        at = "" if got.dim() == 0 else " at [" + ", ".join(str(int(i)) for i in torch.unravel_index(torch.tensor(worst), got.shape)) + "]"
+        t = torch.as_tensor(tol, dtype=torch.float64).expand(got.shape).flatten()[worst]
+        off = f"off by {err.flatten()[worst]:.3g}, fp32 rounding allows {t:.2g}"
+        raise AssertionError(f"{what}{at} {got.flatten()[worst]:.6g}, expected {expected.flatten()[worst]:.6g} ({why + '; ' if why else ''}{off})")

@@ -1,8 +1,8 @@
-"""eval_blimp.py: a model with known log-probs, batched == one-by-one on real pairs, ties, aggregation,
+"""eval_blimp.py: score_batch against models with known log-probs (float64), batched == one-by-one on real pairs, ties, aggregation,
 both field-name formats, errors. Run: python -m pytest tests/test_blimp.py"""
 
 import json
-
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -10,8 +10,8 @@ import tiktoken
 import torch
 import torch.nn as nn
 
-from conftest import shared_path
-from eval_blimp import evaluate_set, limit_tasks, main, pair_results, read_tasks, score_one, score_sentences, summarize
+from conftest import check_close, fp32_tol, shared_path
+from eval_blimp import evaluate_set, limit_tasks, main, pair_results, read_tasks, score_batch, score_one, score_sentences, summarize
 from config import InputError
 from model import Llama, ModelConfig
 from checkpoint import load_model_and_tokenizer
@@ -40,22 +40,31 @@ def bigram_table(seed=0):
     return torch.randn(259, 259) * 2
 
 
+def scores_tol(model_logits_max, n_tokens, V=259):
+    """fp32 tolerance of a sentence's score: per token a log-softmax over V (V + 4 roundings on the magnitude
+    |logit| + log V), summed over n_tokens tokens (n_tokens more roundings)."""
+    return fp32_tol(n_tokens * (model_logits_max + math.log(V)), V + n_tokens + 8)
+
+
 @pytest.mark.core
 def test_sentence_scores_of_a_known_model_pick_the_expected_sentence():
     table = bigram_table()
     model = BigramModel(table)
-    logp = torch.log_softmax(table, -1)
+    logp = torch.log_softmax(table.double(), -1)
     by_hand = lambda s: sum(logp[a, b].item() for a, b in zip([256] + list(b" " + s.encode())[:-1], b" " + s.encode()))
     good, bad = "the cat", "cat the"
     scores = score_sentences(model, ENC, INFO, [good, bad], "2024", "cpu", progress=False)
-    assert scores[good] == pytest.approx(by_hand(good), abs=1e-4) and scores[bad] == pytest.approx(by_hand(bad), abs=1e-4)
+    for s in (good, bad):
+        check_close(scores[s], by_hand(s), scores_tol(table.abs().max().item(), 8), f"score_sentences: score of {s!r}", "the sum of its tokens' log p under the bigram model")
     tasks = {"t": [{"good": good, "bad": bad, "field": "", "term": ""}]}
     per_task, _, _ = pair_results(tasks, scores)
-    assert per_task["t"]["acc"] == (100.0 if by_hand(good) >= by_hand(bad) else 0.0)
+    expected = 100.0 if by_hand(good) >= by_hand(bad) else 0.0
+    assert per_task["t"]["acc"] == expected, f"pair_results: accuracy {per_task['t']['acc']}, expected {expected} (the good sentence scores at least the bad one)"
 
 
 @pytest.mark.core
 def test_score_one_of_a_made_up_model_is_the_sum_of_its_token_log_probs():
+    """score_one, the unbatched reference of the tests (not an exercise)."""
     table = bigram_table(1)
     logp = torch.log_softmax(table, -1)
     ids = [32, 116, 104, 101]  # " the": each token conditioned on the one before it, the first on the context 256
@@ -64,14 +73,63 @@ def test_score_one_of_a_made_up_model_is_the_sum_of_its_token_log_probs():
     assert score_one(BigramModel(table), 97, ids[:1], "cpu") == pytest.approx(logp[97, 32].item(), abs=1e-6), "one token: log p(token | context)"
 
 
+class PositionModel(nn.Module):
+    """logits at position t = A[token t] + B[t] + C[token 0]: causal, and it depends on the absolute position and on
+    the first token (the context), so a left-padded batch, a lost context token or a shifted read-out scores otherwise."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.A, self.B, self.C = (torch.randn(n, 259, generator=g) * 2 for n in (259, 64, 259))
+        self.config = SimpleNamespace(max_seq_len=64)
+
+    def forward(self, idx):
+        return self.A[idx] + self.B[: idx.shape[1]] + self.C[idx[:, :1]]
+
+    def reference_score(self, ctx, ids):
+        """log p(ids[i] | ctx, ids[:i]) summed over i, in float64."""
+        x = [ctx] + ids[:-1]
+        logits = self.A.double()[x] + self.B.double()[: len(x)] + self.C.double()[ctx]
+        return torch.log_softmax(logits, -1)[torch.arange(len(ids)), ids].sum().item()
+
+
+ITEMS = [(256, [32, 116, 104, 101]), (97, [5]), (256, [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51]), (3, [7, 7, 7]), (256, [257, 1, 2])]  # token 257 is the pad id
+
+
 @pytest.mark.core
-def test_score_one_equals_the_batched_scores_of_a_random_llama():
+def test_score_batch_of_a_made_up_model_is_the_sum_of_its_token_log_probs():
+    """One right-padded batch of sentences of 1 to 12 tokens, each with its context token, against each sentence
+    scored by hand; sentence 5 contains the pad id itself (the mask must come from the lengths, not the token)."""
+    model = PositionModel()
+    got = score_batch(model, ITEMS, 257, "cpu")
+    assert len(got) == len(ITEMS), f"score_batch: returned {len(got)} scores for {len(ITEMS)} sentences"
+    expected = torch.tensor([model.reference_score(ctx, ids) for ctx, ids in ITEMS], dtype=torch.float64)
+    logit_max = sum(t.abs().max().item() for t in (model.A, model.B, model.C))
+    tol = torch.tensor([scores_tol(logit_max, len(ids)) for _, ids in ITEMS])
+    check_close(torch.tensor([float(g) for g in got]), expected, tol, "score_batch: scores[i]",
+                "sum over its tokens of log p(token | context token, earlier tokens): inputs [ctx] + ids[:-1], right-padded, read out at ids")
+
+
+@pytest.mark.core
+def test_score_batch_of_a_random_llama_equals_each_sentence_scored_alone():
+    """A float64 Llama (so that padding changes nothing beyond float64 rounding): the batched, right-padded scores against
+    each sentence run alone, in float64. Under the causal mask a real token never attends to the pads after it."""
     torch.manual_seed(0)
-    model = Llama(ModelConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64)).eval()
+    model = Llama(ModelConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64)).double().eval()
+    with torch.no_grad():
+        model.output.weight.mul_(30)  # confident predictions that depend on the context
     sentences = ["the cat sat.", "a dog", "the cat sat on the mat.", "x", "Who did she see?"]
-    batched = score_sentences(model, ENC, INFO, sentences, "2024", "cpu", batch_tokens=40, progress=False)
-    for s in sentences:  # right-padded batches of several lengths give each sentence's own score
-        assert batched[s] == pytest.approx(score_one(model, 256, ENC.encode_ordinary(" " + s), "cpu"), abs=1e-4), s
+    items = [(256, ENC.encode_ordinary(" " + s)) for s in sentences]
+    got = score_batch(model, items, 257, "cpu")
+    assert len(got) == len(items), f"score_batch: returned {len(got)} scores for {len(items)} sentences"
+    expected, tol = [], []
+    with torch.no_grad():
+        for ctx, ids in items:
+            logits = model(torch.tensor([[ctx] + ids[:-1]]))[0]
+            expected.append(torch.log_softmax(logits, -1)[torch.arange(len(ids)), ids].sum().item())
+            tol.append(scores_tol(logits.abs().max().item(), len(ids)))
+    check_close(torch.tensor([float(g) for g in got]), torch.tensor(expected), torch.tensor(tol), "score_batch: scores[i]",
+                f"of {sentences}: each sentence's log-probabilities summed, as when it runs alone")
 
 
 @pytest.mark.core
@@ -79,9 +137,10 @@ def test_sentence_scores_protocol_2025_drops_the_leading_space():
     model = BigramModel(bigram_table())
     s24 = score_sentences(model, ENC, INFO, ["ab"], "2024", "cpu", progress=False)["ab"]
     s25 = score_sentences(model, ENC, INFO, ["ab"], "2025", "cpu", progress=False)["ab"]
-    logp = torch.log_softmax(bigram_table(), -1)
-    assert s25 == pytest.approx(logp[256, 97].item() + logp[97, 98].item(), abs=1e-4)
-    assert s24 == pytest.approx(logp[256, 32].item() + logp[32, 97].item() + logp[97, 98].item(), abs=1e-4)
+    logp = torch.log_softmax(bigram_table().double(), -1)
+    tol = scores_tol(bigram_table().abs().max().item(), 3)
+    check_close(s25, logp[256, 97].item() + logp[97, 98].item(), tol, "score_sentences: protocol 2025 score of 'ab'", "no leading space: tokens a, b")
+    check_close(s24, logp[256, 32].item() + logp[32, 97].item() + logp[97, 98].item(), tol, "score_sentences: protocol 2024 score of 'ab'", "tokens ' ', a, b")
 
 
 @pytest.mark.core

@@ -1,9 +1,10 @@
-"""teacher_cache.py: the cached step equals the live step (k = V), plain or chunked, the sampled estimator is
-unbiased (and top-k is not), the sparse loss is its formula, the header check, and an
+"""teacher_cache.py: the cached step equals the live step (k = V), plain or chunked, the sparse target's draws and
+weights (unbiased for any proposal; top-k renormalised) and the sparse loss against float64 references, the header check, and an
 interrupted (raised, or SIGKILLed) or rank-sharded build equals an uninterrupted one bit for bit.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_teacher_cache.py   (~20 s; -m "not slow" skips the
 torchrun and torch.compile tests, ~7 s)"""
 
+import math
 import os
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -11,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from checkpoint import model_checkpoint, save_checkpoint
+from conftest import check_close, fp32_tol
 from config import InputError, flat_defaults
 from distill import Distillation, ensemble_log_probs, main
 from gpt2 import GPT2, GPT2Config
@@ -108,13 +109,40 @@ def test_full_vocabulary_cache_step_equals_live_step(setup, tmp_path, ensemble, 
 # The sparse loss is its formula
 
 
-def plain_sparse_loss(h, W, y, ids, w, plogp, alpha, T, kl_denom):
-    """alpha CE + (1 - alpha) T^2 KL_hat / denom, KL_hat = sum p log p - (p_hat . s)/T + logsumexp(s/T), autograd."""
-    s = h.reshape(-1, h.shape[-1]) @ W.t()
-    N = s.shape[0]
-    ce = F.cross_entropy(s, y.reshape(-1))
-    kl_sum = plogp.sum() - (w.reshape(N, -1) * s.gather(1, ids.reshape(N, -1))).sum() / T + torch.logsumexp(s / T, -1).sum()
-    return alpha * ce + (1 - alpha) * T**2 * kl_sum / kl_denom
+def sparse_reference(s, y, ids, w, plogp, alpha, T, reduction):
+    """(loss, ce, kl_term, kl), d loss / d s and their fp32 tolerances, in float64 from the formula, position by position:
+    KL_hat = sum p log p - (p_hat . s) / T + logsumexp(s / T), p_hat the k slots (ids, weights; an id may repeat);
+    d KL_hat / d s = (softmax(s / T) - p_hat) / T. Tolerances: CE a log-softmax over V tokens averaged over N
+    positions; KL_hat a sum of N plogp, N k slot products and N log-sum-exps over V, each on its terms' magnitude."""
+    s, w, plogp = s.double(), w.double(), plogp.double()
+    B, L, V = s.shape
+    N, D, k = B * L, (B if reduction == "paper" else B * L), ids.shape[-1]
+    ce = kl_sum = 0.0
+    grad = torch.zeros(B, L, V, dtype=torch.float64)
+    for b in range(B):
+        for t in range(L):
+            lse1, lseT = torch.logsumexp(s[b, t], 0), torch.logsumexp(s[b, t] / T, 0)
+            p_hat = torch.zeros(V, dtype=torch.float64).index_add_(0, ids[b, t], w[b, t])  # repeated ids add up
+            ce += (lse1 - s[b, t, y[b, t]]).item()
+            kl_sum += (plogp[b, t] - (p_hat * s[b, t]).sum() / T + lseT).item()
+            onehot = torch.nn.functional.one_hot(y[b, t], V).double()
+            grad[b, t] = alpha / N * (s[b, t].softmax(0) - onehot) + (1 - alpha) * T**2 / D * ((s[b, t] / T).softmax(0) - p_hat) / T
+    ce, kl_term = ce / N, T**2 * kl_sum / D
+    smax = s.abs().max().item()
+    tol_ce = fp32_tol(smax + math.log(V), V + N + 4)
+    tol_kl_sum = fp32_tol(plogp.abs().sum().item() + (w.abs() * s.abs().max()).sum().item() / T + N * (smax / T + math.log(V)), N * k + N + V + 8)
+    tols = (alpha * tol_ce + (1 - alpha) * T**2 * tol_kl_sum / D, tol_ce, T**2 * tol_kl_sum / D, tol_kl_sum / N)
+    tol_grad = fp32_tol((2 * alpha / N + (1 - alpha) * T / D * (1 + w.abs().sum(-1, keepdim=True))) * (smax + math.log(V) + 1), V + k + 8)
+    return (alpha * ce + (1 - alpha) * kl_term, ce, kl_term, kl_sum / N), tols, grad, tol_grad
+
+
+def check_sparse_loss(got, expected, tols, why):
+    assert isinstance(got, tuple) and len(got) == 4, "sparse_distill_loss: expected a tuple (loss, ce, kl_term, kl)"
+    meaning = {"loss": "alpha ce + (1 - alpha) kl_term", "ce": "cross-entropy of softmax(s) with the labels, averaged over the positions",
+               "kl_term": "T^2 KL_hat / D", "kl": "KL_hat summed over positions / (B L)"}
+    for i in (1, 2, 3, 0):  # the parts first: a wrong part is named before the total it spoils
+        name = ("loss", "ce", "kl_term", "kl")[i]
+        check_close(got[i], expected[i], tols[i], f"sparse_distill_loss: {name}", f"{meaning[name]}; {why}")
 
 
 @pytest.mark.core
@@ -123,91 +151,114 @@ def test_sparse_distill_loss_with_every_token_stored_is_the_exact_loss(reduction
     """With p_hat = p on all V slots, the sparse loss is alpha CE + (1 - alpha) T^2 KL(p || softmax(s/T)) / D exactly."""
     torch.manual_seed(0)
     B, L, V, T, alpha = 2, 3, 11, 2.0, 0.4
-    s, z = torch.randn(B, L, V, dtype=torch.float64) * 2, torch.randn(B, L, V, dtype=torch.float64) * 2
+    s, z = torch.randn(B, L, V) * 2, torch.randn(B, L, V, dtype=torch.float64) * 2
     y = torch.randint(0, V, (B, L))
     log_p = torch.log_softmax(z, -1)
-    ids, weights, plogp = torch.arange(V).expand(B, L, V), log_p.exp(), (log_p.exp() * log_p).sum(-1)
-    loss, ce, kl_term, kl = sparse_distill_loss(s, y, ids, weights, plogp, alpha, T, reduction)
-    kl_exact = (log_p.exp() * (log_p - torch.log_softmax(s / T, -1))).sum()  # summed over B, L and V
+    ids, weights, plogp = torch.arange(V).expand(B, L, V), log_p.exp().float(), (log_p.exp() * log_p).sum(-1).float()
+    got = sparse_distill_loss(s, y, ids, weights, plogp, alpha, T, reduction)
+    expected, tols, _, _ = sparse_reference(s, y, ids, weights, plogp, alpha, T, reduction)
     D = B if reduction == "paper" else B * L
-    close = lambda a, b, msg=None: torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6, msg=msg)  # the loss runs in fp32
-    close(ce, F.cross_entropy(s.reshape(-1, V), y.reshape(-1)))
-    close(kl, kl_exact / (B * L), msg="kl is the per-token KL")
-    close(loss, alpha * F.cross_entropy(s.reshape(-1, V), y.reshape(-1)) + (1 - alpha) * T**2 * kl_exact / D)
+    exact_kl = (log_p.exp() * (log_p - torch.log_softmax(s.double() / T, -1))).sum().item()  # summed over B, L and V
+    assert abs(expected[2] - T**2 * exact_kl / D) < 1e-6 * abs(expected[2]), "the reference's KL_hat is the exact KL when every token is stored"
+    check_sparse_loss(got, expected, tols, f"every token stored: the exact KL(p || softmax(s/T)); {REDUCTION[reduction]}")
+
+
+REDUCTION = {"paper": "D = B (paper reduction: KL summed over positions / B)", "mean": "D = B L (mean reduction)"}
 
 
 @pytest.mark.core
 @pytest.mark.parametrize("T", [1.0, 2.0])
-def test_sparse_distill_loss_equals_the_formula_over_the_stored_slots(T):
+@pytest.mark.parametrize("reduction", ["paper", "mean"])
+def test_sparse_distill_loss_equals_the_formula_over_the_stored_slots(T, reduction):
     torch.manual_seed(0)
-    B, L, d, V, k = 3, 5, 8, 13, 4
-    h, W = torch.randn(B, L, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
-    y, ids = torch.randint(0, V, (B, L)), torch.randint(0, V, (B, L, k))  # duplicate ids included
-    w, plogp = torch.rand(B, L, k, dtype=torch.float64), -torch.rand(B, L, dtype=torch.float64)  # sum(w) != 1
-    W1, W2 = W.clone().requires_grad_(), W.clone().requires_grad_()
-    loss = sparse_distill_loss(h @ W1.t(), y, ids, w, plogp, 0.3, T, "paper")[0]
-    loss.backward()
-    want = plain_sparse_loss(h, W2, y, ids, w, plogp, 0.3, T, B)
-    want.backward()
-    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)  # the loss runs in fp32
-    torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
+    B, L, V, k = 3, 5, 13, 4
+    s = (torch.randn(B, L, V) * 2).requires_grad_()
+    y, ids = torch.randint(0, V, (B, L)), torch.randint(0, V, (B, L, k))  # repeated ids included
+    ids[0, 0] = torch.tensor([3, 3, 5, 3])  # one for sure
+    w, plogp = torch.rand(B, L, k), -torch.rand(B, L)  # sum(w) != 1: a sampled p_hat with a proposal
+    got = sparse_distill_loss(s, y, ids, w, plogp, 0.3, T, reduction)
+    expected, tols, grad, tol_grad = sparse_reference(s.detach(), y, ids, w, plogp, 0.3, T, reduction)
+    why = f"KL_hat = sum p log p - (p_hat . s) / T + logsumexp(s / T), the middle term over the k slots (a repeated id counts each time); T {T}; {REDUCTION[reduction]}"
+    check_sparse_loss(got, expected, tols, why)
+    (g,) = torch.autograd.grad(got[0], [s])
+    check_close(g, grad, tol_grad, "sparse_distill_loss: d loss / d s[b, t, v]",
+                "alpha/N (softmax(s) - onehot(y)) + (1 - alpha) T^2/D (softmax(s/T) - p_hat)/T, p_hat the slots' weights added up per id")
 
 
 # -----------------------------------------------------------------------------------------------
-# Unbiasedness of the sampled estimator (and the bias of top-k), measured on the whole step's gradient
+# The sparse target: the draws by inverse CDF, unbiased for any proposal temperature; top-k renormalised
+
+
+def slots(ids, w):
+    """{id: weight} of one position's used slots (weight > 0), and whether every unused slot has id 0."""
+    used = {int(i): float(x) for i, x in zip(ids, w) if x > 0}
+    return used, all(int(i) == 0 for i, x in zip(ids, w) if x == 0)
 
 
 @pytest.mark.core
-def test_sparse_target_sampled_gradient_is_unbiased_and_topk_is_biased():
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_sparse_target_sampled_draws_by_inverse_cdf_and_weighs_count_over_k_times_p_over_r(tau):
+    """Draw j is the first token v whose cumulative proposal probability exceeds u_j (r = softmax(log p / tau)); each
+    distinct token keeps one slot with weight count / k * p_v / r_v; unused slots hold id 0 and weight 0."""
     torch.manual_seed(0)
-    N, d, V, k, T, alpha, M = 6, 8, 40, 4, 2.0, 0.5, 1500
-    h, W = torch.randn(N, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
-    y = torch.randint(0, V, (N,))
-    z1, z2 = torch.randn(N, V) * 2, torch.randn(N, V) * 2
-    for ensemble in ("logits", "probs"):
-        log_p = ensemble_log_probs([z1, z2], [0.5, 0.5], T, ensemble)
-
-        def grad_W(ids, w):  # the gradient of the whole step's loss (CE and KL) with p_hat as the target
-            Wr = W.clone().requires_grad_()
-            s = (h @ Wr.t()).view(1, N, V)
-            sparse_distill_loss(s, y.view(1, N), ids.view(1, N, -1), w.double().view(1, N, -1), torch.zeros(1, N), alpha, T, "mean")[0].backward()
-            return Wr.grad
-
-        exact = grad_W(*sparse_target(log_p, V, "topk"))
-        for tau in (1.0, 2.0):  # draws from p itself, and from a flatter proposal with weights p / r
-            g = torch.Generator().manual_seed(1)
-            draws = torch.stack([grad_W(*sparse_target(log_p, k, "sampled", torch.rand(N, k, generator=g), tau)) for _ in range(M)])
-            mean, se = draws.mean(0), draws.std(0) / M**0.5
-            z = (mean - exact).abs() / se.clamp_min(1e-12)
-            assert z.max() < 5.0, (ensemble, tau, z.max())  # 320 coordinates: |z| > 5 has probability ~2e-4 in all
-            assert ((mean - exact).norm() / exact.norm()) < 0.05
-        topk = grad_W(*sparse_target(log_p, k, "topk"))
-        z_topk = (topk - exact).abs() / se.clamp_min(1e-12)
-        assert z_topk.max() > 20.0, z_topk.max()  # top-k's error is many standard errors of the sampled mean
+    N, V, k = 4, 7, 6
+    log_p = torch.log_softmax(torch.randn(N, V) * 2, -1)
+    r = torch.softmax(log_p.double() / tau, -1)
+    cdf = r.cumsum(-1)
+    # uniforms in the middle of the tokens' intervals (never on a boundary, where float rounding decides)
+    picks = torch.randint(0, V, (N, k))
+    picks[0] = torch.tensor([2, 2, 2, 5, 5, 0])  # repeats
+    u = ((cdf - r / 2).gather(1, picks) / cdf[:, -1:]).float()
+    ids, w = sparse_target(log_p, k, "sampled", u, tau)
+    assert ids.shape == (N, k) and w.shape == (N, k) and ids.dtype == torch.int64, (
+        f"sparse_target: returned ids {tuple(ids.shape)} {ids.dtype} and weights {tuple(w.shape)}, expected ({N}, {k}) int64 and ({N}, {k})")
+    p = log_p.double().exp()
+    for n in range(N):
+        counts = torch.bincount(picks[n], minlength=V).double()
+        expected = {v: (counts[v] / k * p[n, v] / r[n, v]).item() for v in range(V) if counts[v] > 0}
+        got, unused_zero = slots(ids[n], w[n])
+        assert set(got) == set(expected), (f"sparse_target: position {n} holds the tokens {sorted(got)}, expected {sorted(expected)} "
+                                            f"(the draws by inverse CDF of the proposal, tau {tau}, each distinct token once)")
+        assert unused_zero, f"sparse_target: position {n}: an unused slot (weight 0) has an id other than 0"
+        for v in expected:
+            check_close(got[v], expected[v], fp32_tol(expected[v], V + 8), f"sparse_target: weight of token {v} at position {n}",
+                        f"count / k * p / r: {int(counts[v])} / {k} draws, proposal tau {tau}")
 
 
 @pytest.mark.core
-def test_sparse_target_sampled_is_unbiased_sums_to_one_and_fills_unique_slots():
-    log_p = torch.log_softmax(torch.randn(3, 30) * 2, -1)
-    u = torch.rand(20000, 3, 8, generator=torch.Generator().manual_seed(0))
-    ids, w = sparse_target(log_p.repeat(20000, 1), 8, "sampled", u.view(-1, 8))
-    p_hat = torch.zeros(60000, 30).scatter_add_(1, ids, w).view(20000, 3, 30)
-    torch.testing.assert_close(w.sum(-1), torch.ones(60000))  # r = p: counts / k
-    se = p_hat.std(0) / 20000**0.5
-    assert ((p_hat.mean(0) - log_p.exp()).abs() / se.clamp_min(1e-9)).max() < 5.0
-    nonzero = w > 0
-    assert torch.all(nonzero[:, :-1] | ~nonzero[:, 1:])  # the used slots come first
-    first = ids[0][nonzero[0]]
-    assert len(first.unique()) == len(first)  # unique ids
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_sparse_target_sampled_is_unbiased(tau):
+    """E[p_hat] = p: the mean of M = 20000 draws of p_hat against p, in standard errors of the estimator
+    (count_v ~ Binomial(k, r_v), so Var[p_hat_v] = p_v^2 (1 - r_v) / (k r_v)); every |z| < 5 over 3 x 30
+    coordinates (a correct estimator fails with probability ~1e-4; the seed is fixed)."""
+    N, V, k, M = 3, 30, 8, 20000
+    log_p = torch.log_softmax(torch.randn(N, V, generator=torch.Generator().manual_seed(0)) * 2, -1)
+    u = torch.rand(M * N, k, generator=torch.Generator().manual_seed(1))
+    ids, w = sparse_target(log_p.repeat(M, 1), k, "sampled", u, tau)
+    p_hat = torch.zeros(M * N, V, dtype=torch.float64).scatter_add_(1, ids, w.double()).view(M, N, V)
+    p, r = log_p.double().exp(), torch.softmax(log_p.double() / tau, -1)
+    se = (p**2 * (1 - r) / (k * r) / M).sqrt()
+    z = (p_hat.mean(0) - p) / se
+    n, v = divmod(int(z.abs().argmax()), V)
+    assert z.abs().max() < 5, (f"sparse_target: the mean p_hat of token {v} at position {n} is {p_hat.mean(0)[n, v]:.5f} over {M} draws, expected p = "
+                               f"{p[n, v]:.5f} ({z[n, v]:.1f} standard errors off: biased; weights count / k * p / r, proposal tau {tau})")
+    if tau == 1.0:
+        check_close(w.double().sum(-1), torch.ones(M * N), fp32_tol(1.0, k), "sparse_target: sum of a position's weights", "r = p: counts / k add up to 1")
 
 
 @pytest.mark.core
 def test_sparse_target_topk_keeps_the_most_likely_tokens_renormalised():
+    torch.manual_seed(0)
     log_p = torch.log_softmax(torch.randn(5, 30) * 2, -1)
     ids, w = sparse_target(log_p, 4, "topk")
-    p = log_p.exp()
-    torch.testing.assert_close(ids, p.topk(4, -1).indices)
-    torch.testing.assert_close(w, p.gather(1, ids) / p.gather(1, ids).sum(-1, keepdim=True))  # sums to 1
+    p = log_p.double().exp()
+    for n in range(5):
+        top = p[n].topk(4).indices.tolist()
+        got, _ = slots(ids[n], w[n])
+        assert set(got) == set(top), f"sparse_target: top-k at position {n} holds the tokens {sorted(got)}, expected the 4 most likely {sorted(top)}"
+        for v in top:
+            expected = (p[n, v] / p[n, top].sum()).item()
+            check_close(got[v], expected, fp32_tol(expected, 8), f"sparse_target: top-k weight of token {v} at position {n}", "p_v / (sum of the top k p), renormalised")
 
 
 # -----------------------------------------------------------------------------------------------

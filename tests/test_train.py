@@ -9,7 +9,7 @@ import torch
 
 from checkpoint import load_checkpoint, read_log
 from config import InputError, load_config
-from conftest import strip_timing, tiny_argv
+from conftest import check_close, fp32_tol, strip_timing, tiny_argv
 from train import EpochSampler, lr_at
 from train_teacher import TEACHER_KEYS, main
 
@@ -44,29 +44,63 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ"
 
 
+def epoch_of(sampler, epoch, world_micro):
+    """The windows of one epoch as [step][micro-step][rank] -> indices, asked in that order."""
+    return [[[sampler.indices(step, m, r).tolist() for r in range(world_micro[0])] for m in range(world_micro[1])]
+            for step in range(epoch * sampler.steps_per_epoch, (epoch + 1) * sampler.steps_per_epoch)]
+
+
 @pytest.mark.core
-def test_epoch_sampler_covers_each_window_once_per_epoch_and_shards_ranks():
-    one = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=4, world=1, seed=0)
-    two = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=2, world=2, seed=0)
-    seen = []
-    for step in range(5):  # one epoch
-        batch = torch.cat([one.indices(step, m, 0) for m in range(2)])
-        sharded = torch.cat([two.indices(step, m, r) for m in range(2) for r in range(2)])
-        assert sorted(batch.tolist()) == sorted(sharded.tolist()), "same global batch for any world size"
-        seen += batch.tolist()
-    assert sorted(seen) == list(range(40))
-    assert not torch.equal(one.indices(5, 0, 0), one.indices(0, 0, 0)), "a new order each epoch"
+@pytest.mark.parametrize("n_windows", [40, 43])  # 43: three windows left over each epoch
+def test_epoch_sampler_covers_each_window_once_per_epoch_and_shards_ranks(n_windows):
+    one = EpochSampler(n_windows=n_windows, batch_size=8, micro_batch_size=4, world=1, seed=0)  # 2 micro-steps
+    two = EpochSampler(n_windows=n_windows, batch_size=8, micro_batch_size=2, world=2, seed=0)  # 2 micro-steps x 2 ranks
+    steps = n_windows // 8
+    epochs = []
+    for epoch in range(3):
+        seen = []
+        for step in range(epoch * steps, (epoch + 1) * steps):
+            micro = [one.indices(step, m, 0) for m in range(2)]
+            assert all(isinstance(i, torch.Tensor) and i.shape == (4,) for i in micro), (
+                f"EpochSampler.indices: step {step} gave {[tuple(getattr(i, 'shape', ())) for i in micro]}, expected 4 window indices per micro-batch (a tensor)")
+            batch = sorted(torch.cat(micro).tolist())
+            sharded = sorted(torch.cat([two.indices(step, m, r) for m in range(2) for r in range(2)]).tolist())
+            assert batch == sharded, (f"EpochSampler.indices: step {step}'s global batch is {batch} with one process, {sharded} with two "
+                                      "(the same global batch whatever the number of processes, each rank its own share)")
+            seen += batch
+        assert len(set(seen)) == len(seen) == steps * 8 and set(seen) <= set(range(n_windows)), (
+            f"EpochSampler.indices: epoch {epoch} gave {len(seen)} windows, {len(set(seen))} distinct, expected each of {steps * 8} "
+            f"distinct windows of 0..{n_windows - 1} once (a permutation per epoch, cut into global batches)")
+        epochs.append(seen)
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2], "EpochSampler.indices: two epochs gave the same order (a fresh permutation each epoch)"
+    assert epochs[0] != sorted(epochs[0]), "EpochSampler.indices: epoch 0 gave the windows in order (each epoch is a random permutation)"
+
+
+@pytest.mark.core
+def test_epoch_sampler_is_a_function_of_seed_and_epoch():
+    """A resumed run asks for step 1000 first: the windows may depend on (seed, epoch, step, micro-step, rank) only,
+    not on what was asked before (no generator that advances from call to call)."""
+    walked = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=4, world=1, seed=3)
+    walk = epoch_of(walked, 0, (1, 2)) + epoch_of(walked, 1, (1, 2)) + epoch_of(walked, 2, (1, 2))
+    fresh = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=4, world=1, seed=3)
+    assert epoch_of(fresh, 2, (1, 2)) == walk[10:15], "EpochSampler.indices: epoch 2 differs when asked first (it must depend on (seed, epoch) only)"
+    assert epoch_of(fresh, 0, (1, 2)) == walk[:5], "EpochSampler.indices: epoch 0 differs when asked after epoch 2"
+    other = EpochSampler(n_windows=40, batch_size=8, micro_batch_size=4, world=1, seed=4)
+    assert epoch_of(other, 0, (1, 2)) != walk[:5], "EpochSampler.indices: seeds 3 and 4 gave the same order (the permutation is seeded by (seed, epoch))"
 
 
 @pytest.mark.core
 def test_lr_schedule_warmup_then_cosine():
     cfg = load_config(TEACHER_KEYS, ["--lr=1.0", "--min_lr=0.1", "--warmup_iters=10"])
-    assert lr_at(0, cfg, 110) == pytest.approx(0.1) and lr_at(9, cfg, 110) == pytest.approx(1.0)
-    assert lr_at(60, cfg, 110) == pytest.approx(0.55) and lr_at(110, cfg, 110) == pytest.approx(0.1)
     for step in range(120):  # every step against the formula: linear warmup, then a half cosine from lr to min_lr
-        warm = 1.0 * (step + 1) / 10
-        cosine = 0.1 + 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 10) / 100))) * (1.0 - 0.1)
-        assert lr_at(step, cfg, 110) == pytest.approx(warm if step < 10 else cosine), step
+        if step < 10:
+            expected, why = 1.0 * (step + 1) / 10, "linear warmup: lr (step + 1) / warmup_iters"
+        else:
+            expected, why = 0.1 + 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 10) / 100))) * (1.0 - 0.1), (
+                "a half cosine from lr at warmup_iters to min_lr at max_iters, then min_lr")
+        # a handful of operations, in double precision or, for a solution that uses fp32 tensors, within 8 fp32 ulps
+        check_close(lr_at(step, cfg, 110), expected, fp32_tol(1.0, 2), f"lr_at: step {step}", f"{why}; lr 1, min_lr 0.1, warmup_iters 10, max_iters 110")
+    assert lr_at(9, cfg, 110) == pytest.approx(1.0) and lr_at(110, cfg, 110) == pytest.approx(0.1), "lr_at: lr at the end of the warmup, min_lr at max_iters"
 
 
 def test_checkpoint_from_another_tokenizer_is_refused_on_resume(prepared, tmp_path):
