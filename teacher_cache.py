@@ -55,7 +55,9 @@ The header records and checks the teachers' checkpoint sha256, the teacher weigh
 (name, vocab, sha256), train.bin's sha256 (a full hash: tens of MB, well under a second; size+mtime
 would miss an in-place rewrite and break on a copy) and window geometry (seq_len, number of windows),
 temperature, ensemble, k, method, proposal temperature and seed. A mismatch is a one-line InputError
-naming what differs, old -> new. Paths are recorded but not compared (the same file moves).
+naming what differs, old -> new. Paths are recorded but not compared (the same file moves). A finished build
+seals the header (header_seal: the sha256 of those fields and of the files' hashes), so a header.json edited on disk is
+refused on use, even where the edit agrees with the run (the targets on disk were built with the original fields).
 
 Building is atomic and resumable: everything is written into <path>.partial/, in blocks of windows;
 after each block the arrays are flushed and the block is recorded in a per-rank progress file (written
