@@ -63,6 +63,9 @@ def run_main(main):
     except Terminated:
         print("\nterminated (SIGTERM)", file=sys.stderr)
         sys.exit(143)
+    except BrokenPipeError:  # the reader went away (python SCRIPT --help | head): nothing is left to say, to no one
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush must not raise again
+        sys.exit(1)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -207,7 +207,12 @@ def test_random_search_is_reproducible_from_its_seed(fake, tmp_path):
     ["--grid", "lr=0.1", "--metric", "eval.json:blimp.score", "--then", "echo"],  # higher or lower better?
     ["--grid", "lr=0.1", "--fixed", "lr=0.2"],
     ["--grid", "out_dir=a,b"],
-    ["--grid", "lr=0.1", "--workers", "0"],
+    ["--grid", "lr=0.1", "--workers", "-1"],
+    ["--grid", "lr=0.1", "--workers", "300000000"],                               # more than the cores: refused at once
+    ["--grid", "lr=0.1", "--random", "300000000"],                                # more than MAX_RUNS: refused, not drawn
+    ["--grid", *[f"k{i}=" + ",".join(map(str, range(10))) for i in range(5)]],    # 10^5 runs: counted, not expanded
+    ["--grid", "lr=0.1", "--then", "python {out_dir.x}", "--metric", "e.json:a", "--mode", "max"],  # a bad placeholder
+    ["--grid", "lr=0.1", "extra_word"],                                           # a third positional word
     ["--grid", "lr=0.1", "--bogus"],
     ["--grid", "lr=log_uniform(1e-4)", "--random", "3"],                          # one bound
     ["--grid", "lr=log_uniform(1e-4,inf)", "--random", "3"],                      # an infinite bound
@@ -377,6 +382,54 @@ def test_a_bad_sweep_file_is_one_line_before_any_run(fake, tmp_path, body, messa
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
     assert re.search(message, r.stderr), r.stderr
     assert not (tmp_path / "sw").exists()
+
+
+# A --then command that writes eval.json with what FAKE_EVAL_BODY holds (a Python expression of lr), or nothing.
+FAKE_EVAL_BODY = r'''
+import json, os, sys
+out = sys.argv[1]
+lr = float([json.loads(l) for l in open(os.path.join(out, "argv.jsonl"))][0][0].split("=")[1])
+body = os.environ.get("FAKE_EVAL_BODY")
+if body != "none":
+    open(os.path.join(out, "eval.json"), "w").write(json.dumps(eval(body)) if body else json.dumps({"blimp": {"score": 100 * lr}}))
+'''
+
+
+@pytest.mark.parametrize("body, why", [
+    ("none", r"eval\.json was not written"),                              # the file absent
+    ("{'blimp': {}}", r"eval\.json has no blimp\.score"),                  # the key missing
+    ("{'blimp': {'score': 'high'}}", r'blimp\.score is "high", not a finite number'),
+    ("{'blimp': {'score': float('nan')}}", r"blimp\.score is NaN, not a finite number"),
+    ("{'blimp': {'score': True}}", r"blimp\.score is true, not a finite number"),
+    ("[1, 2]", r"eval\.json has no blimp"),
+])
+def test_a_metric_that_is_not_there_fails_the_run_in_one_line_and_the_next_invocation_runs_it_again(fake, tmp_path, body, why):
+    (tmp_path / "fake_eval.py").write_text(FAKE_EVAL_BODY)
+    out = str(tmp_path / "sw")
+    args = (fake, "--grid", "lr=0.1,0.2", "--out", out, "--then", f"python {tmp_path / 'fake_eval.py'} {{out_dir}}",
+            "--metric", "eval.json:blimp.score", "--mode", "max")
+    r = run_sweep(*args, env={"FAKE_EVAL_BODY": body})
+    assert r.returncode == 1, (r.stdout[-2000:], r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and re.match(r"error: 2 of 2 runs failed \(lr=0\.1: metric eval\.json:blimp\.score: ", r.stderr), r.stderr
+    assert re.search(why, r.stderr), r.stderr
+    assert [row["status"] for row in results(out)] == ["failed", "failed"] and [row["metric"] for row in results(out)] == [None, None]
+    assert len(re.findall(r"failed: metric eval\.json:blimp\.score: ", r.stdout)) == 2  # each run's own line
+    r = run_sweep(*args)  # the evaluation fixed: the same command runs --then again (and no training), and ranks the runs
+    assert r.returncode == 0, r.stderr
+    assert [row["status"] for row in results(out)] == ["done", "done"] and [row["metric"] for row in results(out)] == pytest.approx([10.0, 20.0])
+    assert all(len(invocations(row["out_dir"])) == 1 for row in results(out))
+
+
+def test_a_run_marked_done_without_its_metric_is_evaluated_again(fake, tmp_path):
+    """A run marked done before the metric was checked (or whose eval.json was deleted since) is not skipped."""
+    (tmp_path / "fake_eval.py").write_text(FAKE_EVAL_BODY)
+    out = str(tmp_path / "sw")
+    args = (fake, "--grid", "lr=0.1", "--out", out, "--then", f"python {tmp_path / 'fake_eval.py'} {{out_dir}}",
+            "--metric", "eval.json:blimp.score", "--mode", "max")
+    assert run_sweep(*args).returncode == 0
+    os.remove(os.path.join(out, "lr=0.1", "eval.json"))
+    r = run_sweep(*args)
+    assert r.returncode == 0 and "skipped" not in r.stdout and results(out)[0]["metric"] == pytest.approx(10.0), r.stdout
 
 
 def test_a_metric_no_run_logs_stops_the_sweep_after_its_first_run(fake, tmp_path):
