@@ -670,8 +670,8 @@ def check_spec(spec):
         if not spec["mode"]:
             raise InputError(f"metric {metric}: say whether higher or lower is better (--mode max or --mode min)")
     spec["mode"] = spec["mode"] or "min"
-    runs = spec["random"] or math.prod(1 if isinstance(v, Range) else len(v) for v in spec["grid"].values())
-    if runs > MAX_RUNS:  # counted, not expanded: a grid of 10^10 runs must not fill the memory first
+    runs = math.prod(1 if isinstance(v, Range) else len(v) for v in spec["grid"].values())  # --random N: bounded by its key
+    if not spec["random"] and runs > MAX_RUNS:  # counted, not expanded: a grid of 10^10 runs must not fill the memory first
         raise InputError(f"--grid: {runs:,} runs (the product of {' x '.join(str(len(v)) for v in spec['grid'].values() if not isinstance(v, Range))} "
                          f"values); a sweep runs at most {MAX_RUNS:,}: sweep fewer values, or draw --random N of them")
     if spec["then"] and not spec["then"].strip():
