@@ -12,6 +12,7 @@ from conftest import ROOT, write_corpus
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import reproduce_cpu  # noqa: E402
+from config import InputError  # noqa: E402
 from reproduce_cpu import compare, subset_corpus, write_report  # noqa: E402
 
 
@@ -107,32 +108,58 @@ def test_seed_intervals_pair_the_seeds():
 
 
 def test_the_sweep_grows_until_the_best_value_is_inside(monkeypatch, tmp_path):
-    """A best lr at the edge of the grid adds a value beyond it (x2 or /2), at most MAX_EXTENSIONS times."""
+    """A best lr at the edge of the grid adds a value beyond it (x2 or /2), at most MAX_EXTENSIONS times; each grid
+    is ranked over its own runs."""
     import argparse
-    ran, best = [], iter([1e-3, 5e-4, 2.5e-4])  # always the smallest value: two extensions, then stop
+    ran, ranked, best = [], [], iter([1e-3, 5e-4, 2.5e-4])  # always the smallest value: two extensions, then stop
     monkeypatch.setattr(reproduce_cpu, "run_once", lambda name, cmd, *a: ran.append((name, cmd[cmd.index("--grid") + 1])))
-    monkeypatch.setattr(reproduce_cpu, "best_lr", lambda work, family: (next(best), None, 0.0))
+    monkeypatch.setattr(reproduce_cpu, "best_lr", lambda work, family, lrs: (ranked.append(list(lrs)), next(best), None, 0.0)[1:])
     args = argparse.Namespace(smoke=False, report_only=False)
-    cmds = reproduce_cpu.tune(args, str(tmp_path), {"seed": 1}, "teacher")
+    cmds, lrs = reproduce_cpu.tune(args, str(tmp_path), {"seed": 1}, "teacher")
     assert ran == [("sweep_teacher", "lr=0.001,0.002,0.004,0.01"), ("sweep_teacher_5", "lr=0.0005,0.001,0.002,0.004,0.01"),
                    ("sweep_teacher_6", "lr=0.00025,0.0005,0.001,0.002,0.004,0.01")]
+    assert ranked == [[1e-3, 2e-3, 4e-3, 1e-2], [5e-4, 1e-3, 2e-3, 4e-3, 1e-2], [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 1e-2]] and lrs == ranked[-1]
     assert len(cmds) == 3 == reproduce_cpu.MAX_EXTENSIONS + 1
     ran.clear()
     best = iter([2e-3])  # inside: one sweep
-    assert len(reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")) == 1 and ran == [("sweep_baseline", "lr=0.001,0.002,0.004,0.01")]
+    assert len(reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")[0]) == 1 and ran == [("sweep_baseline", "lr=0.001,0.002,0.004,0.01")]
     best = iter([1e-2, 4e-3])  # the largest, then inside
     ran.clear()
     reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")
     assert [g for _, g in ran] == ["lr=0.001,0.002,0.004,0.01", "lr=0.001,0.002,0.004,0.01,0.02"]
 
 
+def sweep_row(work, lr, status, val_losses):
+    """A run of the baseline sweep as experiments/sweep.py leaves it: its log, and its row in results.jsonl."""
+    out = os.path.join(work, "sweep", "baseline", f"lr={lr!r}")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "log.jsonl"), "w") as f:
+        f.writelines(json.dumps({"step": 10 * (i + 1), "val_loss": v}) + "\n" for i, v in enumerate(val_losses))
+    return {"values": {"lr": lr}, "out_dir": out, "seconds": 1.0, "status": status}
+
+
+def test_an_unfinished_run_of_an_interrupted_extension_is_never_ranked(tmp_path):
+    """The reported case: interrupted during the baseline sweep's edge extension, the rerun took the half-trained
+    lr=0.008 run (pending, its val CE lower at an early step) as the best and linked it as baseline_s1. Ranking
+    reads finished runs of the finished grid only; an unfinished run of that grid is an error, not a smaller grid."""
+    work = str(tmp_path)
+    rows = [sweep_row(work, 1e-3, "done", [5.0, 4.6]), sweep_row(work, 2e-3, "done", [5.0, 4.5]), sweep_row(work, 4e-3, "done", [5.0, 4.4]),
+            sweep_row(work, 8e-3, "interrupted", [3.0])]  # the extension, killed after its first validation
+    with open(os.path.join(work, "sweep", "baseline", "results.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    assert reproduce_cpu.best_lr(work, "baseline", [1e-3, 2e-3, 4e-3])[0] == 4e-3  # the first grid: the extension's run is not in it
+    assert [r[0] for r in reproduce_cpu.read_sweep(work, "baseline", [1e-3, 2e-3, 4e-3])] == [1e-3, 2e-3, 4e-3]
+    with pytest.raises(InputError, match=r"the baseline sweep's run at lr=0\.008 has not finished"):
+        reproduce_cpu.best_lr(work, "baseline", [1e-3, 2e-3, 4e-3, 8e-3])
+
+
 def test_a_finished_step_with_another_command_is_refused(tmp_path, capsys):
     os.makedirs(tmp_path / "logs")
     json.dump({"seconds": 3.0, "command": ["train_teacher.py", "--lr=0.001"]}, open(tmp_path / "logs" / "teacher2.done", "w"))
     assert reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.001"], None, str(tmp_path), "1/1") == 3.0
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(InputError) as e:
         reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.002"], None, str(tmp_path), "1/1")
-    assert str(e.value).startswith("error: teacher2 finished earlier with another command (train_teacher.py --lr=0.001)")
+    assert str(e.value).startswith("teacher2 finished earlier with another command (train_teacher.py --lr=0.001)")
 
 
 def test_compute_total_counts_every_launch_of_a_sweep_and_the_report_names_resumed_models(tmp_path):
