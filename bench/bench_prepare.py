@@ -7,14 +7,21 @@ Target: at most 60 s for babylm_2024_mini (3.15M words) on a 2-core CPU. `--hf` 
 BPE with the `tokenizers` library on the same cleaned training documents, for calibration only.
 """
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_data import clean_lines, prepare, read_corpus, split_train_val  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from config import load_config, run_main  # noqa: E402
+from prepare_data import PREPARE_KEYS, clean_lines, prepare, read_corpus, split_train_val  # noqa: E402
+
+KEYS = {"benchmark": {
+    "src": ("", "a BabyLM folder or zip; empty = ../shared/data/babylm_2024_mini beside the repository"),
+    "vocab_size": (16000, "BPE vocabulary (prepare_data.py's key)", PREPARE_KEYS["tokenizer"]["vocab_size"][2]),
+    "hf": (False, "also train Hugging Face `tokenizers`' BPE on the same documents (if installed), for calibration"),
+}}
 
 
 def bench_hf(src, vocab_size):
@@ -38,13 +45,9 @@ def bench_hf(src, vocab_size):
     print(f"hf tokenizers: train {t_train:.1f}s, encode train split {t_enc:.1f}s ({n:,} tokens)")
 
 
-def main():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = argparse.ArgumentParser()
-    p.add_argument("--src", default=os.path.join(os.path.dirname(here), "shared", "data", "babylm_2024_mini"))
-    p.add_argument("--vocab_size", type=int, default=16000)
-    p.add_argument("--hf", action="store_true")
-    args = p.parse_args()
+def main(argv=None):
+    args = load_config(KEYS, sys.argv[1:] if argv is None else argv, __doc__)
+    args.src = args.src or os.path.join(os.path.dirname(ROOT), "shared", "data", "babylm_2024_mini")
     with tempfile.TemporaryDirectory() as out:
         meta, timing = prepare(args.src, out, vocab_size=args.vocab_size, progress=False)
     words = sum(s["words"] for k, s in meta["sources"].items() if k.startswith("train/"))
@@ -56,4 +59,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
