@@ -60,6 +60,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -365,10 +366,9 @@ def prepare_command(work, data):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = load_config(KEYS, argv, __doc__)
-    sizes = SMOKE if args.smoke else FULL
-    for key in ("words", "epochs", "seeds"):  # 0: the size of the mode; a number given is used as given, in both modes
-        setattr(args, key, getattr(args, key) or sizes[key])
+    cfg = load_config(KEYS, argv, __doc__)
+    sizes = SMOKE if cfg.smoke else FULL  # 0: the size of the mode; a number given is used as given, in both modes
+    args = SimpleNamespace(**{**vars(cfg), **{k: getattr(cfg, k) or sizes[k] for k in ("words", "epochs", "seeds")}})
     work = os.path.abspath(args.work or os.path.join(ROOT, "experiments", "work"))
     data = os.path.join(work, "data")
     where = work if args.smoke else ROOT  # a smoke run is not a result: it stays in the work folder

@@ -38,6 +38,7 @@ RESULTS_GPU_val_ce.png at the repository root (--tiny: in the work folder, as it
 the models, the paired-bootstrap and seed intervals of experiments/stats.py, the plot, every command.
 """
 
+import functools
 import json
 import os
 import sys
@@ -220,11 +221,15 @@ def tokens_of(args, work):
     if args.report_only:
         raise InputError(f"{meta} not found, nor {record}: the report needs the size of the prepared data "
                          "(run the experiment without --report_only to prepare it again)")
-    folder = os.path.join(CORPUS, "train_10M")
-    words = sum(min(len(open(os.path.join(folder, f), encoding="utf-8").read().split()), TINY["words"] if args.tiny else 10**12)
-                for f in sorted(os.listdir(folder)) if f.endswith(".train"))
-    tokens = words * TOKENS_PER_WORD[TINY["vocab_size"] if args.tiny else 16000]
+    tokens = source_words(TINY["words"] if args.tiny else 10**12) * TOKENS_PER_WORD[TINY["vocab_size"] if args.tiny else 16000]
     return {"train": round(tokens * TRAIN_SHARE), "val": round(tokens * (1 - TRAIN_SHARE))}
+
+
+@functools.lru_cache(maxsize=None)
+def source_words(cap):
+    """Words of the corpus's training sources, at most `cap` of each (16 MB of text: read once per process)."""
+    folder = os.path.join(CORPUS, "train_10M")
+    return sum(min(len(open(os.path.join(folder, f), encoding="utf-8").read().split()), cap) for f in sorted(os.listdir(folder)) if f.endswith(".train"))
 
 
 # -----------------------------------------------------------------------------------------------
