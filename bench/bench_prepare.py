@@ -47,15 +47,15 @@ def bench_hf(src, vocab_size):
 
 def main(argv=None):
     args = load_config(KEYS, sys.argv[1:] if argv is None else argv, __doc__)
-    args.src = args.src or os.path.join(os.path.dirname(ROOT), "shared", "data", "babylm_2024_mini")
+    src = args.src or os.path.join(os.path.dirname(ROOT), "shared", "data", "babylm_2024_mini")
     with tempfile.TemporaryDirectory() as out:
-        meta, timing = prepare(args.src, out, vocab_size=args.vocab_size, progress=False)
+        meta, timing = prepare(src, out, vocab_size=args.vocab_size, progress=False)
     words = sum(s["words"] for k, s in meta["sources"].items() if k.startswith("train/"))
     print(f"this project: tokenizer training {timing['tokenizer_train_s']:.1f}s, encoding all splits {timing['encode_s']:.1f}s, "
           f"total with reading and cleaning {timing['total_s']:.1f}s (target <= 60 s) | train {words:,} words -> "
           f"{meta['tokens']['train']:,} tokens, {meta['tokens']['train'] / words:.3f} tokens/word")
     if args.hf:
-        bench_hf(args.src, args.vocab_size)
+        bench_hf(src, args.vocab_size)
 
 
 if __name__ == "__main__":

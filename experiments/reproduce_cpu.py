@@ -70,7 +70,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from checkpoint import atomic_write, load_checkpoint, read_log  # noqa: E402
+from checkpoint import atomic_write, check_writable_dir, load_checkpoint, read_log  # noqa: E402
 from config import InputError, Terminated, load_config, run_main  # noqa: E402
 from stats import blimp_diff_ci, ce_diff_ci, seeds_diff_ci, verdict, excludes_zero  # noqa: E402
 from train import Windows, eval_indices  # noqa: E402
@@ -370,6 +370,7 @@ def main(argv=None):
     sizes = SMOKE if cfg.smoke else FULL  # 0: the size of the mode; a number given is used as given, in both modes
     args = SimpleNamespace(**{**vars(cfg), **{k: getattr(cfg, k) or sizes[k] for k in ("words", "epochs", "seeds")}})
     work = os.path.abspath(args.work or os.path.join(ROOT, "experiments", "work"))
+    check_writable_dir(work, "--work")  # a file, under a file or read-only: now, not at the first marker
     data = os.path.join(work, "data")
     where = work if args.smoke else ROOT  # a smoke run is not a result: it stays in the work folder
     corpus = os.path.join(SHARED, "babylm_2024_mini")

@@ -76,6 +76,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoint import check_writable_dir  # noqa: E402
 from config import InputError, Terminated, convert_value, load_config, read_config_file, run_main  # noqa: E402
 
 STATE = "sweep_run.json"  # per run, written by the sweep: the marker of a finished run
@@ -656,6 +657,7 @@ def check_spec(spec):
             raise InputError(f"{spec[name]}: {name} not found")
     if not spec["out"]:
         raise InputError("no --out folder for the sweep")
+    check_writable_dir(spec["out"], "--out")  # a file, under a file or read-only: before the first run
     if not spec["grid"]:
         raise InputError("empty grid: give --grid key=v1,v2 ... (or grid = {...} in the sweep file)")
     both = set(spec["grid"]) & set(spec["fixed"])
