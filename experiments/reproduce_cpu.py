@@ -91,7 +91,8 @@ KEYS = {"experiment": {
     "epochs": (0.0, "passes over the training windows; 0 = 8 (--smoke: 2)", "0..100"),
     "seeds": (0, "seeds of every student and of the baseline; 0 = 3 (--smoke: 2)", "0..10"),
     "smoke": (False, "tiny sizes and 20 BLiMP pairs per paradigm: checks the pipeline in a few minutes"),
-    "until": ("all", "stop after this stage: 'prepare', 'sweeps' (both learning-rate sweeps) or 'all'", ("prepare", "sweeps", "all")),
+    "until": ("all", "stop after this stage: 'prepare', 'baseline_sweep', 'sweeps' (both learning-rate sweeps) or 'all'",
+              ("prepare", "baseline_sweep", "sweeps", "all")),
     "report_only": (False, "rewrite RESULTS.md from WORK (results, markers, sweeps: data/ may be gone); runs nothing"),
 }}
 # role -> what it is, in the report's order (the student of the claim is "student")
@@ -394,7 +395,13 @@ def main(argv=None):
         raise InputError(f"--words={args.words}: {n_windows} training windows of {TRAIN['seq_len']} tokens, fewer than one batch of "
                          f"{TRAIN['batch_size']}: give more words per source")
     common = common_settings(args, data, steps_per_epoch)
-    (sweep_b, lrs_b), (sweep_t, lrs_t) = (tune(args, work, common, family) for family in ("baseline", "teacher"))
+    sweep_b, lrs_b = tune(args, work, common, "baseline")
+    if args.until == "baseline_sweep":
+        lr, out_dir, _ = best_lr(work, "baseline", lrs_b)
+        print(f"stopped after the baseline's learning-rate sweep (--until baseline_sweep): lr {lr:g} chosen of "
+              f"{', '.join(f'{v:g}' for v in lrs_b)} ({out_dir})")
+        return
+    sweep_t, lrs_t = tune(args, work, common, "teacher")
     (lr_t, t1_dir, t1_seconds), (lr_s, b1_dir, b1_seconds) = best_lr(work, "teacher", lrs_t), best_lr(work, "baseline", lrs_b)
     steps = model_steps(args, work, common, lr_t, lr_s)
     info = {"work": work, "words_per_source": args.words, "epochs": args.epochs, "steps": common["max_iters"], "steps_per_epoch": steps_per_epoch,
