@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_argv
+from conftest import ROOT, Job, finish, tiny_argv
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import stats  # noqa: E402
@@ -23,9 +23,11 @@ SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
 
 # A stand-in for train_teacher.py: val_loss = lr + |step - 4| / 10, lowest at step 4 (not the last step, so "best"
 # and "last" differ). FAKE_DIE_AT=k: SIGKILL itself right after saving step k. FAKE_SLEEP: seconds per step;
-# FAKE_QUIET: print nothing.
+# FAKE_QUIET: print nothing. Ctrl-C and SIGTERM end it as config.run_main ends the project's scripts (130, 143).
 FAKE = r'''
-import json, os, sys, time
+import json, os, signal, sys, time
+signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
 cfg = {"lr": 0.1, "seed": 1, "max_iters": 6, "out_dir": "out", "resume": False}
 for a in sys.argv[1:]:
     k, v = a[2:].split("=", 1)
@@ -447,6 +449,40 @@ def test_sigterm_to_the_sweep_exits_143(fake, tmp_path):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "re-run the same command to continue" in stdout, (proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_killed_at_stage_boundaries_and_at_random_instants_the_rerun_ends_as_an_uninterrupted_sweep(fake, tmp_path):
+    """Issue 30: Ctrl-C to the process group when the first run is done (a boundary), SIGTERM while the second trains,
+    SIGKILL while the third trains (a random instant): each ends as it must (one line, 130 / 143; the runs die with the
+    sweep), and the same command then ends with the results of an uninterrupted sweep."""
+    import random
+    (tmp_path / "fake_eval.py").write_text(FAKE_EVAL)
+    rng = random.Random(30)
+
+    def cmd(out):
+        return [sys.executable, SWEEP, fake, "--grid", "lr=0.3,0.1,0.2", "--out", str(out), "--then",
+                f"python {tmp_path / 'fake_eval.py'} {{out_dir}}", "--metric", "eval.json:blimp.score", "--mode", "max"]
+
+    env = {"FAKE_SLEEP": "0.15", "FAKE_QUIET": "1"}
+    finish(cmd(tmp_path / "ref"), str(tmp_path), "ref", env)
+    out = tmp_path / "sw"
+    state = lambda lr: sweep.read_json(str(out / f"lr={lr}" / sweep.STATE)) or {}
+    job = Job(cmd(out), str(tmp_path), 1, env)
+    job.wait_until(lambda: state(0.3).get("status") == "done")  # the boundary after the first run
+    job.stop("int")
+    launches = lambda lr: len(invocations(str(out / f"lr={lr}"))) if os.path.isfile(out / f"lr={lr}" / "argv.jsonl") else 0
+    for n, lr, how in ((2, 0.1, "term"), (3, 0.2, "kill")):  # while a run trains, launched by this invocation
+        before = launches(lr)
+        job = Job(cmd(out), str(tmp_path), n, env)
+        job.wait_until(lambda: launches(lr) > before)
+        time.sleep(rng.uniform(0, 0.5))
+        job.stop(how)
+    finish(cmd(out), str(tmp_path), 4, env)
+    keep = lambda rows: [(r["values"], r["metric"], r["best_val_loss"], r["steps"], r["status"]) for r in rows]
+    assert keep(results(out)) == keep(results(tmp_path / "ref"))
+    assert table_column(str(out), "lr") == table_column(str(tmp_path / "ref"), "lr") == ["0.3", "0.2", "0.1"]
+    assert len(invocations(str(out / "lr=0.3"))) == 1  # finished before the first kill: never run again
 
 
 def test_unknown_keys_and_bad_values_of_a_project_script_are_refused_before_any_run(tmp_path):
