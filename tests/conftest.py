@@ -173,7 +173,7 @@ class Job:
         self.out, self.err = os.path.join(folder, f"stdout.{n}"), os.path.join(folder, f"stderr.{n}")
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, start_new_session=True,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})})
+                                         env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def wait_until(self, condition, timeout=600):
         """Poll condition() until it holds; the job must still be running then (else the test would kill nothing)."""
@@ -201,7 +201,8 @@ class Job:
             assert code == -signal.SIGKILL
             wait_for_orphans(os.path.dirname(self.out))
             return
-        lines = [l for l in (re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", l) for l in err.splitlines()) if l.strip()]
+        progress = re.compile(r"\|[^|]*\| *[\d.]+[kMGT]?/[\d.]+[kMGT]? \[")  # a tqdm bar: progress, not a message
+        lines = [l for l in (re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", l) for l in err.splitlines()) if l.strip() and not progress.search(l)]
         assert code == {"int": 130, "term": 143}[how], (code, out[-2000:], err[-2000:])
         assert lines and lines[-1] == {"int": "interrupted", "term": "terminated (SIGTERM)"}[how], lines[-5:]
         assert len(lines) == 1, f"more than one line on stderr: {lines[-5:]}"
