@@ -4,11 +4,14 @@ is not part of the tests; `--smoke` exercises the whole pipeline). Run: python -
 import json
 import os
 import random
+import shutil
+import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import ROOT, write_corpus
+from conftest import ROOT, Job, finish, shared_path, write_corpus
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import reproduce_cpu  # noqa: E402
@@ -203,3 +206,47 @@ def test_pooled_seeds_share_the_items_so_copies_do_not_narrow_the_interval():
     for metric in ("blimp", "test_ce"):
         pooled, single = rows[metric, "paired bootstrap, 3 seeds pooled"], rows[metric, "paired bootstrap, seed 101 (student_s1 - baseline_s1)"]
         assert abs(pooled.lo - single.lo) < 1e-9 and abs(pooled.hi - single.hi) < 1e-9, (metric, pooled, single)
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """reproduce_cpu.py --smoke at its smallest (1,000 words a source, 3 epochs), through the baseline's learning-rate
+    sweep, uninterrupted: the grid 0.002, 0.004 grows twice at its upper edge (0.008, then 0.016). ~1.5 minutes of
+    2 cores. The kill test takes it back to the end of the first grid in place (the markers name the folder)."""
+    shared_path("babylm_2024_mini")
+    base = tmp_path_factory.mktemp("cpu_smoke")
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce_cpu.py"), "--smoke", "--words=1000", "--epochs=3",
+           "--until=baseline_sweep", "--work", str(base / "work")]
+    return base, cmd, finish(cmd, str(base), "ref")
+
+
+@pytest.mark.slow
+def test_killed_during_the_sweeps_edge_extension_the_rerun_ends_as_the_uninterrupted_run(smoke_sweep):
+    """Issue 30's reported case: interrupted during the baseline sweep's edge extension (a run of the grown grid half
+    trained), the rerun took that run as the best and linked it as baseline_s1. Here the run is taken back to the end
+    of the first extension, then stopped by Ctrl-C to its process group while the second extension's run (lr=0.016)
+    trains (the sweep passes it on: one line, 130), and by SIGTERM at a random instant of the rerun (143); run once
+    more, it chooses the learning rate of the uninterrupted run from the same finished runs, with the same val CE."""
+    base, cmd, ref_job = smoke_sweep
+    work, sweep_dir = base / "work", base / "work" / "sweep" / "baseline"
+    rows = lambda: [(r["values"], r["metric"], r["best_val_loss"], r["steps"], r["status"]) for r in map(json.loads, open(sweep_dir / "results.jsonl"))]
+    chosen = lambda job: [l for l in open(job.out).read().splitlines() if l.startswith("stopped after the baseline's")]
+    reference, reference_chosen = rows(), chosen(ref_job)
+    assert [r[0]["lr"] for r in reference] == [0.002, 0.004, 0.008, 0.016] and len(reference_chosen) == 1, reference
+    os.remove(work / "logs" / "sweep_baseline_4.done")
+    shutil.rmtree(sweep_dir / "lr=0.016")
+    grid = [l for l in open(sweep_dir / "results.jsonl") if json.loads(l)["values"]["lr"] != 0.016]
+    open(sweep_dir / "results.jsonl", "w").writelines(grid)  # as the first extension's sweep left it
+    run = sweep_dir / "lr=0.016"
+    state = lambda: json.load(open(run / "sweep_run.json")) if os.path.isfile(run / "sweep_run.json") else {}
+    job = Job(cmd, str(base), 1)
+    job.wait_until(lambda: os.path.isfile(run / "log.jsonl"))
+    job.stop("int")
+    assert state().get("status") == "interrupted", state()
+    job = Job(cmd, str(base), 2)
+    job.wait_until(lambda: state().get("launches", 0) > 1)
+    time.sleep(random.Random(30).uniform(0, 3))
+    job.stop("term")  # in training, or after it: a random instant
+    again = finish(cmd, str(base), 3)
+    assert rows() == reference
+    assert chosen(again) == reference_chosen
