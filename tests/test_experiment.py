@@ -1,5 +1,6 @@
-"""experiments/reproduce_cpu.py: the corpus subset and the generated report (the full run takes hours and
-is not part of the tests; `--smoke` exercises the whole pipeline). Run: python -m pytest tests/test_experiment.py"""
+"""experiments/reproduce_cpu.py: the corpus subset, the generated report, the learning-rate sweep's choice from finished
+runs only, and (slow) a smallest --smoke run killed during its sweep's edge extension and run again (the full run takes
+hours and is not part of the tests; `--smoke` exercises the whole pipeline). Run: python -m pytest tests/test_experiment.py"""
 
 import json
 import os
@@ -154,6 +155,21 @@ def test_an_unfinished_run_of_an_interrupted_extension_is_never_ranked(tmp_path)
     assert [r[0] for r in reproduce_cpu.read_sweep(work, "baseline", [1e-3, 2e-3, 4e-3])] == [1e-3, 2e-3, 4e-3]
     with pytest.raises(InputError, match=r"the baseline sweep's run at lr=0\.008 has not finished"):
         reproduce_cpu.best_lr(work, "baseline", [1e-3, 2e-3, 4e-3, 8e-3])
+
+
+def test_the_report_needs_only_the_work_folder(prepared, tmp_path):
+    """The reported traceback: --report_only with results/ but no data/. The size of the prepared data (all the report
+    needs of it) is recorded in WORK/logs/data.json when the data is there; without either it is one line."""
+    work, data = tmp_path / "work", tmp_path / "work" / "data"
+    os.makedirs(work / "logs")
+    shutil.copytree(prepared, data)
+    n = reproduce_cpu.train_windows(str(work), str(data))
+    assert n == reproduce_cpu.Windows(os.path.join(prepared, "train.bin"), 128).n and os.path.isfile(work / "logs" / "data.json")
+    shutil.rmtree(data)
+    assert reproduce_cpu.train_windows(str(work), str(data)) == n
+    os.remove(work / "logs" / "data.json")
+    with pytest.raises(InputError, match=r"data/train\.bin not found, nor .*logs/data\.json: the report needs the size of the prepared data"):
+        reproduce_cpu.train_windows(str(work), str(data))
 
 
 def test_a_finished_step_with_another_command_is_refused(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """experiments/reproduce_gpu.py: the plan's arithmetic, the runs it makes (the claim's comparison is fair only if
 the baseline and the student share everything but the loss), the refusal without a GPU, and --tiny end to end
-on this CPU (slow: about 2 minutes of CPU time). Run: python -m pytest tests/test_reproduce_gpu.py"""
+on this CPU (slow: about 2 minutes of CPU time), then killed at a stage boundary and at random instants and run
+again to the same results (slow: about 1 more minute). Run: python -m pytest tests/test_reproduce_gpu.py"""
 
 import argparse
 import json
@@ -157,3 +158,9 @@ def test_tiny_killed_at_stage_boundaries_and_at_random_instants_ends_as_the_unin
     assert "All 4 models finished." in (work / "RESULTS_GPU.md").read_text(), again.tail()
     assert results() == reference
     assert claims() == reference_claims
+    # --report_only from the work folder alone (the reported traceback: results/ there, data/ gone)
+    shutil.rmtree(work / "data")
+    os.remove(work / "RESULTS_GPU.md")
+    report = subprocess.run(cmd + ["--report_only"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and report.stderr == "", report.stderr
+    assert claims() == reference_claims and "All 4 models finished." in (work / "RESULTS_GPU.md").read_text()
