@@ -149,6 +149,8 @@ def test_tiny_killed_at_stage_boundaries_and_at_random_instants_ends_as_the_unin
     time.sleep(rng.uniform(0, 3))
     job.stop("term")
     assert not os.path.isfile(work / "logs" / "baseline_s1.done")
+    said = open(work / "logs" / "baseline_s1.log").read()  # passed on: the trainer stopped (saving last.pt once it trains)
+    assert ("stopped at step" in said or "terminated (SIGTERM)" in said) and "done:" not in said, said[-500:]
     size = os.path.getsize(work / "logs" / "baseline_s1.log")
     job = Job(cmd, str(base), 3)
     job.wait_until(lambda: os.path.getsize(work / "logs" / "baseline_s1.log") > size)
