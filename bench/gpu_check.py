@@ -230,6 +230,10 @@ def child(cmd, timeout, env=None):
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         raise RuntimeError(f"timed out after {timeout} s; last output: {tail(out)}") from None
+    except BaseException:  # Ctrl-C or SIGTERM of the check: its part ends with it (its own session would outlive it)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     if proc.returncode:
         raise RuntimeError(f"exit {proc.returncode}: {tail(out)}")
     return out

@@ -194,8 +194,10 @@ def start(name, argv, out_dir, work):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     log = open(os.path.join(work, "logs", f"{name}.log"), "ab")
     print(f"[start] {name}: python {' '.join(cmd)}".replace(ROOT + "/", "").replace(work, "$WORK"), flush=True)
-    # the job ends with this process (prctl PR_SET_PDEATHSIG = SIGTERM: train.py then saves last.pt), never orphaned
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+    # the job ends with this process (prctl PR_SET_PDEATHSIG = SIGTERM: train.py then saves last.pt), never orphaned; in
+    # its own session, so that a Ctrl-C at the terminal reaches this process only, which stops each job once (run_jobs)
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent,
+                            start_new_session=True)
     log.close()
     return proc, time.time(), cmd != list(argv) and cmd[-1] == "--resume=True"
 
