@@ -40,8 +40,8 @@ succeeds, the sweep writes out_dir/sweep_run.json with status "done"; such runs 
 was killed is launched again, with --resume=True when its out_dir has last.pt. Ctrl-C (or SIGTERM) is
 passed on once to the runs, which save last.pt and exit; a second Ctrl-C aborts them; the sweep then exits
 with 130 (143 for SIGTERM). A failed run (its command's exit status, a missing metric) makes the sweep end
-with one line `error: ...` and exit 1 once the other runs are done; the same command runs it again. If the sweep itself
-is killed, its runs die with it (Linux), so a re-run never races an orphan. Adding a --then command to a
+with one line `error: ...` and exit 1 once the other runs are done; the same command runs it again. If the
+sweep itself is killed, its runs die with it (Linux), so a re-run never races an orphan. Adding a --then command to a
 finished sweep runs only the new command. Changing the fixed settings of an existing sweep is refused:
 use a new --out.
 
