@@ -214,7 +214,7 @@ def test_random_search_is_reproducible_from_its_seed(fake, tmp_path):
     ["--grid", "lr=0.1", "--random", "300000000"],                                # more than MAX_RUNS: refused, not drawn
     ["--grid", *[f"k{i}=" + ",".join(map(str, range(10))) for i in range(5)]],    # 10^5 runs: counted, not expanded
     ["--grid", "lr=0.1", "--then", "python {out_dir.x}", "--metric", "e.json:a", "--mode", "max"],  # a bad placeholder
-    ["--grid", "lr=0.1", "extra_word"],                                           # a third positional word
+    ["SELF", "extra_word", "--grid", "lr=0.1"],                                   # a third word before the keys (SELF: the script again, as a config)
     ["--grid", "lr=0.1", "--bogus"],
     ["--grid", "lr=log_uniform(1e-4)", "--random", "3"],                          # one bound
     ["--grid", "lr=log_uniform(1e-4,inf)", "--random", "3"],                      # an infinite bound
@@ -224,7 +224,7 @@ def test_random_search_is_reproducible_from_its_seed(fake, tmp_path):
 ])
 def test_bad_input_is_one_line_before_any_run(fake, tmp_path, args):
     out = tmp_path / "sw"
-    r = run_sweep(fake, *args, "--out", str(out))
+    r = run_sweep(fake, *[fake if a == "SELF" else a for a in args], "--out", str(out))
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
     assert not out.exists()
