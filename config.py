@@ -63,6 +63,9 @@ def run_main(main):
     except Terminated:
         print("\nterminated (SIGTERM)", file=sys.stderr)
         sys.exit(143)
+    except BrokenPipeError:  # the reader went away (python SCRIPT --help | head): nothing is left to say, to no one
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush must not raise again
+        sys.exit(1)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -143,6 +146,9 @@ def _convert(key, value, default, accepted, where):
             value = list(value)  # --teacher_weights=1,2 reads as a tuple
         elif not isinstance(value, list):
             value = [value]  # one value is a list of one: --checkpoints_at=5000 reads as the int 5000
+        text = bool(default) and all(isinstance(d, str) for d in default)  # a list of text, as its default (paths, names)
+        if any(not isinstance(v, (str, int, float)) or (text and not isinstance(v, str)) for v in value):
+            raise InputError(f"{where}: {key}={value!r}: expected a list of {'text' if text else 'numbers or text'}, as --{key}=a,b")
     elif isinstance(value, str) and value.lower() in ("true", "false") and (isinstance(default, bool) or True in (accepted or ())):
         value = value.lower() == "true"
     elif isinstance(default, float) and type(value) is int:
@@ -227,8 +233,11 @@ def load_config(keys, argv, doc=""):
 
 def _typed(text, spec):
     """The value of --key=text: a Python literal, except that a key whose values are all text takes any text as
-    typed (--protocol 2025 is the string '2025', --out_dir 1e3 the folder 1e3); a quoted literal stays as quoted."""
+    typed (--protocol 2025 is the string '2025', --out_dir 1e3 the folder 1e3; a list of text, each piece between
+    commas: --teachers=1e3.pt,b.pt); a quoted literal stays as quoted, a bracketed list is read as a literal."""
     value, accepted = _literal(text), (spec + (None,))[2]
+    if isinstance(spec[0], list) and spec[0] and all(isinstance(d, str) for d in spec[0]) and not text.lstrip().startswith("["):
+        return [piece for piece in text.split(",") if piece.strip()]  # a list of text: each piece as typed (--parts=data,1e3)
     text_key = isinstance(spec[0], str) and not (isinstance(accepted, tuple) and any(not isinstance(a, str) for a in accepted))
     return text if text_key and not isinstance(value, str) else value
 
@@ -324,6 +333,17 @@ def peak_rss_mb():
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def memory_bytes(device="auto"):
+    """The most memory a model of this process can live in: the machine's RAM, or its GPU's when that is larger and
+    the device may be the GPU. What a count that allocates (a model's size, a batch of samples) is checked against."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound from here
+        ram = float("inf")
+    gpu = torch.cuda.get_device_properties(0).total_memory if device != "cpu" and torch.cuda.is_available() else 0
+    return max(ram, gpu)
 
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity). H200: the H100's SXM peak.

@@ -27,8 +27,8 @@ SAMPLE_KEYS = merge_keys({
         "max_new_tokens": (60, "tokens to generate per sample", ">0"),
         "temperature": (0.8, "divide the logits by this before sampling; 0 = greedy (the most likely token)", ">=0"),
         "top_k": (50, "sample among the k most likely tokens only; 0 = all", ">=0"),
-        "num_samples": (3, "continuations of the prompt (greedy ones are all the same)", ">0"),
-        "seed": (1337, "seed of the draws: the same seed, the same samples", ">=0"),
+        "num_samples": (3, "continuations of the prompt (greedy ones are all the same), drawn as one batch", "1..1024"),
+        "seed": (1337, "seed of the draws: the same seed, the same samples", "0..2147483647"),
         "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
     },
 }, RUNTIME_KEYS, {"runtime": {

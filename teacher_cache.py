@@ -56,7 +56,9 @@ The header records and checks the teachers' checkpoint sha256, the teacher weigh
 (name, vocab, sha256), train.bin's sha256 (a full hash: tens of MB, well under a second; size+mtime
 would miss an in-place rewrite and break on a copy) and window geometry (seq_len, number of windows),
 temperature, ensemble, k, method, proposal temperature and seed. A mismatch is a one-line InputError
-naming what differs, old -> new. Paths are recorded but not compared (the same file moves).
+naming what differs, old -> new. Paths are recorded but not compared (the same file moves). A finished build
+seals the header (header_seal: the sha256 of those fields and of the files' hashes), so a header.json edited on disk is
+refused on use, even where the edit agrees with the run (the targets on disk were built with the original fields).
 
 Building is atomic and resumable: everything is written into <path>.partial/, in blocks of windows;
 after each block the arrays are flushed and the block is recorded in a per-rank progress file (written
@@ -86,7 +88,7 @@ from config import InputError
 from run_dir import release_lock, stop_signals, take_lock
 from train import CausalLM
 
-FORMAT = "babydistill-teacher-cache-2"  # 2: the files' sha256 in the header, checked on every use
+FORMAT = "babydistill-teacher-cache-3"  # 2: the files' sha256 in the header, checked on every use; 3: the header sealed
 
 CACHE_KEYS = {
     "teacher cache": {
@@ -170,7 +172,15 @@ def cache_header(cfg, weights, windows, teacher_paths=None, teacher_sha256=None)
 
 def cache_identity(header):
     """The sha256 of a header's compared fields: the build is deterministic, so equal identities mean equal caches."""
-    return hashlib.sha256(json.dumps({k: v for k, v in header.items() if k not in ("info", "files")}, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps({k: v for k, v in header.items() if k not in ("info", "files", "seal")}, sort_keys=True).encode()).hexdigest()
+
+
+def header_seal(header):
+    """The sha256 of every field that shapes the stored targets (temperature, ensemble, teacher weights, k, method,
+    seed, proposal temperature, the inputs' hashes, ...) and of the files' hashes, written when a build finishes.
+    Comparing the header with the run's would not catch a header.json edited on disk (temperature 1.0 -> 2.0 with
+    --temperature=2.0 agrees with a cache built at T = 1); the seal, recomputed on every use, does."""
+    return hashlib.sha256(json.dumps({k: v for k, v in header.items() if k not in ("info", "seal")}, sort_keys=True).encode()).hexdigest()
 
 
 def _short(v):
@@ -191,7 +201,7 @@ def header_differences(old, new):
         elif a != b:
             diffs.append(f"{name}: {_short(a)} -> {_short(b)}")
 
-    walk({k: v for k, v in old.items() if k not in ("info", "files")}, {k: v for k, v in new.items() if k not in ("info", "files")}, "")
+    walk({k: v for k, v in old.items() if k not in ("info", "files", "seal")}, {k: v for k, v in new.items() if k not in ("info", "files", "seal")}, "")
     return diffs
 
 
@@ -227,6 +237,9 @@ class TeacherCache:
             self.header["format"], self.header["files"]  # a dict with the keys a finished build writes
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
             raise InputError(f"{header_path}: damaged (not the header a finished build writes); delete {path} to rebuild it") from None
+        if self.header.get("seal") != header_seal(self.header):
+            raise InputError(f"{header_path}: edited after the build (its fields no longer match the seal the build wrote; the stored "
+                             f"targets were made with the original ones); delete {path} to rebuild it")
         if expect is not None:
             diffs = header_differences(self.header, expect)
             if diffs:
@@ -429,7 +442,9 @@ def _build(compute_block, header, path, part, build, rank, world, ddp, on_block)
         print(f"teacher cache: rank {rank} done, {n_blocks - len(_done_blocks(part))} blocks left to other ranks")
         return None
     files = {file: file_sha256(os.path.join(part, file)) for file, _ in FILES.values()}  # checked on every use
-    atomic_write(os.path.join(part, "header.json"), lambda f: f.write(json.dumps({**header, "files": files}, indent=1) + "\n"), mode="w")
+    sealed = {**header, "files": files}
+    sealed["seal"] = header_seal(sealed)  # an edit of header.json is refused on use
+    atomic_write(os.path.join(part, "header.json"), lambda f: f.write(json.dumps(sealed, indent=1) + "\n"), mode="w")
     for name in os.listdir(part):
         if name.startswith("progress.") or name == "build.json":
             os.remove(os.path.join(part, name))

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from checkpoint import append_log, check_writable_dir, model_checkpoint, read_log, save_checkpoint, unwrap, write_log
 from chunked_loss import chunked_loss
-from config import GPU_PEAK_FLOPS, RUNTIME_KEYS, InputError, flat_defaults, merge_keys, peak_flops, print0
+from config import GPU_PEAK_FLOPS, RUNTIME_KEYS, InputError, flat_defaults, memory_bytes, merge_keys, peak_flops, print0
 from data import read_bin, split_words
 from gpt2 import GPT2Config
 from model import ModelConfig
@@ -87,7 +87,7 @@ TRAIN_KEYS = merge_keys({
         "beta2": (0.999, "AdamW beta2 (HF default)", "0..1"),
         "adam_eps": (1e-8, "AdamW epsilon (HF default)", ">0"),
         "grad_clip": (1.0, "clip the global gradient norm to this; 0 = no clipping (HF default 1.0)", ">=0"),
-        "seed": (1337, "initialisation, data order and masks all follow from it", ">=0"),
+        "seed": (1337, "initialisation, data order and masks all follow from it", "0..2147483647"),
         "nonfinite": ("stop", "a non-finite loss or gradient: 'stop' (keep the last good checkpoint) or 'skip' the step", ("stop", "skip")),
     },
     "the loss at scale (chunked_loss.py; either way the same values and gradients)": {
@@ -129,9 +129,10 @@ def check_train_config(cfg):
         wandb_module()  # a missing package is a one-line error now, not after the first steps
     check_writable_dir(cfg.out_dir, "out_dir")  # empty, a file, under a file or read-only: now, not at the first checkpoint
     try:
-        architecture_config(cfg, vocab_size=cfg.vocab_size or 1)
+        arch = architecture_config(cfg, vocab_size=cfg.vocab_size or 1)
     except ValueError as e:
         raise InputError(str(e)) from None
+    check_fits_memory(cfg, arch)
     if cfg.arch == "gpt2":  # a Llama config turned into a GPT-2 with --arch=gpt2: say which of its keys do not apply
         defaults = flat_defaults(TRAIN_KEYS)
         unused = [f"{k}={getattr(cfg, k)!r}" for k in LLAMA_ONLY_KEYS if getattr(cfg, k) != defaults[k]]
@@ -139,6 +140,21 @@ def check_train_config(cfg):
             print0(f"note: arch='gpt2' does not use {', '.join(unused)} (Llama-only keys: GPT-2 has multi-head attention, "
                    "an MLP of 4 x dim, learned positions and a tied head)")
     cfg.data_dir = os.path.abspath(cfg.data_dir)  # recorded in checkpoints: evaluation may run from elsewhere
+
+
+def check_fits_memory(cfg, arch):
+    """A model too large for this machine is refused before it is built (a dim or n_layers of 10**30 would hang in
+    the constructor or fail deep inside torch): an upper estimate of its parameters from the shape keys (embedding
+    and head at the tokenizer's largest vocabulary, 65,536, when vocab_size is 0; each layer's attention and MLP;
+    the position or RoPE table), times 16 bytes (fp32 weights, gradients, two AdamW moments), against this machine."""
+    vocab, dim = cfg.vocab_size or 65536, arch.dim
+    hidden = arch.ffn_hidden_dim() if hasattr(arch, "ffn_hidden_dim") else 4 * dim
+    params = 2 * vocab * dim + arch.n_layers * (4 * dim * dim + 3 * dim * hidden) + arch.max_seq_len * dim
+    need, have = 16 * params, memory_bytes(cfg.device)
+    if need > have:
+        raise InputError(f"dim={cfg.dim}, n_layers={cfg.n_layers}, hidden_dim={hidden}, max_seq_len={cfg.max_seq_len}: a model of about "
+                         f"{params:.3g} parameters needs {need / 1e9:.3g} GB for weights, gradients and AdamW state; this machine has "
+                         f"{have / 1e9:.3g} GB")
 
 
 def wandb_module():

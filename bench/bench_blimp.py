@@ -8,7 +8,6 @@ all paradigms of ../shared/data/blimp_filtered. FLOPs count only real (unpadded)
 N matmul parameters, the output head included. The peak is a 2048 x 2048 fp32 matmul, measured in this run.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -20,32 +19,36 @@ import torch  # noqa: E402
 
 from eval_blimp import encode_sentence, read_tasks, score_one, score_sentences  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
-from config import measure_matmul_flops  # noqa: E402
+from config import InputError, load_config, measure_matmul_flops, run_main  # noqa: E402
 from data import load_tokenizer  # noqa: E402
 
 SIZES = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384),
     "58m": dict(dim=512, n_layers=16, n_heads=8, hidden_dim=1024),
 }
+KEYS = {"benchmark": {
+    "data_dir": ("data/mini", "prepared data folder (its tokenizer)"),
+    "blimp": ("", "folder of BLiMP .jsonl files; empty = ../shared/data/blimp_filtered beside the repository"),
+    "sizes": (list(SIZES), "model sizes to time: " + ", ".join(SIZES)),
+    "pairs": (2000, "pairs for the batched run, taken evenly from every paradigm (BLiMP has 59,875)", "1..100000"),
+    "single_pairs": (100, "pairs for the one-at-a-time run", "1..10000"),
+    "batch_tokens": (2048, "about this many tokens per forward pass (eval_blimp.py's key)", "1..1048576"),
+}}
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--data_dir", default="data/mini")
-    p.add_argument("--blimp", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "blimp_filtered"))
-    p.add_argument("--sizes", default="tiny,58m")
-    p.add_argument("--pairs", type=int, default=2000, help="pairs for the batched run")
-    p.add_argument("--single_pairs", type=int, default=100, help="pairs for the one-at-a-time run")
-    p.add_argument("--batch_tokens", type=int, default=2048)
-    args = p.parse_args()
+def main(argv=None):
+    args = load_config(KEYS, sys.argv[1:] if argv is None else argv, __doc__)
+    unknown = [s for s in args.sizes if s not in SIZES]
+    if not args.sizes or unknown:
+        raise InputError(f"--sizes={','.join(map(str, args.sizes))}: expected some of {', '.join(SIZES)}")
     enc, info = load_tokenizer(args.data_dir)
-    tasks = read_tasks(args.blimp)
+    tasks = read_tasks(args.blimp or os.path.join(os.path.dirname(ROOT), "shared", "data", "blimp_filtered"))
     per = max(1, args.pairs // len(tasks))
     pairs = [pr for name in sorted(tasks) for pr in tasks[name][:per]]
     peak = measure_matmul_flops()
     print(f"fp32 2048x2048 matmul: {peak / 1e9:.1f} GFLOP/s | {len(pairs)} pairs ({per} per paradigm), vocab {info['vocab_size']}")
     print(f"{'size':<6}{'mode':<16}{'pairs':>7}{'pairs/s':>10}{'speedup':>9}{'GFLOP/s':>9}{'of peak':>9}")
-    for size in args.sizes.split(","):
+    for size in args.sizes:
         torch.manual_seed(0)
         model = Llama(ModelConfig(vocab_size=info["vocab_size"], **SIZES[size])).eval()
         flops_tok = 2 * model.num_params(matmul_only=True)
@@ -72,4 +75,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -50,7 +50,7 @@ RT = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), rank=0,
 
 
 KEYS = {"benchmark": {
-    "small": (False, "tiny sizes, few steps: a quick check"),
+    "small": (False, "the tiny size (--size=tiny): a quick check"),
     "size": ("58m", "model size (bench_distill.py's SIZES)", tuple(SIZES)),
     "batch": (8, "sequences per step (one micro-batch)", "1..4096"),
     "seq_len": (128, "tokens per sequence", "1..4096"),
@@ -62,7 +62,7 @@ KEYS = {"benchmark": {
     "corpus_tokens": (13e6, "for the 8-epoch projection (BabyLM 10M words ~ 13M tokens)", ">0"),
     "variant": ("", "internal: run one part in this process"),
     "work": ("", "internal: the child's work folder"),
-    "windows": (0, "internal: windows of the synthetic train.bin", ">=0"),
+    "windows": (0, "windows of the synthetic train.bin; 0 = enough for the build's blocks and 4 batches", "0..100000"),
 }}
 
 
@@ -169,20 +169,25 @@ def run_variant(args):
 
 def main(argv=None):
     args = load_config(KEYS, sys.argv[1:] if argv is None else argv, __doc__)
+    parts = ("build", "speed", "mem-ce", "mem-live", "mem-cached")
+    if args.variant and args.variant not in parts:
+        raise InputError(f"--variant: unknown part {args.variant!r}; expected one of {', '.join(parts)}")
+    if args.variant and (not os.path.isdir(args.work) or args.windows < args.batch):
+        raise InputError(f"--variant={args.variant}: a part needs --work (an existing folder, the parent makes it) and --windows >= --batch")
     if args.variant:  # a child: one part, its numbers as JSON on the last line
         print(json.dumps(run_variant(args)))
         return
     if args.small:
-        args.size, args.steps, args.warmup, args.build_blocks = "tiny", 5, 2, 3
-    args.windows = max(args.build_blocks * args.batch, args.batch * 4)
+        args.size = "tiny"
+    windows = args.windows or max(args.build_blocks * args.batch, args.batch * 4)
     peak = measure_matmul_flops()
     print(f"fp32 2048x2048 matmul: {peak / 1e9:.1f} GFLOP/s | torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"size {args.size}, batch {args.batch} x {args.seq_len}, two teachers of the student's size, T=2, k={args.k} sampled, loss_impl {args.loss_impl}, "
           f"{args.steps} timed steps (median)")
     rows = {}
     with tempfile.TemporaryDirectory() as work:
-        for variant in ("build", "speed", "mem-ce", "mem-live", "mem-cached"):
-            cmd = [sys.executable, __file__, f"--variant={variant}", f"--work={work}", f"--windows={args.windows}", f"--size={args.size}",
+        for variant in parts:
+            cmd = [sys.executable, __file__, f"--variant={variant}", f"--work={work}", f"--windows={windows}", f"--size={args.size}",
                    f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--loss_impl={args.loss_impl}"]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:

@@ -125,6 +125,8 @@ def main(argv=None):
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown:
         raise InputError(f"--variants: unknown variant {unknown[0]!r}; expected some of {', '.join(VARIANTS)}")
+    if cfg.variant and cfg.variant not in VARIANTS:
+        raise InputError(f"--variant: unknown variant {cfg.variant!r}; expected one of {', '.join(VARIANTS)}")
     if cfg.variant:  # a child: one variant, its numbers as JSON on the last line
         if not cfg.default_malloc:
             keep_freed_memory()  # as config.runtime() does on a CPU

@@ -133,6 +133,8 @@ def main(argv=None):
     bad = [s for s in cfg.shapes if s not in SHAPES] + [v for v in cfg.variants if v not in VARIANTS]
     if bad:
         raise InputError(f"unknown shape or variant {bad[0]!r}: shapes {', '.join(SHAPES)}; variants {', '.join(VARIANTS)}")
+    if cfg.variant and (cfg.variant.count(":") != 1 or cfg.variant.split(":")[0] not in SHAPES or cfg.variant.split(":")[1] not in VARIANTS):
+        raise InputError(f"--variant: {cfg.variant!r}: expected SHAPE:VARIANT with a shape of {', '.join(SHAPES)} and a variant of {', '.join(VARIANTS)}")
     if cfg.variant:  # a child: one variant, its numbers as JSON on the last line
         shape, variant = cfg.variant.split(":")
         print(json.dumps(time_variant(shape, variant, cfg)))

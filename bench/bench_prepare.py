@@ -7,14 +7,21 @@ Target: at most 60 s for babylm_2024_mini (3.15M words) on a 2-core CPU. `--hf` 
 BPE with the `tokenizers` library on the same cleaned training documents, for calibration only.
 """
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_data import clean_lines, prepare, read_corpus, split_train_val  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from config import load_config, run_main  # noqa: E402
+from prepare_data import PREPARE_KEYS, clean_lines, prepare, read_corpus, split_train_val  # noqa: E402
+
+KEYS = {"benchmark": {
+    "src": ("", "a BabyLM folder or zip; empty = ../shared/data/babylm_2024_mini beside the repository"),
+    "vocab_size": (16000, "BPE vocabulary (prepare_data.py's key)", PREPARE_KEYS["tokenizer"]["vocab_size"][2]),
+    "hf": (False, "also train Hugging Face `tokenizers`' BPE on the same documents (if installed), for calibration"),
+}}
 
 
 def bench_hf(src, vocab_size):
@@ -38,22 +45,18 @@ def bench_hf(src, vocab_size):
     print(f"hf tokenizers: train {t_train:.1f}s, encode train split {t_enc:.1f}s ({n:,} tokens)")
 
 
-def main():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = argparse.ArgumentParser()
-    p.add_argument("--src", default=os.path.join(os.path.dirname(here), "shared", "data", "babylm_2024_mini"))
-    p.add_argument("--vocab_size", type=int, default=16000)
-    p.add_argument("--hf", action="store_true")
-    args = p.parse_args()
+def main(argv=None):
+    args = load_config(KEYS, sys.argv[1:] if argv is None else argv, __doc__)
+    src = args.src or os.path.join(os.path.dirname(ROOT), "shared", "data", "babylm_2024_mini")
     with tempfile.TemporaryDirectory() as out:
-        meta, timing = prepare(args.src, out, vocab_size=args.vocab_size, progress=False)
+        meta, timing = prepare(src, out, vocab_size=args.vocab_size, progress=False)
     words = sum(s["words"] for k, s in meta["sources"].items() if k.startswith("train/"))
     print(f"this project: tokenizer training {timing['tokenizer_train_s']:.1f}s, encoding all splits {timing['encode_s']:.1f}s, "
           f"total with reading and cleaning {timing['total_s']:.1f}s (target <= 60 s) | train {words:,} words -> "
           f"{meta['tokens']['train']:,} tokens, {meta['tokens']['train'] / words:.3f} tokens/word")
     if args.hf:
-        bench_hf(args.src, args.vocab_size)
+        bench_hf(src, args.vocab_size)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

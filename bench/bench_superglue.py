@@ -7,7 +7,6 @@ batches in file order, for a tiny model and the 58M model (random weights: speed
 --batches N times the first N batches of an epoch (0 = the whole epoch).
 """
 
-import argparse
 import os
 import random
 import sys
@@ -21,12 +20,20 @@ import torch.nn.functional as F  # noqa: E402
 
 from eval_superglue import Classifier, batch_logits, encode_examples, length_batches, load_task  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
+from config import InputError, load_config, run_main  # noqa: E402
 from data import load_tokenizer  # noqa: E402
 
 SIZES = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384),
     "58m": dict(dim=512, n_layers=16, n_heads=8, hidden_dim=1024),
 }
+KEYS = {"benchmark": {
+    "data_dir": ("data/mini", "prepared data folder (its tokenizer)"),
+    "glue": ("", "the (Super)GLUE data folder with rte; empty = ../shared/data/glue_filtered beside the repository"),
+    "sizes": (list(SIZES), "model sizes to time: " + ", ".join(SIZES)),
+    "batches": (8, "batches of the epoch to time; 0 = the whole epoch", ">=0"),
+    "batch_size": (64, "examples per batch", "1..4096"),
+}}
 
 
 def time_epoch(model, examples, batches, pad_id):
@@ -42,20 +49,20 @@ def time_epoch(model, examples, batches, pad_id):
     return n, time.perf_counter() - t0
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--data_dir", default="data/mini")
-    p.add_argument("--glue", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "glue_filtered"))
-    p.add_argument("--sizes", default="tiny,58m")
-    p.add_argument("--batches", type=int, default=8)
-    p.add_argument("--batch_size", type=int, default=64)
-    args = p.parse_args()
+def main(argv=None):
+    args = load_config(KEYS, sys.argv[1:] if argv is None else argv, __doc__)
+    unknown = [s for s in args.sizes if s not in SIZES]
+    if not args.sizes or unknown:
+        raise InputError(f"--sizes={','.join(map(str, args.sizes))}: expected some of {', '.join(SIZES)}")
     enc, info = load_tokenizer(args.data_dir)
-    data, _ = load_task(args.glue, "rte")
+    glue = args.glue or os.path.join(os.path.dirname(ROOT), "shared", "data", "glue_filtered")
+    data, why = load_task(glue, "rte")
+    if data is None:
+        raise InputError(f"--glue={glue}: {why}")
     train = encode_examples(enc, info, data["train"], False, 128)
     print(f"RTE: {len(train)} training examples, batch {args.batch_size}, max 128 tokens")
     print(f"{'size':<6}{'batching':<16}{'examples':>9}{'seconds':>9}{'examples/s':>12}{'epoch (est.)':>14}")
-    for size in args.sizes.split(","):
+    for size in args.sizes:
         torch.manual_seed(0)
         model = Classifier(Llama(ModelConfig(vocab_size=info["vocab_size"], **SIZES[size])), 2)
         bucketed = length_batches(train, args.batch_size, random.Random(0))
@@ -67,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,8 +10,8 @@ The GPU path, checked and measured in one short script: run it once on a CUDA ma
 Nothing here has run on a GPU yet, so it is written to be run blind: every part runs in its own process with a
 time limit, inside try/except; a failure (an exception, an exit status, out of memory, a timeout) becomes a row
 of the table with its last lines, and the script goes on to the next part. The table is rewritten after every
-part, and the exit status is 1 if any part failed. The two checks (tests, ddp) run at the same time, the
-measurements (step, blimp) one after another.
+part, and the script ends with one line `error: ...` (exit status 1) if any part failed. The two checks (tests,
+ddp) run at the same time, the measurements (step, blimp) one after another.
   data     a prepared data folder: --data_dir, else experiments/work_gpu/data (reproduce_gpu.py's) or data/mini,
            else prepare_data.py on babylm_2024_mini into OUT/data (~40 s).
   tests    tests/test_bf16.py on the GPU (BABYDISTILL_TEST_DEVICE=cuda): teacher steps under bf16 autocast,
@@ -36,7 +36,6 @@ Random weights throughout: speed does not depend on them. --rehearse runs the sa
 one, gloo for DDP; its numbers say nothing about a GPU.
 """
 
-import argparse
 import json
 import os
 import resource
@@ -55,7 +54,8 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from config import GPU_PEAK_FLOPS, peak_flops, read_config_file, runtime  # noqa: E402
+from checkpoint import check_writable_dir  # noqa: E402
+from config import GPU_PEAK_FLOPS, InputError, load_config, merge_keys, peak_flops, read_config_file, run_main, runtime  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
 
 SHAPE_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim")
@@ -72,6 +72,18 @@ SIZES = {"58m": (shape("babyllama_58m.py"), 128, 16000), "345m": (shape("student
 SEQ_LEN, ALPHA, T = 128, 0.5, 1.0  # BabyLlama-2: windows of 128, alpha 0.5, T 1
 PARTS = ("data", "tests", "ddp", "step", "blimp")
 TIMEOUT_S = {"data": 300, "tests": 300, "ddp": 240, "step 58m": 300, "step 345m": 360, "blimp": 240}
+KEYS = {"gpu check": {
+    "out": ("bench/results/gpu_check", "folder for results.json and results.md (relative to the repository)"),
+    "data_dir": ("", "a prepared data folder (for the tokenizer); empty = found (reproduce_gpu.py's, data/mini) or prepared"),
+    "parts": (list(PARTS), "the parts to run: " + ", ".join(PARTS)),
+    "rehearse": (False, "every part on this CPU at tiny sizes, eager (checks this script, not a GPU)"),
+}}
+# A part in its child process: python bench/gpu_check.py --_part=step --_size=58m --_variant=ours (not for users)
+CHILD_KEYS = merge_keys(KEYS, {"child": {
+    "_part": ("", "the part this child runs", ("step", "blimp")),
+    "_size": ("tiny", "the step's size", tuple(SIZES)),
+    "_variant": ("ours", "the step's implementation", ("ours", "papers")),
+}})
 
 
 # -----------------------------------------------------------------------------------------------
@@ -218,6 +230,10 @@ def child(cmd, timeout, env=None):
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         raise RuntimeError(f"timed out after {timeout} s; last output: {tail(out)}") from None
+    except BaseException:  # Ctrl-C or SIGTERM of the check: its part ends with it (its own session would outlive it)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     if proc.returncode:
         raise RuntimeError(f"exit {proc.returncode}: {tail(out)}")
     return out
@@ -228,7 +244,7 @@ def tail(text, n=12):
 
 
 def json_part(args, part, *extra, timeout):
-    out = child([sys.executable, __file__, f"--_part={part}", *extra, *(["--rehearse"] if args.rehearse else [])], timeout)
+    out = child([sys.executable, __file__, f"--_part={part}", *extra, *(["--rehearse"] if args.rehearse else [])], timeout)  # CHILD_KEYS
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -318,26 +334,18 @@ def write_results(out_dir, env, rows):
     return text
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_check"), help="folder for results.json and results.md")
-    p.add_argument("--data_dir", default="", help="a prepared data folder (for the tokenizer); default: found or prepared")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
-    p.add_argument("--rehearse", action="store_true", help="every part on this CPU at tiny sizes (checks this script)")
-    p.add_argument("--_part", help=argparse.SUPPRESS)
-    p.add_argument("--_size", help=argparse.SUPPRESS)
-    p.add_argument("--_variant", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args._part == "step":  # a child: one part, its result as the last line
-        print(json.dumps(part_step(args._size, args._variant, args.rehearse)))
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    child_part = any(a.startswith("--_part") for a in argv)
+    args = load_config(CHILD_KEYS if child_part else KEYS, argv, __doc__)
+    if child_part:  # a child: one part, its result as the last line
+        print(json.dumps(part_step(args._size, args._variant, args.rehearse) if args._part == "step" else part_blimp(args.data_dir, args.rehearse)))
         return 0
-    if args._part == "blimp":
-        print(json.dumps(part_blimp(args.data_dir, args.rehearse)))
-        return 0
-    parts = args.parts.split(",")
-    if set(parts) - set(PARTS):
-        print(f"error: --parts={args.parts}: expected some of {', '.join(PARTS)}", file=sys.stderr)
-        return 1
+    parts = args.parts
+    if not parts or set(parts) - set(PARTS):
+        raise InputError(f"--parts={','.join(map(str, parts))}: expected some of {', '.join(PARTS)}")
+    args.out = os.path.join(ROOT, args.out)  # relative to the repository, as the default (an absolute path stays)
+    check_writable_dir(args.out, "--out")
     if not args.rehearse and not torch.cuda.is_available():
         print("no CUDA device is visible: nothing to check on this machine (bench/gpu_check.py checks the GPU path; "
               "run it on a GPU machine, or --rehearse to try the script on this CPU)")
@@ -384,8 +392,10 @@ def main():
     print(write_results(out_dir, env, rows))
     failed = [r["part"] for r in rows if r["status"] != "ok"]
     print(f"{len(rows) - len(failed)} of {len(rows)} parts ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    if failed:
+        raise InputError(f"{len(failed)} of {len(rows)} parts failed ({', '.join(failed)}): their rows in {os.path.join(out_dir, 'results.md')} say why")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -146,6 +146,8 @@ def main(argv=None):
     for key in ("runs", "blimp", "out"):
         if not getattr(args, key):
             raise InputError(f"--{key}: required (see --help)")
+    if any(not isinstance(r, str) for r in args.runs):
+        raise InputError(f"--runs={args.runs!r}: expected run folders, as --runs=out/a,out/b")
     check_writable_dir(args.out, "--out")
     runs = {os.path.normpath(r): milestones(r) for r in args.runs}  # every run checked before any scoring
     names = run_names(list(runs))

@@ -57,7 +57,7 @@ import torch  # noqa: E402
 from reproduce_cpu import (ROLES, ROOT, SHARED, blimp_command, commands_block, compare, count_intervals, field_table,  # noqa: E402
                            how_to_read, kv, link_sweep_run, main_claims, comparison_section, model_result, models_table, pyplot,
                            subset_corpus, summary_table)
-from checkpoint import atomic_write, read_log  # noqa: E402
+from checkpoint import atomic_write, check_writable_dir, read_log  # noqa: E402
 from config import InputError, load_config, run_main  # noqa: E402
 from data import split_words  # noqa: E402
 from stats import excludes_zero  # noqa: E402
@@ -195,8 +195,10 @@ def start(name, argv, out_dir, work):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     log = open(os.path.join(work, "logs", f"{name}.log"), "ab")
     print(f"[start] {name}: python {' '.join(cmd)}".replace(ROOT + "/", "").replace(work, "$WORK"), flush=True)
-    # the job ends with this process (prctl PR_SET_PDEATHSIG = SIGTERM: train.py then saves last.pt), never orphaned
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+    # the job ends with this process (prctl PR_SET_PDEATHSIG = SIGTERM: train.py then saves last.pt), never orphaned; in
+    # its own session, so that a Ctrl-C at the terminal reaches this process only, which stops each job once (run_jobs)
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent,
+                            start_new_session=True)
     log.close()
     return proc, time.time(), cmd != list(argv) and cmd[-1] == "--resume=True"
 
@@ -385,6 +387,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = load_config(KEYS, argv, __doc__)
     work = os.path.abspath(args.work or os.path.join(EXPERIMENTS, "work_blimp_smoke" if args.smoke else "work_blimp"))
+    check_writable_dir(work, "--work")  # a file, under a file or read-only: now, not at the first marker
     args.sizes = SMOKE if args.smoke else FULL
     if not os.path.isdir(CORPUS):
         raise InputError(f"{CORPUS} not found: the experiment reads babylm_2024_mini (and BLiMP) from ../shared/data beside the repository")

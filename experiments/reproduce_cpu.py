@@ -8,12 +8,18 @@ RESULTS.md and two plots, every number generated.
     python experiments/reproduce_cpu.py --work /big/disk    # the work folder elsewhere (default experiments/work)
     python experiments/reproduce_cpu.py --report_only       # rewrite RESULTS.md from what has finished
     python experiments/reproduce_cpu.py --smoke             # a few minutes: the same pipeline, tiny sizes
+    python experiments/reproduce_cpu.py --until sweeps      # a piece: the data and both learning-rate sweeps, then stop
 
 Resumable, and meant to run in pieces: interrupt it at any time (Ctrl-C, a kill, the end of a session) and
-run the same command again; finished steps are skipped (a marker in work/logs/), a killed training run
-continues from its last.pt, a killed sweep from its unfinished runs. RESULTS.md is rewritten after every
-evaluated model, saying which models are still missing. Every command is printed before it runs, its output
-is shown as it runs (and kept in work/logs/), and a one-line result follows it.
+run the same command again; finished steps are skipped (a marker in work/logs/, written when the step's
+command has exited cleanly; a model counts as finished only once its results/NAME.json is written, after its
+evaluation), a killed training run continues from its last.pt, a killed sweep from its unfinished runs. The
+learning rates are chosen from finished sweep runs only, and only from the grid that the marker says finished.
+Ctrl-C (SIGTERM) is passed on once to the running command, which saves and exits; the experiment then exits
+with one line and status 130 (143). RESULTS.md is rewritten after every evaluated model, saying which models
+are still missing; --report_only rewrites it from work/ alone (results, markers, sweeps: data/ may be gone).
+Every command is printed before it runs, its output is shown as it runs (and kept in work/logs/), and a
+one-line result follows it.
 
 The experiment, in the order it runs (the most important comparisons first):
   1. prepare_data.py on a subset corpus: the first --words words of each of the six babylm_2024_mini
@@ -46,14 +52,15 @@ Results: work/results/*.json (one per model), RESULTS.md, RESULTS_val_ce.png, RE
 (a --smoke run writes its report into the work folder instead).
 """
 
-import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -63,7 +70,8 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from checkpoint import atomic_write, load_checkpoint, read_log  # noqa: E402
+from checkpoint import atomic_write, check_writable_dir, load_checkpoint, read_log  # noqa: E402
+from config import InputError, Terminated, load_config, run_main  # noqa: E402
 from stats import blimp_diff_ci, ce_diff_ci, seeds_diff_ci, verdict, excludes_zero  # noqa: E402
 from train import Windows, eval_indices  # noqa: E402
 
@@ -75,6 +83,18 @@ LRS = (1e-3, 2e-3, 4e-3, 1e-2)  # the sweep: 4 values spanning 10x, the untuned 
 MAX_EXTENSIONS = 2  # a best value at the edge of the grid adds a value beyond it, at most this many times
 DISTILL = dict(alpha=0.5, temperature=1.0, ensemble="logits", kl_reduction="paper")  # the papers' loss
 TEST_WINDOWS = 2048
+SMOKE = dict(words=3000, epochs=2.0, seeds=2)  # --smoke: the sizes of a pipeline check; FULL: the experiment's
+FULL = dict(words=30000, epochs=8.0, seeds=3)
+KEYS = {"experiment": {
+    "work": ("", "work folder: data, runs, logs, results (empty = experiments/work)"),
+    "words": (0, "words per training source (6 sources); 0 = 30,000 (--smoke: 3,000)", "0..10000000"),
+    "epochs": (0.0, "passes over the training windows; 0 = 8 (--smoke: 2)", "0..100"),
+    "seeds": (0, "seeds of every student and of the baseline; 0 = 3 (--smoke: 2)", "0..10"),
+    "smoke": (False, "tiny sizes and 20 BLiMP pairs per paradigm: checks the pipeline in a few minutes"),
+    "until": ("all", "stop after this stage: 'prepare', 'baseline_sweep', 'sweeps' (both learning-rate sweeps) or 'all'",
+              ("prepare", "baseline_sweep", "sweeps", "all")),
+    "report_only": (False, "rewrite RESULTS.md from WORK (results, markers, sweeps: data/ may be gone); runs nothing"),
+}}
 # role -> what it is, in the report's order (the student of the claim is "student")
 ROLES = {"teacher": "teachers", "baseline": "baseline (plain CE, student size)", "student": "student, 2 teachers",
          "cache_sampled": "student, 2 teachers, cache sampled k=16", "cache_topk": "student, 2 teachers, cache top-k k=16",
@@ -107,18 +127,42 @@ def subset_corpus(src, dst, words, dev_words=0):
 
 
 def run(cmd, log_path):
-    """Run one of the project's commands, showing its output as it comes and keeping it in log_path.
-    Returns the wall time; a failed command stops the experiment with its last lines."""
+    """Run one of the project's commands, showing its output as it comes and keeping it in log_path; returns the
+    wall time. The command runs in its own session, so a Ctrl-C at the terminal reaches this process only, which
+    passes it on exactly once (a second SIGINT makes a trainer abort without saving), waits for the command to save
+    and exit, and then stops with one line, status 130 (SIGTERM: the same, 143). A failed command stops the
+    experiment with one line naming its log."""
     t0 = time.perf_counter()
+    stop = None
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while chunk := proc.stdout.read1(1 << 16):
-            log.write(chunk)
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-        if proc.wait():
-            sys.exit(f"error: {' '.join(cmd[:1])} failed (exit {proc.returncode}); its output is in {log_path}; run the experiment again to continue")
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=die_with_parent)
+        while True:
+            try:
+                while chunk := proc.stdout.read1(1 << 16):
+                    log.write(chunk)
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                proc.wait()
+                break
+            except (KeyboardInterrupt, Terminated) as e:  # passed on, each one: the command saves and exits, then we stop
+                stop = stop or e
+                proc.send_signal(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+    if stop is not None:
+        raise stop
+    if proc.returncode:
+        raise InputError(f"{' '.join(cmd[:1])} failed (exit {proc.returncode}); its output is in {log_path}; run the experiment again to continue")
     return time.perf_counter() - t0
+
+
+def die_with_parent():
+    """In the child, before exec (Linux): SIGTERM when this process dies, even by SIGKILL, so a command never outlives
+    the experiment (a trainer saves its last.pt on SIGTERM) and a rerun never races an orphan over its out_dir."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def run_once(name, cmd, out_dir, work, label):
@@ -128,8 +172,8 @@ def run_once(name, cmd, out_dir, work, label):
     if os.path.isfile(marker):
         done = json.load(open(marker))
         if done.get("command", cmd) != cmd:  # e.g. a sweep chose another lr: the old result is not this step's
-            sys.exit(f"error: {name} finished earlier with another command ({shlex.join(done['command'])}); "
-                     f"delete {marker} (and {out_dir or 'its output'}) to run it again")
+            raise InputError(f"{name} finished earlier with another command ({shlex.join(done['command'])}); "
+                             f"delete {marker} (and {out_dir or 'its output'}) to run it again")
         return done["seconds"]
     ran, resumed = cmd, False
     if out_dir and os.path.isfile(os.path.join(out_dir, "last.pt")):
@@ -139,8 +183,8 @@ def run_once(name, cmd, out_dir, work, label):
         cmd = cmd + ["--overwrite=True"]  # killed before its first checkpoint: start again
     print(f"\n[{label}] {name}: python {' '.join(cmd)}".replace(ROOT + "/", ""), flush=True)
     seconds = run(cmd, os.path.join(work, "logs", f"{name}.log"))
-    with open(marker, "w") as f:
-        json.dump({"seconds": seconds, "command": ran, "resumed": resumed}, f)  # resumed: seconds miss the killed part
+    # written whole, and only now that the command has exited cleanly (resumed: seconds miss the killed part)
+    atomic_write(marker, lambda f: json.dump({"seconds": seconds, "command": ran, "resumed": resumed}, f), "w")
     result = ""
     if out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         vals = [e["val_loss"] for e in read_log(os.path.join(out_dir, "log.jsonl")) if "val_loss" in e]
@@ -170,36 +214,46 @@ def sweep_command(work, common, family, lrs):
 def tune(args, work, common, family):
     """Sweep the learning rate until the best value is inside the grid: when it is the smallest or the
     largest value, the grid grows by a factor of 2 on that side and the new run is added to the same sweep
-    (the finished runs are kept), at most MAX_EXTENSIONS times. Returns the sweep commands that ran."""
+    (the finished runs are kept), at most MAX_EXTENSIONS times. Each grid is ranked only once its sweep has
+    finished (its marker), over the runs of that grid alone: a run of a later, interrupted extension is never
+    ranked. Returns (the sweep commands that ran, the final grid)."""
     lrs, cmds = list(LRS[1:3] if args.smoke else LRS), []
     for extension in range(MAX_EXTENSIONS + 1):
         name = f"sweep_{family}" + (f"_{len(lrs)}" if extension else "")
         cmds.append(sweep_command(work, common, family, lrs))
         if args.report_only and not os.path.isfile(os.path.join(work, "logs", f"{name}.done")):
-            sys.exit(f"error: the {family} learning-rate sweep has not finished: run the experiment without --report_only")
+            raise InputError(f"the {family} learning-rate sweep has not finished: run the experiment without --report_only")
         run_once(name, cmds[-1], None, work, name)
-        best = best_lr(work, family)[0]
+        best = best_lr(work, family, lrs)[0]
         if best not in (min(lrs), max(lrs)) or extension == MAX_EXTENSIONS:
-            return cmds
+            return cmds, lrs
         added = best / 2 if best == min(lrs) else best * 2
         if not args.report_only:
             print(f"{family}: the best lr {best:g} is at the edge of the grid: adding lr={added:g}", flush=True)
         lrs = sorted([*lrs, added])
 
 
-def read_sweep(work, family):
-    """[(lr, best val CE, best step, seconds, out_dir)] of a finished sweep, in lr order."""
-    rows = [json.loads(line) for line in open(os.path.join(work, "sweep", family, "results.jsonl"))]
+def read_sweep(work, family, lrs):
+    """[(lr, best val CE, best step, seconds, out_dir)] of the finished runs of the grid `lrs`, in lr order. Only runs
+    the sweep marked done count (a run killed half-way has a log too, and a lower val CE than a finished one may
+    have had at that step); a run of the grid that is not done is an error, not a smaller grid."""
+    path = os.path.join(work, "sweep", family, "results.jsonl")
+    rows = {r["values"]["lr"]: r for r in map(json.loads, open(path)) if r["status"] == "done"} if os.path.isfile(path) else {}
+    unfinished = [lr for lr in lrs if lr not in rows]
+    if unfinished:
+        raise InputError(f"{path}: the {family} sweep's run at lr={unfinished[0]:g} has not finished: run the experiment "
+                         "(without --report_only) to finish it")
     out = []
-    for r in rows:
+    for lr in lrs:
+        r = rows[lr]
         log = read_log(os.path.join(r["out_dir"], "log.jsonl"))
         best = min((e for e in log if "val_loss" in e), key=lambda e: e["val_loss"])
-        out.append((r["values"]["lr"], best["val_loss"], best["step"], r["seconds"], r["out_dir"]))
+        out.append((lr, best["val_loss"], best["step"], r["seconds"], r["out_dir"]))
     return sorted(out)
 
 
-def best_lr(work, family):
-    lr, _, _, seconds, out_dir = min(read_sweep(work, family), key=lambda r: r[1])
+def best_lr(work, family, lrs):
+    lr, _, _, seconds, out_dir = min(read_sweep(work, family, lrs), key=lambda r: r[1])
     return lr, out_dir, seconds
 
 
@@ -243,7 +297,7 @@ def link_sweep_run(name, sweep_dir, work):
     if os.path.islink(path) and os.path.realpath(path) == os.path.realpath(sweep_dir):
         return
     if os.path.lexists(path):
-        sys.exit(f"error: {path} exists and is not the sweep's run {sweep_dir}; move it away and run again")
+        raise InputError(f"{path} exists and is not the sweep's run {sweep_dir}; move it away and run again")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.symlink(os.path.relpath(os.path.realpath(sweep_dir), os.path.realpath(os.path.dirname(path))), path)  # relative: the work folder may move
 
@@ -311,39 +365,52 @@ def prepare_command(work, data):
     return ["prepare_data.py", "--src", os.path.join(work, "src"), "--out", data, "--vocab_size", "4096"]
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--work", default=os.path.join(ROOT, "experiments", "work"))
-    p.add_argument("--words", type=int, default=30000, help="words per training source (6 sources)")
-    p.add_argument("--epochs", type=float, default=8.0)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and --limit'ed BLiMP: checks the pipeline")
-    p.add_argument("--report_only", action="store_true", help="rewrite RESULTS.md from work/results/ (what has finished)")
-    args = p.parse_args()
-    if args.smoke:
-        args.words, args.epochs, args.seeds = 3000, 2.0, 2
-    work, data = os.path.abspath(args.work), os.path.join(os.path.abspath(args.work), "data")
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = load_config(KEYS, argv, __doc__)
+    sizes = SMOKE if cfg.smoke else FULL  # 0: the size of the mode; a number given is used as given, in both modes
+    args = SimpleNamespace(**{**vars(cfg), **{k: getattr(cfg, k) or sizes[k] for k in ("words", "epochs", "seeds")}})
+    work = os.path.abspath(args.work or os.path.join(ROOT, "experiments", "work"))
+    check_writable_dir(work, "--work")  # a file, under a file or read-only: now, not at the first marker
+    data = os.path.join(work, "data")
     where = work if args.smoke else ROOT  # a smoke run is not a result: it stays in the work folder
-    if not args.report_only:
+    corpus = os.path.join(SHARED, "babylm_2024_mini")
+    if args.report_only:
+        if not os.path.isdir(os.path.join(work, "results")):
+            raise InputError(f"{os.path.join(work, 'results')} does not exist: no model of this experiment has finished")
+    elif not os.path.isdir(corpus):
+        raise InputError(f"{corpus} not found: the experiment reads babylm_2024_mini (and BLiMP) from ../shared/data beside the repository")
+    else:
         os.makedirs(os.path.join(work, "logs"), exist_ok=True)
-        subset_corpus(os.path.join(SHARED, "babylm_2024_mini"), os.path.join(work, "src"), args.words)
+        subset_corpus(corpus, os.path.join(work, "src"), args.words)
         print("On 2 uncontended CPU cores the whole experiment takes about 5 hours. Interrupt it at any time and run the "
               "same command again to continue; RESULTS.md is rewritten after every model.", flush=True)
         run_once("prepare", prepare_command(work, data), None, work, "prepare")
-    elif not os.path.isdir(os.path.join(work, "results")):
-        sys.exit(f"error: {os.path.join(work, 'results')} does not exist: no model of this experiment has finished")
-    n_windows = Windows(os.path.join(data, "train.bin"), TRAIN["seq_len"]).n
+        if args.until == "prepare":
+            print(f"stopped after the data (--until prepare): {data}")
+            return
+    n_windows = train_windows(work, data)
     steps_per_epoch = n_windows // TRAIN["batch_size"]
+    if steps_per_epoch < 1:
+        raise InputError(f"--words={args.words}: {n_windows} training windows of {TRAIN['seq_len']} tokens, fewer than one batch of "
+                         f"{TRAIN['batch_size']}: give more words per source")
     common = common_settings(args, data, steps_per_epoch)
-    sweeps = [cmd for family in ("baseline", "teacher") for cmd in tune(args, work, common, family)]
-    (lr_t, t1_dir, t1_seconds), (lr_s, b1_dir, b1_seconds) = best_lr(work, "teacher"), best_lr(work, "baseline")
+    sweep_b, lrs_b = tune(args, work, common, "baseline")
+    if args.until == "baseline_sweep":
+        lr, out_dir, _ = best_lr(work, "baseline", lrs_b)
+        print(f"stopped after the baseline's learning-rate sweep (--until baseline_sweep): lr {lr:g} chosen of "
+              f"{', '.join(f'{v:g}' for v in lrs_b)} ({out_dir})")
+        return
+    sweep_t, lrs_t = tune(args, work, common, "teacher")
+    (lr_t, t1_dir, t1_seconds), (lr_s, b1_dir, b1_seconds) = best_lr(work, "teacher", lrs_t), best_lr(work, "baseline", lrs_b)
     steps = model_steps(args, work, common, lr_t, lr_s)
     info = {"work": work, "words_per_source": args.words, "epochs": args.epochs, "steps": common["max_iters"], "steps_per_epoch": steps_per_epoch,
             "train_tokens": int(n_windows * TRAIN["seq_len"]), "smoke": args.smoke,
-            "sweeps": {f: read_sweep(work, f) for f in ("baseline", "teacher")}, "lr": {"teacher": lr_t, "baseline": lr_s}}
-    cmds = [prepare_command(work, data)] + sweeps + [cmd for _, _, cmd, _ in steps if cmd]
+            "sweeps": {"baseline": read_sweep(work, "baseline", lrs_b), "teacher": read_sweep(work, "teacher", lrs_t)},
+            "lr": {"teacher": lr_t, "baseline": lr_s}}
+    cmds = [prepare_command(work, data)] + sweep_b + sweep_t + [cmd for _, _, cmd, _ in steps if cmd]
 
-    if not args.report_only:
+    if not args.report_only and args.until == "all":
         link_sweep_run("teacher1", t1_dir, work)
         link_sweep_run("baseline_s1", b1_dir, work)
         finished = [name for name, *_ in steps if os.path.isfile(os.path.join(work, "results", f"{name}.json"))]
@@ -357,7 +424,22 @@ def main():
                                test_windows=64 if args.smoke else TEST_WINDOWS)
                 report(work, where, [name for name, *_ in steps], info, cmds)
     report(work, where, [name for name, *_ in steps], info, cmds)
-    print(f"report: {os.path.join(where, 'RESULTS.md')}")
+    print(f"report: {os.path.join(where, 'RESULTS.md')}" + (" (stopped after the sweeps: --until sweeps)" if args.until == "sweeps" else ""))
+
+
+def train_windows(work, data):
+    """Training windows of the prepared data, recorded in WORK/logs/data.json the first time, so that --report_only
+    works from the work folder alone (data/ deleted to save space, or the folder copied without it)."""
+    record = os.path.join(work, "logs", "data.json")
+    if os.path.isfile(os.path.join(data, "train.bin")):
+        n = Windows(os.path.join(data, "train.bin"), TRAIN["seq_len"]).n
+        if not os.path.isfile(record):
+            atomic_write(record, lambda f: json.dump({"train_windows": n}, f), "w")
+        return n
+    if os.path.isfile(record):
+        return json.load(open(record))["train_windows"]
+    raise InputError(f"{data}/train.bin not found, nor {record}: the report needs the size of the prepared data "
+                     "(run the experiment without --report_only to prepare it again)")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -654,4 +736,4 @@ def plot_curves(m, curves_path, plt):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

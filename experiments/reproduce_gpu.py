@@ -30,13 +30,15 @@ for process starts, torch.compile, checkpoints and evaluation. The results file 
 each step took.
 
 Resumable like experiments/reproduce_cpu.py, whose pieces it runs: interrupt it at any time and run the
-same command again; a finished step is skipped (a marker in WORK/logs/), a killed training run continues
-from its last.pt. Results: WORK/results/*.json (one per model), then RESULTS_GPU.md and
+same command again; a finished step is skipped (a marker in WORK/logs/, written when its command exited
+cleanly; a model is finished once its results file is written, after its evaluation), a killed training run
+continues from its last.pt. Ctrl-C (SIGTERM) is passed on once to the running command, which saves and exits;
+then one line, status 130 (143). --report_only works from the work folder alone (data/ may be gone). Results: WORK/results/*.json (one per model), then RESULTS_GPU.md and
 RESULTS_GPU_val_ce.png at the repository root (--tiny: in the work folder, as it is not a result):
 the models, the paired-bootstrap and seed intervals of experiments/stats.py, the plot, every command.
 """
 
-import argparse
+import functools
 import json
 import os
 import sys
@@ -51,7 +53,7 @@ from reproduce_cpu import (ROOT, SHARED, blimp_command, commands_block, count_in
                            evaluate_model, field_table, how_to_read, kv, models_table, plot_curves, pyplot, run_once,
                            subset_corpus, summary_table)
 from checkpoint import atomic_write  # noqa: E402
-from config import GPU_PEAK_FLOPS, peak_flops, read_config_file  # noqa: E402
+from config import GPU_PEAK_FLOPS, InputError, load_config, peak_flops, read_config_file, run_main  # noqa: E402
 from model import Llama, ModelConfig  # noqa: E402
 
 CORPUS = os.path.join(SHARED, "babylm_2024_mini")
@@ -80,6 +82,16 @@ ALLOWANCE = {  # seconds: a process start (import torch, CUDA init), torch.compi
     "cuda": dict(start=15, compile_first=60, compile_again=20, prepare=40, disk_bytes_per_s=1e9),
     "cpu": dict(start=6, compile_first=0, compile_again=0, prepare=15, disk_bytes_per_s=2e8),
 }
+
+KEYS = {"experiment": {
+    "work": ("", "work folder (empty = experiments/work_gpu, --tiny: experiments/work_gpu_tiny)"),
+    "seeds": (1, "seeds of the student and the baseline (2 or more: t intervals over seeds)", "1..10"),
+    "tiny": (False, "tiny sizes on a CPU: checks the pipeline in a few minutes"),
+    "mfu": (0.0, f"the plan's assumed MFU, a fraction (0 = {ASSUMED_MFU['cuda']:.0%} on a GPU, {ASSUMED_MFU['cpu']:.0%} on a CPU)", "0..1"),
+    "gpu": ("", "plan for this GPU instead of the one here: " + ", ".join(GPU_PEAK_FLOPS), ("", *GPU_PEAK_FLOPS)),
+    "plan_only": (False, "print the plan and stop"),
+    "report_only": (False, "rewrite the results file from WORK (results, markers, the plan: data/ may be gone)"),
+}}
 
 
 # -----------------------------------------------------------------------------------------------
@@ -196,60 +208,60 @@ def device_for_plan(args):
 
 
 def tokens_of(args, work):
-    """{"train": tokens, "val": tokens}: the prepared data's, else an estimate from the words of the sources."""
-    meta = os.path.join(work, "data", "meta.json")
+    """{"train": tokens, "val": tokens}: the prepared data's (kept in WORK/logs/data.json too, so that --report_only
+    works from the work folder alone), else, before the data is prepared, an estimate from the words of the sources."""
+    meta, record = os.path.join(work, "data", "meta.json"), os.path.join(work, "logs", "data.json")
     if os.path.isfile(meta):
-        return json.load(open(meta))["tokens"]
-    folder = os.path.join(CORPUS, "train_10M")
-    words = sum(min(len(open(os.path.join(folder, f), encoding="utf-8").read().split()), TINY["words"] if args.tiny else 10**12)
-                for f in sorted(os.listdir(folder)) if f.endswith(".train"))
-    tokens = words * TOKENS_PER_WORD[TINY["vocab_size"] if args.tiny else 16000]
+        tokens = json.load(open(meta))["tokens"]
+        if os.path.isdir(os.path.dirname(record)) and not os.path.isfile(record):
+            atomic_write(record, lambda f: json.dump({"tokens": tokens}, f), "w")
+        return tokens
+    if os.path.isfile(record):
+        return json.load(open(record))["tokens"]
+    if args.report_only:
+        raise InputError(f"{meta} not found, nor {record}: the report needs the size of the prepared data "
+                         "(run the experiment without --report_only to prepare it again)")
+    tokens = source_words(TINY["words"] if args.tiny else 10**12) * TOKENS_PER_WORD[TINY["vocab_size"] if args.tiny else 16000]
     return {"train": round(tokens * TRAIN_SHARE), "val": round(tokens * (1 - TRAIN_SHARE))}
+
+
+@functools.lru_cache(maxsize=None)
+def source_words(cap):
+    """Words of the corpus's training sources, at most `cap` of each (16 MB of text: read once per process)."""
+    folder = os.path.join(CORPUS, "train_10M")
+    return sum(min(len(open(os.path.join(folder, f), encoding="utf-8").read().split()), cap) for f in sorted(os.listdir(folder)) if f.endswith(".train"))
 
 
 # -----------------------------------------------------------------------------------------------
 # Running it
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", default="", help="work folder (default experiments/work_gpu, --tiny: experiments/work_gpu_tiny)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds of the student and the baseline (2 or more: t intervals over seeds)")
-    p.add_argument("--tiny", action="store_true", help="tiny sizes on a CPU: checks the pipeline in a few minutes")
-    p.add_argument("--mfu", type=float, default=0.0, help="the plan's assumed MFU (0 = %.0f%% on a GPU, %.0f%% on a CPU)"
-                   % (100 * ASSUMED_MFU["cuda"], 100 * ASSUMED_MFU["cpu"]))
-    p.add_argument("--gpu", default="", help=f"plan for this GPU instead of the one here: {', '.join(GPU_PEAK_FLOPS)}")
-    p.add_argument("--plan_only", action="store_true", help="print the plan and stop")
-    p.add_argument("--report_only", action="store_true", help="rewrite the results file from WORK/results (what has finished)")
-    args = p.parse_args()
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = load_config(KEYS, argv, __doc__)
     work = os.path.abspath(args.work or os.path.join(EXPERIMENTS, "work_gpu_tiny" if args.tiny else "work_gpu"))
     # every mistake in one line, before any work
-    if args.seeds < 1:
-        sys.exit(f"error: --seeds={args.seeds}: expected 1 or more")
-    if not 0 <= args.mfu <= 1:
-        sys.exit(f"error: --mfu={args.mfu}: expected a fraction from 0 to 1, e.g. 0.3 (0: the assumed one)")
-    if args.gpu and args.gpu not in GPU_PEAK_FLOPS:
-        sys.exit(f"error: --gpu={args.gpu}: expected one of {', '.join(GPU_PEAK_FLOPS)} (config.GPU_PEAK_FLOPS)")
-    if not os.path.isdir(CORPUS):
-        sys.exit(f"error: {CORPUS} not found: the experiment reads babylm_2024_mini from ../shared/data beside the repository")
-    if not (args.tiny or args.plan_only or args.report_only or torch.cuda.is_available()):
-        sys.exit("error: no GPU is visible: the 58M run needs one (python experiments/reproduce_gpu.py --plan_only --gpu H100 "
-                 "prints its plan); --tiny runs the same pipeline at tiny sizes on this CPU")
-    if args.report_only and not os.path.isdir(os.path.join(work, "results")):
-        sys.exit(f"error: {os.path.join(work, 'results')} does not exist: no model of this experiment has finished")
+    if args.report_only:
+        if not os.path.isdir(os.path.join(work, "results")):
+            raise InputError(f"{os.path.join(work, 'results')} does not exist: no model of this experiment has finished")
+    elif not os.path.isdir(CORPUS):
+        raise InputError(f"{CORPUS} not found: the experiment reads babylm_2024_mini from ../shared/data beside the repository")
+    elif not (args.tiny or args.plan_only or torch.cuda.is_available()):
+        raise InputError("no GPU is visible: the 58M run needs one (python experiments/reproduce_gpu.py --plan_only --gpu H100 "
+                         "prints its plan); --tiny runs the same pipeline at tiny sizes on this CPU")
 
     s = settings(args, tokens_of(args, work))
     steps = model_steps(args, work, s)
     names = [name for name, *_ in steps]
-    kind, peak, device_line = device_for_plan(args)
-    mfu = args.mfu or ASSUMED_MFU[kind]
-    rows = plan_rows(s, names, kind, peak, mfu)
     where = work if args.tiny else ROOT  # a tiny run is not a result: its report stays in the work folder
     cmds = lambda: [prepare_command(args, work)] + [c for name, _, cmd, out_dir in steps for c in (cmd, blimp_command(out_dir, s["blimp_limit"], s["blimp_extra"]))]
     if args.report_only:
         report(work, where, names, report_info(args, work, s), cmds())
         print(f"report: {os.path.join(where, 'RESULTS_GPU.md')}")
         return
+    kind, peak, device_line = device_for_plan(args)
+    mfu = args.mfu or ASSUMED_MFU[kind]
+    rows = plan_rows(s, names, kind, peak, mfu)
     total = print_plan(rows, s, device_line, mfu)
     if args.plan_only:
         return
@@ -356,4 +368,4 @@ def write_report(m, info, plan, markers, path, missing=(), cmds=()):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

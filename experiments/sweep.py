@@ -31,13 +31,17 @@ sequential, so --random 8 --seed S starts with the runs of --random 4 --seed S: 
 
 Metric: `val_loss` (default) is the best validation loss in out_dir/log.jsonl; any other key of log.jsonl
 works the same way (best = lowest with --mode min, the default for log keys). `FILE.json:dotted.path`
-reads a number from a JSON file in out_dir written by the --then command (there --mode is required).
+reads a number from a JSON file in out_dir written by the --then command (there --mode is required); a run
+whose file is missing, lacks the path or holds no finite number there is failed (one line says which), and
+the next invocation runs its --then command again.
 
 Resume: re-running the same sweep command continues where it stopped. After a run (and its --then command)
 succeeds, the sweep writes out_dir/sweep_run.json with status "done"; such runs are skipped. A run that
 was killed is launched again, with --resume=True when its out_dir has last.pt. Ctrl-C (or SIGTERM) is
-passed on once to the runs, which save last.pt and exit; a second Ctrl-C aborts them. If the sweep itself
-is killed, its runs die with it (Linux), so a re-run never races an orphan. Adding a --then command to a
+passed on once to the runs, which save last.pt and exit; a second Ctrl-C aborts them; the sweep then exits
+with 130 (143 for SIGTERM). A failed run (its command's exit status, a missing metric) makes the sweep end
+with one line `error: ...` and exit 1 once the other runs are done; the same command runs it again. If the
+sweep itself is killed, its runs die with it (Linux), so a re-run never races an orphan. Adding a --then command to a
 finished sweep runs only the new command. Changing the fixed settings of an existing sweep is refused:
 use a new --out.
 
@@ -48,9 +52,10 @@ matplotlib), sweep.json (the sweep's own command line), and per run out_dir/run.
 Workers: on a GPU machine one worker per visible GPU, each run sees one GPU through CUDA_VISIBLE_DEVICES
 (--workers N > GPUs puts several runs on a GPU). On a CPU one run at a time; with --workers N > 1 each run
 gets OMP_NUM_THREADS = cores / N, since N processes with a thread per core each would fight over the cores.
+--workers is at most the machine's cores, and a sweep at most 10,000 runs (a grid's product is counted before
+anything is expanded): every count and bound is checked, one line each, before the first run.
 """
 
-import argparse
 import ast
 import importlib
 import itertools
@@ -69,18 +74,35 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from checkpoint import check_writable_dir  # noqa: E402
+from config import InputError, Terminated, convert_value, load_config, read_config_file, run_main  # noqa: E402
+
 STATE = "sweep_run.json"  # per run, written by the sweep: the marker of a finished run
 RANGES = ("uniform", "log_uniform", "int_uniform")
-FILE_KEYS = ("script", "config", "grid", "fixed", "metric", "mode", "random", "seed", "then", "workers", "out")
-FILE_TYPES = {"script": (str,), "config": (str,), "grid": (dict,), "fixed": (dict,), "metric": (str,), "mode": (str,), "random": (int,),
-              "seed": (int,), "then": (str,), "workers": (int,), "out": (str,)}
 # The key table of each script of this project: every run's arguments are checked against it before any run.
 SCRIPT_KEYS = {"train_teacher.py": ("train_teacher", "TEACHER_KEYS"), "distill.py": ("distill", "DISTILL_KEYS"),
                "eval_blimp.py": ("eval_blimp", "BLIMP_KEYS"), "eval_superglue.py": ("eval_superglue", "SUPERGLUE_KEYS")}
+MAX_RUNS = 10_000  # runs of one sweep (a grid's product, or --random N): each is a folder and a process; more is not one node's work
+MAX_WORKERS = os.cpu_count() or 1  # every run needs a core at least, on a GPU machine too (its data loading, its Python)
 
-
-class SweepError(Exception):
-    """Bad input: printed as one line `error: ...` before any run starts."""
+SWEEP_KEYS = {"sweep": {
+    "script": ("", "the training script, e.g. train_teacher.py (or the first word after sweep.py)"),
+    "config": ("", "its config file, e.g. configs/tiny_teacher1.py (or the second word)"),
+    "file": ("", "a sweep file (Python) setting script, config, grid, fixed, metric, mode, random, seed, then, workers, out"),
+    "grid": ([], "key=v1,v2,... or key=log_uniform(lo,hi) (with --random); several after one --grid"),
+    "fixed": ([], "key=value set in every run; several after one --fixed"),
+    "out": ("", "the sweep folder; each run writes OUT/key=value,..."),
+    "metric": ("val_loss", "val_loss, another log.jsonl key (its best value), or FILE.json:dotted.path written by --then"),
+    "mode": ("", "'min' or 'max': which value is best; empty = 'min' (a FILE.json metric needs it)", ("", "min", "max")),
+    "random": (0, f"a random search of N runs instead of the grid; 0 = the grid (at most {MAX_RUNS:,} runs either way)", f"0..{MAX_RUNS}"),
+    "seed": (0, "the random search's seed", ">=0"),
+    "then": ("", "a command after each run, {out_dir} and {key} filled in"),
+    "workers": (0, f"runs at a time: 0 = one per GPU, else 1 (at most one per core: {MAX_WORKERS} here)", f"0..{MAX_WORKERS}"),
+    "dry_run": (False, "print the commands, run nothing"),
+}}
+FILE_KEYS = ("script", "config", "grid", "fixed", "metric", "mode", "random", "seed", "then", "workers", "out")  # what a sweep file sets
 
 
 class Range:
@@ -141,25 +163,25 @@ def parse_range(key, text):
         return None
     m = re.fullmatch(r"\s*(\w+)\(([^,]*),([^,]*)\)\s*", text)
     if not m:
-        raise SweepError(f"{key}={text}: expected {call.group(1)}(lo,hi), two bounds")
+        raise InputError(f"{key}={text}: expected {call.group(1)}(lo,hi), two bounds")
     try:
         lo, hi = float(m.group(2)), float(m.group(3))
     except ValueError:
-        raise SweepError(f"{key}={text}: the bounds of {m.group(1)} must be numbers") from None
+        raise InputError(f"{key}={text}: the bounds of {m.group(1)} must be numbers") from None
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise SweepError(f"{key}={text}: the bounds must be finite numbers")
+        raise InputError(f"{key}={text}: the bounds must be finite numbers")
     if not lo < hi or (m.group(1) == "log_uniform" and lo <= 0):
-        raise SweepError(f"{key}={text}: expected lo < hi{' and lo > 0' if m.group(1) == 'log_uniform' else ''}")
+        raise InputError(f"{key}={text}: expected lo < hi{' and lo > 0' if m.group(1) == 'log_uniform' else ''}")
     return Range(m.group(1), lo, hi)
 
 
 def check_key(key, where):
     if not re.fullmatch(r"[A-Za-z_]\w*", key):
-        raise SweepError(f"{where}: {key!r} is not a config key (expected key=value, e.g. lr=3e-4,1e-3)")
+        raise InputError(f"{where}: {key!r} is not a config key (expected key=value, e.g. lr=3e-4,1e-3)")
     if key in ("out_dir", "resume"):
-        raise SweepError(f"{where}: {key} is set by the sweep (out_dir from --out and the values, resume when a run restarts)")
+        raise InputError(f"{where}: {key} is set by the sweep (out_dir from --out and the values, resume when a run restarts)")
     if key in ("stop_at", "overwrite"):
-        raise SweepError(f"{where}: {key} cannot be set in a sweep (stop_at would leave every run unfinished, yet marked done; "
+        raise InputError(f"{where}: {key} cannot be set in a sweep (stop_at would leave every run unfinished, yet marked done; "
                          "overwrite would replace finished runs): a sweep's runs train to the end and resume when killed")
 
 
@@ -169,26 +191,26 @@ def parse_assignments(items, where, allow_lists):
     for item in items:
         key, eq, text = item.partition("=")
         if not eq:
-            raise SweepError(f"{where} {item!r}: expected key=value" + (",value,... or key=log_uniform(lo,hi)" if allow_lists else ""))
+            raise InputError(f"{where} {item!r}: expected key=value" + (",value,... or key=log_uniform(lo,hi)" if allow_lists else ""))
         key = key.strip().lstrip("-")  # --lr=1e-3 is accepted too: it is how the scripts spell it
         check_key(key, where)
         if key in out:
-            raise SweepError(f"{where} {key}: given twice; put all its values in one {key}=v1,v2,...")
+            raise InputError(f"{where} {key}: given twice; put all its values in one {key}=v1,v2,...")
         if not text.strip():
-            raise SweepError(f"{where} {key}: no values")
+            raise InputError(f"{where} {key}: no values")
         if not allow_lists:
             out[key] = parse_value(text)
             continue
         out[key] = parse_range(key, text) or [parse_value(p) for p in split_top(text)]
         if isinstance(out[key], list) and any(isinstance(v, str) and not v for v in out[key]):
-            raise SweepError(f"{where} {key}={text}: an empty value")
+            raise InputError(f"{where} {key}={text}: an empty value")
     return out
 
 
 def normalize_grid(grid, where):
     """A sweep file's grid {key: list or 'log_uniform(lo,hi)'} in the same form as --grid's."""
     if not isinstance(grid, dict):
-        raise SweepError(f"{where}: grid must be a dict {{key: [values]}}")
+        raise InputError(f"{where}: grid must be a dict {{key: [values]}}")
     out = {}
     for key, values in grid.items():
         check_key(str(key), where)
@@ -199,27 +221,29 @@ def normalize_grid(grid, where):
         elif isinstance(values, Range):
             out[key] = values
         else:
-            raise SweepError(f"{where}: grid[{key!r}] = {values!r}: expected a non-empty list or 'log_uniform(lo,hi)'")
+            raise InputError(f"{where}: grid[{key!r}] = {values!r}: expected a non-empty list or 'log_uniform(lo,hi)'")
     return out
 
 
 def read_sweep_file(path):
-    """A plain Python file that sets some of FILE_KEYS, e.g. script, config, grid = {...}, metric."""
-    sys.path.insert(0, ROOT)
-    from config import InputError, read_config_file  # FILE:LINE for a syntax error, an exception, a non-UTF-8 byte
-
+    """A plain Python file that sets some of FILE_KEYS, e.g. script, config, grid = {...}, metric: each value checked as
+    the same key on the command line is (types and bounds), grid and fixed as dicts. FILE:LINE for a syntax error,
+    an exception or a non-UTF-8 byte (config.read_config_file)."""
     try:
         namespace = read_config_file(path)
     except InputError as e:
-        raise SweepError(str(e).replace("config file not found", "sweep file not found")) from None
+        raise InputError(str(e).replace("config file not found", "sweep file not found")) from None
+    specs = SWEEP_KEYS["sweep"]
     spec = {}
     for key, value in namespace.items():
         if key not in FILE_KEYS:
-            raise SweepError(f"{path}: unknown name {key!r} (a sweep file sets {', '.join(FILE_KEYS)})")
-        types = FILE_TYPES[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise SweepError(f"{path}: {key}={value!r} has type {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}")
-        spec[key] = value
+            raise InputError(f"{path}: unknown name {key!r} (a sweep file sets {', '.join(FILE_KEYS)})")
+        if key in ("grid", "fixed"):
+            if not isinstance(value, dict):
+                raise InputError(f"{path}: {key} must be a dict {{key: {'[values]' if key == 'grid' else 'value'}}}")
+            spec[key] = value
+        else:
+            spec[key] = convert_value(key, value, specs[key][0], (specs[key] + (None,))[2], path)
     return spec
 
 
@@ -238,11 +262,11 @@ def run_name(values):
 
 
 def expand(grid, n_random, seed):
-    """The list of {key: value} of the runs: the grid's product, or n_random seeded draws without repeats."""
-    if n_random is None:
+    """The list of {key: value} of the runs: the grid's product (n_random 0), or n_random seeded draws without repeats."""
+    if not n_random:
         ranges = [k for k, v in grid.items() if isinstance(v, Range)]
         if ranges:
-            raise SweepError(f"{ranges[0]}={grid[ranges[0]]}: a range needs a random search (--random N --seed S)")
+            raise InputError(f"{ranges[0]}={grid[ranges[0]]}: a range needs a random search (--random N --seed S)")
         return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     rng = random.Random(seed)
     runs, seen = [], set()
@@ -274,7 +298,7 @@ def make_runs(spec):
         runs.append(dict(name=run_name(values), values=values, out_dir=out_dir, argv=argv, then=then))
     names = [r["name"] for r in runs]
     if len(set(names)) < len(names):
-        raise SweepError(f"two runs would share the folder {next(n for n in names if names.count(n) > 1)!r}: make the values distinct")
+        raise InputError(f"two runs would share the folder {next(n for n in names if names.count(n) > 1)!r}: make the values distinct")
     return runs
 
 
@@ -321,7 +345,7 @@ def check_existing(runs):
     for run in runs:
         state = read_json(os.path.join(run["out_dir"], STATE))
         if state and state.get("command") != portable(run["argv"]):
-            raise SweepError(f"{run['out_dir']} was made by another command ({state.get('command')}); use a new --out")
+            raise InputError(f"{run['out_dir']} was made by another command ({state.get('command')}); use a new --out")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -385,14 +409,17 @@ except (OSError, AttributeError):
     _prctl = None
 
 
-def execute(run, env, runner, label):
-    """Train (or resume), then the --then command; the state file records how far the run got."""
+def execute(run, env, runner, label, metric="val_loss"):
+    """Train (or resume), then the --then command; the state file records how far the run got. A run whose --then
+    command left no finite number at `metric` (FILE.json:dotted.path) is failed, and its --then command runs again
+    on the next invocation: a run is done only when the number it is ranked by is there."""
     out_dir = run["out_dir"]
     os.makedirs(out_dir, exist_ok=True)
     state_path, log_path = os.path.join(out_dir, STATE), os.path.join(out_dir, "run.log")
     state = read_json(state_path) or {"command": portable(run["argv"]), "status": "new", "trained": False, "seconds": 0.0, "launches": 0}
     then = portable(run["then"])
-    if state["status"] == "done" and state.get("then") == then:
+    file_metric = lambda: metric_value(out_dir, metric, "min", [])[1] if ":" in metric else None  # why it is missing, or None
+    if state["status"] == "done" and state.get("then") == then and not file_metric():
         print(f"[{label}] done already, skipped: {out_dir}", flush=True)
         return
     stages = [] if state["trained"] else ["train"]
@@ -413,7 +440,7 @@ def execute(run, env, runner, label):
         state["launches"] += stage == "train"
         code, last_line = runner.launch(argv, env, log_path, label)
         state["seconds"] += time.time() - t0
-        if runner.interrupts:  # the trainer saved and exited 0 on our SIGINT: it is not finished
+        if runner.interrupts:  # the run saved and exited on our SIGINT: it is not finished, whatever its status
             state.update(status="interrupted")
             write_json(state_path, state)
             return
@@ -425,9 +452,16 @@ def execute(run, env, runner, label):
         if stage == "train":
             state.update(trained=True, status="trained")
             write_json(state_path, state)
-    if not runner.interrupts:
-        state.update(status="done", then=then, error=None)
+    if runner.interrupts:
+        return
+    missing = file_metric()
+    if missing:
+        state.update(status="failed", then=None, error=f"metric {metric}: {missing}")
         write_json(state_path, state)
+        print(f"[{label}] failed: metric {metric}: {missing}", flush=True)
+        return
+    state.update(status="done", then=then, error=None)
+    write_json(state_path, state)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -461,20 +495,28 @@ def worker_envs(workers, gpus):
 
 
 def metric_value(out_dir, metric, mode, entries):
-    """The run's metric: the best value of a log.jsonl key, or a number at a dotted path of a JSON file."""
+    """(the run's metric, None) or (None, why it has none): the best finite value of a log.jsonl key, or the finite
+    number at a dotted path of a JSON file that the --then command wrote into out_dir."""
     if ":" not in metric:
         values = [e[metric] for e in entries if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])]
-        return (min(values) if mode == "min" else max(values)) if values else None
+        return ((min(values) if mode == "min" else max(values)), None) if values else (None, f"no finite {metric} in log.jsonl")
     file, _, path = metric.partition(":")
-    obj = read_json(os.path.join(out_dir, file))
-    for part in path.split("."):
+    full = os.path.join(out_dir, file)
+    if not os.path.isfile(full):
+        return None, f"{full} was not written"
+    obj = read_json(full)
+    if obj is None:
+        return None, f"{full} is not JSON"
+    for i, part in enumerate(path.split(".")):
         if isinstance(obj, dict) and part in obj:
             obj = obj[part]
         elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
             obj = obj[int(part)]
         else:
-            return None
-    return obj if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
+            return None, f"{full} has no {'.'.join(path.split('.')[: i + 1])}"
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not math.isfinite(obj):
+        return None, f"{full}: {path} is {json.dumps(obj)[:60]}, not a finite number"
+    return obj, None
 
 
 def collect(runs, spec):
@@ -485,7 +527,7 @@ def collect(runs, spec):
         val = [e["val_loss"] for e in entries if isinstance(e.get("val_loss"), (int, float))]
         rows.append(dict(values=run["values"], out_dir=run["out_dir"], command=shlex.join(run["argv"]),
                          then=shlex.join(run["then"]) if run["then"] else None, metric_name=spec["metric"],
-                         metric=metric_value(run["out_dir"], spec["metric"], spec["mode"], entries),
+                         metric=metric_value(run["out_dir"], spec["metric"], spec["mode"], entries)[0],
                          best_val_loss=min(val) if val else None, steps=max((e.get("step", 0) for e in entries), default=0),
                          seconds=round(state.get("seconds", 0.0), 1), status=state.get("status", "pending"), error=state.get("error")))
     return rows
@@ -566,86 +608,85 @@ def plot(rows, spec):
 # The command line
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other bad input
-        raise SweepError(message)
+def split_argv(argv):
+    """sweep.py's words on top of load_config's: SCRIPT [CONFIG] first, and --grid / --fixed followed by every key=value
+    up to the next --flag. Returns (the --key=value arguments for load_config, {"grid": [...], "fixed": [...]})."""
+    rest, positional, lists = [], [], {"grid": [], "fixed": []}
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        key, eq, value = word[2:].partition("=") if word.startswith("--") else ("", "", "")
+        if key in lists:
+            lists[key] += [value] if eq else []
+            while words and not words[0].startswith("--"):
+                lists[key].append(words.pop(0))
+        elif word.startswith("-"):  # --key=value, --key value, --dry_run, -h
+            rest.append(word)
+            if key and not eq and words and not words[0].startswith("--") and key != "dry_run":
+                rest.append(words.pop(0))
+        elif len(positional) < 2:
+            positional.append(word)
+        else:
+            raise InputError(f"argument {word!r}: expected SCRIPT [CONFIG] first, then --key=value (see --help)")
+    return [f"--{name}={word}" for name, word in zip(("script", "config"), positional)] + rest, lists
 
 
 def parse_args(argv):
-    p = Parser(description="Grid or random-search sweep over config keys of a training script (see the module docstring).")
-    p.add_argument("script", nargs="?", help="the training script, e.g. train_teacher.py")
-    p.add_argument("config", nargs="?", help="its config file, e.g. configs/tiny_teacher1.py")
-    p.add_argument("--file", help="a sweep file (Python) setting script, config, grid, fixed, metric, mode, random, seed, then, workers, out")
-    p.add_argument("--grid", nargs="+", default=[], help="key=v1,v2,... or key=log_uniform(lo,hi) (with --random)")
-    p.add_argument("--fixed", nargs="+", default=[], help="key=value set in every run")
-    p.add_argument("--out", help="the sweep folder; each run writes OUT/key=value,...")
-    p.add_argument("--metric", help="val_loss (default), another log.jsonl key, or FILE.json:dotted.path")
-    p.add_argument("--mode", choices=("min", "max"))
-    p.add_argument("--random", type=int, help="a random search of N runs instead of the grid")
-    p.add_argument("--seed", type=int, help="the random search's seed (default 0)")
-    p.add_argument("--then", help="a command after each run, {out_dir} and {key} filled in")
-    p.add_argument("--workers", type=int, help="runs at a time (default: one per GPU, else 1)")
-    p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
-    args = p.parse_args(argv)
-
-    spec = dict(script=None, config=None, grid={}, fixed={}, metric="val_loss", mode=None, random=None, seed=0, then=None, workers=None, out=None)
-    if args.file:
-        found = read_sweep_file(args.file)
-        spec.update(found)
-        spec["grid"] = normalize_grid(found.get("grid", {}), args.file)
-        if not isinstance(spec["fixed"], dict):
-            raise SweepError(f"{args.file}: fixed must be a dict {{key: value}}")
+    """The sweep's settings: the key table's defaults < a sweep file (--file) < the command line, key by key."""
+    args, lists = split_argv(argv)
+    cfg = vars(load_config(SWEEP_KEYS, args, __doc__))
+    given = {a[2:].partition("=")[0] for a in args if a.startswith("--")}
+    spec = {k: v for k, v in cfg.items() if k not in ("grid", "fixed", "file")}
+    spec.update(grid={}, fixed={})
+    if cfg["file"]:
+        found = read_sweep_file(cfg["file"])
+        spec.update({k: v for k, v in found.items() if k not in given})
+        spec["grid"] = normalize_grid(found.get("grid", {}), cfg["file"])
         for key in spec["fixed"]:
-            check_key(str(key), args.file)
-    # the command line wins over the file, key by key
-    for name in ("script", "config", "out", "metric", "mode", "random", "seed", "then", "workers"):
-        if getattr(args, name) is not None:
-            spec[name] = getattr(args, name)
-    spec["grid"].update(parse_assignments(args.grid, "--grid", allow_lists=True))
-    spec["fixed"].update(parse_assignments(args.fixed, "--fixed", allow_lists=False))
-    spec["dry_run"] = args.dry_run
+            check_key(str(key), cfg["file"])
+    spec["grid"].update(parse_assignments(lists["grid"], "--grid", allow_lists=True))
+    spec["fixed"].update(parse_assignments(lists["fixed"], "--fixed", allow_lists=False))
     return check_spec(spec)
 
 
 def check_spec(spec):
     if not spec["script"]:
-        raise SweepError("no script: python experiments/sweep.py SCRIPT [CONFIG] --grid key=v1,v2 --out DIR (or --file)")
+        raise InputError("no script: python experiments/sweep.py SCRIPT [CONFIG] --grid key=v1,v2 --out DIR (or --file)")
     for name in ("script", "config"):
         if spec[name] and not os.path.isfile(spec[name]):
-            raise SweepError(f"{spec[name]}: {name} not found")
+            raise InputError(f"{spec[name]}: {name} not found")
     if not spec["out"]:
-        raise SweepError("no --out folder for the sweep")
+        raise InputError("no --out folder for the sweep")
+    check_writable_dir(spec["out"], "--out")  # a file, under a file or read-only: before the first run
     if not spec["grid"]:
-        raise SweepError("empty grid: give --grid key=v1,v2 ... (or grid = {...} in the sweep file)")
+        raise InputError("empty grid: give --grid key=v1,v2 ... (or grid = {...} in the sweep file)")
     both = set(spec["grid"]) & set(spec["fixed"])
     if both:
-        raise SweepError(f"{sorted(both)[0]} is both swept (--grid) and fixed (--fixed)")
+        raise InputError(f"{sorted(both)[0]} is both swept (--grid) and fixed (--fixed)")
     metric = spec["metric"]
     if not isinstance(metric, str) or not re.fullmatch(r"\w+|[\w.+-]+\.json:\w[\w.-]*", metric):
-        raise SweepError(f"metric {metric!r}: expected a log.jsonl key such as val_loss, or FILE.json:dotted.path")
+        raise InputError(f"metric {metric!r}: expected a log.jsonl key such as val_loss, or FILE.json:dotted.path")
     if ":" in metric:
         if not spec["then"]:
-            raise SweepError(f"metric {metric} is read from a JSON file in each out_dir: give the --then command that writes it")
-        if spec["mode"] is None:
-            raise SweepError(f"metric {metric}: say whether higher or lower is better (--mode max or --mode min)")
+            raise InputError(f"metric {metric} is read from a JSON file in each out_dir: give the --then command that writes it")
+        if not spec["mode"]:
+            raise InputError(f"metric {metric}: say whether higher or lower is better (--mode max or --mode min)")
     spec["mode"] = spec["mode"] or "min"
-    if spec["mode"] not in ("min", "max"):
-        raise SweepError(f"mode {spec['mode']!r}: expected 'min' or 'max'")
-    if spec["random"] is not None and spec["random"] < 1:
-        raise SweepError(f"--random {spec['random']}: expected a positive number of runs")
-    if spec["workers"] is not None and spec["workers"] < 1:
-        raise SweepError(f"--workers {spec['workers']}: expected at least 1")
-    if spec["then"] is not None and not spec["then"].strip():
-        raise SweepError("--then is empty")
+    runs = math.prod(1 if isinstance(v, Range) else len(v) for v in spec["grid"].values())  # --random N: bounded by its key
+    if not spec["random"] and runs > MAX_RUNS:  # counted, not expanded: a grid of 10^10 runs must not fill the memory first
+        raise InputError(f"--grid: {runs:,} runs (the product of {' x '.join(str(len(v)) for v in spec['grid'].values() if not isinstance(v, Range))} "
+                         f"values); a sweep runs at most {MAX_RUNS:,}: sweep fewer values, or draw --random N of them")
+    if spec["then"] and not spec["then"].strip():
+        raise InputError("--then is empty")
     if spec["then"]:
         try:
             words = shlex.split(spec["then"])
             [w.format(out_dir="x", **{k: 0 for k in spec["grid"]}) for w in words]
-        except (KeyError, IndexError, ValueError) as e:
-            raise SweepError(f"--then {spec['then']!r}: {e.__class__.__name__} {e} (placeholders: {{out_dir}} and the swept keys)") from None
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise InputError(f"--then {spec['then']!r}: {e.__class__.__name__} {e} (placeholders: {{out_dir}} and the swept keys)") from None
         program = interpreter(words[0])
         if not shutil.which(program) and not os.path.isfile(program):
-            raise SweepError(f"--then {spec['then']!r}: no program {words[0]!r} (not on PATH, not a file)")
+            raise InputError(f"--then {spec['then']!r}: no program {words[0]!r} (not on PATH, not a file)")
     return spec
 
 
@@ -655,16 +696,13 @@ def check_run_arguments(spec, runs):
     script = os.path.realpath(spec["script"])
     if os.path.dirname(script) != ROOT or os.path.basename(script) not in SCRIPT_KEYS:
         return
-    sys.path.insert(0, ROOT)
-    from config import InputError, load_config
-
     module, table = SCRIPT_KEYS[os.path.basename(script)]
     keys = getattr(importlib.import_module(module), table)
     for run in runs:
         try:
             load_config(keys, run["argv"][2:])  # after the interpreter and the script
         except InputError as e:
-            raise SweepError(f"run {run['name']}: {e}") from None
+            raise InputError(f"run {run['name']}: {e}") from None
 
 
 def lock(out):
@@ -675,7 +713,7 @@ def lock(out):
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise SweepError(f"another sweep is running in {out}") from None
+        raise InputError(f"another sweep is running in {out}") from None
     return f
 
 
@@ -692,7 +730,7 @@ def main(argv=None):
     if spec["dry_run"]:
         for run in runs:
             print(shlex.join(run["argv"]) + (f" && {shlex.join(run['then'])}" if run["then"] else ""))
-        return 0
+        return []
     os.makedirs(spec["out"], exist_ok=True)
     held = lock(spec["out"])  # noqa: F841 (kept open for the whole sweep)
     write_json(os.path.join(spec["out"], "sweep.json"), {"argv": sys.argv if argv is None else ["experiments/sweep.py", *argv],
@@ -709,7 +747,7 @@ def main(argv=None):
         with slot_lock:
             slot = slots.pop()
         try:
-            execute(run, envs[slot], runner, f"{i + 1}/{len(runs)} {run['name']}")
+            execute(run, envs[slot], runner, f"{i + 1}/{len(runs)} {run['name']}", spec["metric"])
         finally:
             with slot_lock:
                 slots.append(slot)
@@ -737,15 +775,16 @@ def main(argv=None):
     if best["metric"] is not None:
         print(f"best {spec['metric']} {best['metric']:.4f}: {best['out_dir']}")
     if runner.abort:
-        raise SweepError(runner.abort + "; no further run was started")
-    if runner.interrupts:
-        print("interrupted: re-run the same command to continue")
-        return 128 + runner.signum
-    return 0 if counts.get("done", 0) == len(rows) else 1
+        raise InputError(runner.abort + "; no further run was started")
+    if runner.interrupts:  # run_main says so in one line and exits 130 (Ctrl-C) or 143 (SIGTERM)
+        print("interrupted: re-run the same command to continue", flush=True)
+        raise KeyboardInterrupt if runner.signum == signal.SIGINT else Terminated
+    failed = [r for r in rows if r["status"] != "done"]
+    if failed:
+        raise InputError(f"{len(failed)} of {len(rows)} runs failed ({os.path.basename(failed[0]['out_dir'])}: {failed[0]['error']}); "
+                         f"their output is in OUT/RUN/run.log; the same command runs them again")
+    return rows
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SweepError as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -5,7 +5,11 @@ helpers of the `core` tests (fp32_tol, check_close) and their message for a blan
 import math
 import os
 import random
+import re
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -192,3 +196,75 @@ def check_close(got, expected, tol, what, why=""):
         t = torch.as_tensor(tol, dtype=torch.float64).expand(got.shape).flatten()[worst]
         off = f"off by {err.flatten()[worst]:.3g}, fp32 rounding allows {t:.2g}"
         raise AssertionError(f"{what}{at} {got.flatten()[worst]:.6g}, expected {expected.flatten()[worst]:.6g} ({why + '; ' if why else ''}{off})")
+
+
+# Killing an experiment as a user would (tests of issue 30: experiments finish or say so)
+
+
+class Job:
+    """A command started as a terminal starts it: its own process group (a Ctrl-C reaches the whole group), its output
+    into files (a pipe that nobody reads would block it). `n` numbers the launches of one test."""
+
+    def __init__(self, cmd, folder, n, env=None):
+        self.out, self.err = os.path.join(folder, f"stdout.{n}"), os.path.join(folder, f"stderr.{n}")
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, start_new_session=True,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    def wait_until(self, condition, timeout=600):
+        """Poll condition() until it holds; the job must still be running then (else the test would kill nothing)."""
+        deadline = time.time() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"the job ended (exit {self.proc.returncode}) before the kill: {self.tail()}"
+            assert time.time() < deadline, "timed out waiting for the moment to kill"
+            time.sleep(0.02)
+
+    def tail(self):
+        return (open(self.out, errors="replace").read()[-1500:], open(self.err, errors="replace").read()[-1500:])
+
+    def stop(self, how, timeout=300):
+        """'int': Ctrl-C to the process group; 'term': SIGTERM to the process; 'kill': SIGKILL to the process. Ctrl-C and
+        SIGTERM must end in one line with status 130 / 143 and no traceback in any output (the children's is in it
+        too); after a SIGKILL the children must end as well (they die with it), before the test runs the command again."""
+        if how == "int":
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
+        code = self.proc.wait(timeout=timeout)
+        out, err = (open(p, errors="replace").read() for p in (self.out, self.err))
+        assert "Traceback" not in out + err, (out[-3000:], err[-3000:])
+        if how == "kill":
+            assert code == -signal.SIGKILL
+            wait_for_orphans(os.path.dirname(self.out))
+            return
+        progress = re.compile(r"\|[^|]*\| *[\d.]+[kMGT]?/[\d.]+[kMGT]? \[")  # a tqdm bar: progress, not a message
+        lines = [l for l in (re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", l) for l in err.splitlines()) if l.strip() and not progress.search(l)]
+        assert code == {"int": 130, "term": 143}[how], (code, out[-2000:], err[-2000:])
+        assert lines and lines[-1] == {"int": "interrupted", "term": "terminated (SIGTERM)"}[how], lines[-5:]
+        assert len(lines) == 1, f"more than one line on stderr: {lines[-5:]}"
+
+
+def wait_for_orphans(folder, timeout=120):
+    """Wait until no process of the killed job is left (its children end with it, saving first): their command lines
+    name the test's folder."""
+    deadline = time.time() + timeout
+    while True:
+        alive = []
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and folder in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"):
+                    alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return
+        assert time.time() < deadline, f"processes outlived the killed job: {alive}"
+        time.sleep(0.1)
+
+
+def finish(cmd, folder, n, env=None, timeout=1200):
+    """Run the command to its end (the rerun after the kills): exit 0."""
+    job = Job(cmd, folder, n, env)
+    code = job.proc.wait(timeout=timeout)
+    assert code == 0, job.tail()
+    return job

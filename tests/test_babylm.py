@@ -7,8 +7,10 @@ through a stand-in huggingface_hub, learning curves that score as eval_blimp.py 
 import hashlib
 import json
 import os
+import random
 import shutil
 import sys
+import time
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ import eval_blimp
 import export_hf
 from checkpoint import read_checkpoint, read_log
 from config import InputError, load_config
-from conftest import ROOT, strip_timing, synthetic_sentences, tiny_argv
+from conftest import ROOT, Job, finish, strip_timing, synthetic_sentences, tiny_argv
 from data import split_words
 from export_hf import hf_names, read_safetensors
 from train import BABYLM_MILESTONES, milestone_label, parse_words, plan_run
@@ -264,3 +266,28 @@ def test_curves_without_matplotlib_write_the_table(milestone_runs, tmp_path, cap
     curves.main(["--runs", milestone_runs[0], "--blimp", blimp, "--out", out, "--device=cpu"])
     assert sorted(os.listdir(out)) == ["curves.json", "curves.md"]
     assert "matplotlib is not installed (pip install matplotlib): no plot written" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_curves_killed_after_a_milestone_and_at_a_random_instant_ends_as_an_uninterrupted_call(milestone_runs, tmp_path):
+    """Issue 30: Ctrl-C to the process group once the first milestone is recorded (a boundary), SIGTERM at a random
+    instant of the rerun; each ends in one line (130, 143), and the same command then writes what an uninterrupted
+    call writes: the same scores, the same table."""
+    blimp = blimp_folder(tmp_path / "blimp", [f"task{i}" for i in range(12)], 150)  # ~1 s per milestone: time to kill between
+    cmd = lambda out: [sys.executable, os.path.join(ROOT, "experiments", "curves.py"), "--runs", ",".join(milestone_runs), "--blimp", blimp,
+                       "--blimp_limit=0", "--out", str(out), "--device=cpu"]
+    finish(cmd(tmp_path / "ref"), str(tmp_path), "ref")
+    out = tmp_path / "curves"
+    scored = lambda: len(json.load(open(out / "curves.json"))["scores"]) if os.path.isfile(out / "curves.json") else 0
+    job = Job(cmd(out), str(tmp_path), 1)
+    job.wait_until(lambda: scored() >= 1)
+    job.stop("int")
+    assert scored() < 4, "every milestone was scored before the kill: the test killed nothing"
+    job = Job(cmd(out), str(tmp_path), 2)
+    job.wait_until(lambda: "scored before, skipped" in open(job.out).read())
+    time.sleep(random.Random(30).uniform(0, 1.5))
+    job.stop("term")
+    finish(cmd(out), str(tmp_path), 3)
+    ref = json.load(open(tmp_path / "ref" / "curves.json"))
+    assert json.load(open(out / "curves.json"))["scores"] == ref["scores"]
+    assert open(out / "curves.md").read() == open(tmp_path / "ref" / "curves.md").read()

@@ -89,6 +89,32 @@ def test_lists_take_python_or_comma_form():
     assert load_config(DISTILL_KEYS, ["--teachers=out/t1/ckpt.pt"]).teachers == ["out/t1/ckpt.pt"]
 
 
+def test_a_list_of_text_keeps_each_piece_as_typed_and_a_list_holds_scalars_only():
+    """A list whose default holds text (paths, names) takes each piece as typed (1e3 is a file name, not 1000.0), as a
+    text key does; no list key takes a dict or a nested list (--checkpoints_at={'a': 1} was a TypeError in training)."""
+    assert load_config(DISTILL_KEYS, ["--teachers=1e3,b.pt"]).teachers == ["1e3", "b.pt"]
+    assert load_config(DISTILL_KEYS, ["--teachers=['x.pt', 'y.pt']"]).teachers == ["x.pt", "y.pt"]  # the literal form still reads
+    with pytest.raises(InputError, match=r"--teachers: teachers=\[1, 2\]: expected a list of text"):
+        load_config(DISTILL_KEYS, ["--teachers=[1, 2]"])
+    for arg in ("--checkpoints_at={'a': 1}", "--checkpoints_at=[[1], 2]", "--checkpoints_at=None"):
+        with pytest.raises(InputError, match=r"checkpoints_at=.*: expected a list of numbers or text"):
+            load_config(TEACHER_KEYS, [arg])
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_it_is_built():
+    """A shape whose weights and AdamW state cannot fit this machine's memory is one line, not a hang in the model's
+    constructor (n_layers=10**30) or an overflow inside torch (dim=10**30); a model that fits is not refused."""
+    from config import memory_bytes
+    for arg in ("--dim=1000000000000000000000000000000", "--n_layers=1000000000000000000000000000000", "--hidden_dim=10000000000000",
+                "--max_seq_len=1000000000000000000000000000000", "--multiple_of=1000000000000000000000000000000"):
+        with pytest.raises(InputError, match=r"parameters needs .* GB for weights, gradients and AdamW state; this machine has"):
+            check_train_config(load_config(TEACHER_KEYS, [arg, "--out_dir=/tmp/unused_fits"]))
+    params = memory_bytes("cpu") / 16 / 1.5  # about two thirds of what fits
+    n_layers = int(params / (4 * 512**2 + 3 * 512 * 1536))
+    check_train_config(load_config(TEACHER_KEYS, ["--dim=512", "--hidden_dim=1536", f"--n_layers={n_layers}", "--vocab_size=16000",
+                                                  "--out_dir=/tmp/unused_fits"]))
+
+
 def test_imports_in_a_config_file_are_ignored(tmp_path):
     cfg = load_config(TEACHER_KEYS, [write(tmp_path, "import math\nlr = math.sqrt(4e-6)\n")])
     assert cfg.lr == pytest.approx(2e-3)

@@ -693,7 +693,7 @@ ROWS = [
     Row("blimp: --out read-only", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR}), out=str(e.tmp / "ro" / "r.json")), r"ro is not writable",
         setup=lambda e: e.read_only(e.tmp / "ro")),
     Row("blimp: missing --ckpt", "eval_blimp.py", lambda e: ["--data", str(e.tmp)], r"--ckpt: required"),
-    Row("blimp: --protocol=2022", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp), protocol=2022), r"protocol='2022': expected one of '2023', '2024', '2025'"),
+    Row("blimp: --protocol=2022", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp), protocol=2022), r"--protocol: protocol='2022': expected one of '2023', '2024', '2025'"),
     Row("blimp: a model of another tokenizer", "eval_blimp.py", lambda e: ["--ckpt", other_vocab_ckpt(e), "--data", blimp(e, {"a.jsonl": GOOD_PAIR}),
                                                                            "--data_dir", e.prepared, "--out", os.path.join(e.out, "r.json")], r"other_vocab\.pt was made with tokenizer 'bpe400'"),
     # --- eval_superglue.py

@@ -1,17 +1,22 @@
-"""experiments/reproduce_cpu.py: the corpus subset and the generated report (the full run takes hours and
-is not part of the tests; `--smoke` exercises the whole pipeline). Run: python -m pytest tests/test_experiment.py"""
+"""experiments/reproduce_cpu.py: the corpus subset, the generated report, the learning-rate sweep's choice from finished
+runs only, and (slow) a smallest --smoke run killed during its sweep's edge extension and run again (the full run takes
+hours and is not part of the tests; `--smoke` exercises the whole pipeline). Run: python -m pytest tests/test_experiment.py"""
 
 import json
 import os
 import random
+import shutil
+import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import ROOT, write_corpus
+from conftest import ROOT, Job, finish, shared_path, write_corpus
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import reproduce_cpu  # noqa: E402
+from config import InputError  # noqa: E402
 from reproduce_cpu import compare, subset_corpus, write_report  # noqa: E402
 
 
@@ -107,32 +112,73 @@ def test_seed_intervals_pair_the_seeds():
 
 
 def test_the_sweep_grows_until_the_best_value_is_inside(monkeypatch, tmp_path):
-    """A best lr at the edge of the grid adds a value beyond it (x2 or /2), at most MAX_EXTENSIONS times."""
+    """A best lr at the edge of the grid adds a value beyond it (x2 or /2), at most MAX_EXTENSIONS times; each grid
+    is ranked over its own runs."""
     import argparse
-    ran, best = [], iter([1e-3, 5e-4, 2.5e-4])  # always the smallest value: two extensions, then stop
+    ran, ranked, best = [], [], iter([1e-3, 5e-4, 2.5e-4])  # always the smallest value: two extensions, then stop
     monkeypatch.setattr(reproduce_cpu, "run_once", lambda name, cmd, *a: ran.append((name, cmd[cmd.index("--grid") + 1])))
-    monkeypatch.setattr(reproduce_cpu, "best_lr", lambda work, family: (next(best), None, 0.0))
+    monkeypatch.setattr(reproduce_cpu, "best_lr", lambda work, family, lrs: (ranked.append(list(lrs)), next(best), None, 0.0)[1:])
     args = argparse.Namespace(smoke=False, report_only=False)
-    cmds = reproduce_cpu.tune(args, str(tmp_path), {"seed": 1}, "teacher")
+    cmds, lrs = reproduce_cpu.tune(args, str(tmp_path), {"seed": 1}, "teacher")
     assert ran == [("sweep_teacher", "lr=0.001,0.002,0.004,0.01"), ("sweep_teacher_5", "lr=0.0005,0.001,0.002,0.004,0.01"),
                    ("sweep_teacher_6", "lr=0.00025,0.0005,0.001,0.002,0.004,0.01")]
+    assert ranked == [[1e-3, 2e-3, 4e-3, 1e-2], [5e-4, 1e-3, 2e-3, 4e-3, 1e-2], [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 1e-2]] and lrs == ranked[-1]
     assert len(cmds) == 3 == reproduce_cpu.MAX_EXTENSIONS + 1
     ran.clear()
     best = iter([2e-3])  # inside: one sweep
-    assert len(reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")) == 1 and ran == [("sweep_baseline", "lr=0.001,0.002,0.004,0.01")]
+    assert len(reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")[0]) == 1 and ran == [("sweep_baseline", "lr=0.001,0.002,0.004,0.01")]
     best = iter([1e-2, 4e-3])  # the largest, then inside
     ran.clear()
     reproduce_cpu.tune(args, str(tmp_path), {}, "baseline")
     assert [g for _, g in ran] == ["lr=0.001,0.002,0.004,0.01", "lr=0.001,0.002,0.004,0.01,0.02"]
 
 
+def sweep_row(work, lr, status, val_losses):
+    """A run of the baseline sweep as experiments/sweep.py leaves it: its log, and its row in results.jsonl."""
+    out = os.path.join(work, "sweep", "baseline", f"lr={lr!r}")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "log.jsonl"), "w") as f:
+        f.writelines(json.dumps({"step": 10 * (i + 1), "val_loss": v}) + "\n" for i, v in enumerate(val_losses))
+    return {"values": {"lr": lr}, "out_dir": out, "seconds": 1.0, "status": status}
+
+
+def test_an_unfinished_run_of_an_interrupted_extension_is_never_ranked(tmp_path):
+    """The reported case: interrupted during the baseline sweep's edge extension, the rerun took the half-trained
+    lr=0.008 run (pending, its val CE lower at an early step) as the best and linked it as baseline_s1. Ranking
+    reads finished runs of the finished grid only; an unfinished run of that grid is an error, not a smaller grid."""
+    work = str(tmp_path)
+    rows = [sweep_row(work, 1e-3, "done", [5.0, 4.6]), sweep_row(work, 2e-3, "done", [5.0, 4.5]), sweep_row(work, 4e-3, "done", [5.0, 4.4]),
+            sweep_row(work, 8e-3, "interrupted", [3.0])]  # the extension, killed after its first validation
+    with open(os.path.join(work, "sweep", "baseline", "results.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    assert reproduce_cpu.best_lr(work, "baseline", [1e-3, 2e-3, 4e-3])[0] == 4e-3  # the first grid: the extension's run is not in it
+    assert [r[0] for r in reproduce_cpu.read_sweep(work, "baseline", [1e-3, 2e-3, 4e-3])] == [1e-3, 2e-3, 4e-3]
+    with pytest.raises(InputError, match=r"the baseline sweep's run at lr=0\.008 has not finished"):
+        reproduce_cpu.best_lr(work, "baseline", [1e-3, 2e-3, 4e-3, 8e-3])
+
+
+def test_the_report_needs_only_the_work_folder(prepared, tmp_path):
+    """The reported traceback: --report_only with results/ but no data/. The size of the prepared data (all the report
+    needs of it) is recorded in WORK/logs/data.json when the data is there; without either it is one line."""
+    work, data = tmp_path / "work", tmp_path / "work" / "data"
+    os.makedirs(work / "logs")
+    shutil.copytree(prepared, data)
+    n = reproduce_cpu.train_windows(str(work), str(data))
+    assert n == reproduce_cpu.Windows(os.path.join(prepared, "train.bin"), 128).n and os.path.isfile(work / "logs" / "data.json")
+    shutil.rmtree(data)
+    assert reproduce_cpu.train_windows(str(work), str(data)) == n
+    os.remove(work / "logs" / "data.json")
+    with pytest.raises(InputError, match=r"data/train\.bin not found, nor .*logs/data\.json: the report needs the size of the prepared data"):
+        reproduce_cpu.train_windows(str(work), str(data))
+
+
 def test_a_finished_step_with_another_command_is_refused(tmp_path, capsys):
     os.makedirs(tmp_path / "logs")
     json.dump({"seconds": 3.0, "command": ["train_teacher.py", "--lr=0.001"]}, open(tmp_path / "logs" / "teacher2.done", "w"))
     assert reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.001"], None, str(tmp_path), "1/1") == 3.0
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(InputError) as e:
         reproduce_cpu.run_once("teacher2", ["train_teacher.py", "--lr=0.002"], None, str(tmp_path), "1/1")
-    assert str(e.value).startswith("error: teacher2 finished earlier with another command (train_teacher.py --lr=0.001)")
+    assert str(e.value).startswith("teacher2 finished earlier with another command (train_teacher.py --lr=0.001)")
 
 
 def test_compute_total_counts_every_launch_of_a_sweep_and_the_report_names_resumed_models(tmp_path):
@@ -176,3 +222,47 @@ def test_pooled_seeds_share_the_items_so_copies_do_not_narrow_the_interval():
     for metric in ("blimp", "test_ce"):
         pooled, single = rows[metric, "paired bootstrap, 3 seeds pooled"], rows[metric, "paired bootstrap, seed 101 (student_s1 - baseline_s1)"]
         assert abs(pooled.lo - single.lo) < 1e-9 and abs(pooled.hi - single.hi) < 1e-9, (metric, pooled, single)
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """reproduce_cpu.py --smoke at its smallest (1,000 words a source, 3 epochs), through the baseline's learning-rate
+    sweep, uninterrupted: the grid 0.002, 0.004 grows twice at its upper edge (0.008, then 0.016). ~1.5 minutes of
+    2 cores. The kill test takes it back to the end of the first grid in place (the markers name the folder)."""
+    shared_path("babylm_2024_mini")
+    base = tmp_path_factory.mktemp("cpu_smoke")
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce_cpu.py"), "--smoke", "--words=1000", "--epochs=3",
+           "--until=baseline_sweep", "--work", str(base / "work")]
+    return base, cmd, finish(cmd, str(base), "ref")
+
+
+@pytest.mark.slow
+def test_killed_during_the_sweeps_edge_extension_the_rerun_ends_as_the_uninterrupted_run(smoke_sweep):
+    """Issue 30's reported case: interrupted during the baseline sweep's edge extension (a run of the grown grid half
+    trained), the rerun took that run as the best and linked it as baseline_s1. Here the run is taken back to the end
+    of the first extension, then stopped by Ctrl-C to its process group while the second extension's run (lr=0.016)
+    trains (the sweep passes it on: one line, 130), and by SIGTERM at a random instant of the rerun (143); run once
+    more, it chooses the learning rate of the uninterrupted run from the same finished runs, with the same val CE."""
+    base, cmd, ref_job = smoke_sweep
+    work, sweep_dir = base / "work", base / "work" / "sweep" / "baseline"
+    rows = lambda: [(r["values"], r["metric"], r["best_val_loss"], r["steps"], r["status"]) for r in map(json.loads, open(sweep_dir / "results.jsonl"))]
+    chosen = lambda job: [l for l in open(job.out).read().splitlines() if l.startswith("stopped after the baseline's")]
+    reference, reference_chosen = rows(), chosen(ref_job)
+    assert [r[0]["lr"] for r in reference] == [0.002, 0.004, 0.008, 0.016] and len(reference_chosen) == 1, reference
+    os.remove(work / "logs" / "sweep_baseline_4.done")
+    shutil.rmtree(sweep_dir / "lr=0.016")
+    grid = [l for l in open(sweep_dir / "results.jsonl") if json.loads(l)["values"]["lr"] != 0.016]
+    open(sweep_dir / "results.jsonl", "w").writelines(grid)  # as the first extension's sweep left it
+    run = sweep_dir / "lr=0.016"
+    state = lambda: json.load(open(run / "sweep_run.json")) if os.path.isfile(run / "sweep_run.json") else {}
+    job = Job(cmd, str(base), 1)
+    job.wait_until(lambda: os.path.isfile(run / "log.jsonl"))
+    job.stop("int")
+    assert state().get("status") == "interrupted", state()
+    job = Job(cmd, str(base), 2)
+    job.wait_until(lambda: state().get("launches", 0) > 1)
+    time.sleep(random.Random(30).uniform(0, 3))
+    job.stop("term")  # in training, or after it: a random instant
+    again = finish(cmd, str(base), 3)
+    assert rows() == reference
+    assert chosen(again) == reference_chosen

@@ -86,3 +86,28 @@ def test_a_timeout_ends_the_part_and_what_it_started(tmp_path):
             break
         time.sleep(0.1)
     assert dead(pid), f"the grandchild {pid} still runs"
+
+
+def test_ctrl_c_of_the_check_ends_the_running_part(tmp_path):
+    """The part runs in its own session (so that a timeout can end its whole group): a Ctrl-C of the check must end it
+    too, or it would keep the GPU busy after the check has said `interrupted`."""
+    import signal
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_check
+
+    pidfile = tmp_path / "pid"
+    code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+
+    def ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, ctrl_c)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gpu_check.child([sys.executable, "-c", code], timeout=60)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert pidfile.exists(), "the part had not started within 2 s: the test proved nothing"
+    assert dead(int(pidfile.read_text()))

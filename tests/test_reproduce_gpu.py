@@ -1,6 +1,7 @@
 """experiments/reproduce_gpu.py: the plan's arithmetic, the runs it makes (the claim's comparison is fair only if
 the baseline and the student share everything but the loss), the refusal without a GPU, and --tiny end to end
-on this CPU (slow: about 2 minutes of CPU time). Run: python -m pytest tests/test_reproduce_gpu.py"""
+on this CPU (slow: about 2 minutes of CPU time), then killed at a stage boundary and at random instants and run
+again to the same results (slow: about 1 more minute). Run: python -m pytest tests/test_reproduce_gpu.py"""
 
 import argparse
 import json
@@ -81,32 +82,87 @@ def test_without_a_gpu_the_full_run_is_refused_in_one_line_before_any_work(tmp_p
     assert not work.exists()
 
 
-@pytest.mark.slow
-def test_tiny_runs_end_to_end_and_a_second_run_resumes(tmp_path):
-    """The whole pipeline at tiny sizes on this CPU: the results file holds the teachers, the student and the
-    baseline with their BLiMP. Killed while the student was evaluated, the same command runs only what is missing."""
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """reproduce_gpu.py --tiny once, uninterrupted (about 2 minutes of 2 cores): the end-to-end test reads it, and the
+    kill test takes it back to an earlier stage in place (its markers name its folder) and compares with what it wrote."""
     shared_path("babylm_2024_mini")
     shared_path("blimp_filtered")
-    work = tmp_path / "work"
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce_gpu.py"), "--tiny", "--work", str(work)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
+    base = tmp_path_factory.mktemp("gpu_tiny")
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce_gpu.py"), "--tiny", "--work", str(base / "work")]
+    return base, cmd, subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
+
+
+NAMES = (("teacher1", "teacher"), ("teacher2", "teacher"), ("student_s1", "student"), ("baseline_s1", "baseline"))
+
+
+@pytest.mark.slow
+def test_tiny_runs_end_to_end(tiny_run):
+    """The whole pipeline at tiny sizes on this CPU: the results file holds the teachers, the student and the
+    baseline with their BLiMP."""
+    base, _, r = tiny_run
+    work = base / "work"
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.startswith("Plan: this CPU")
     text = (work / "RESULTS_GPU.md").read_text()
     table = text.split("## All models")[1].split("\n## ")[0]
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
-    for name, role in (("teacher1", "teacher"), ("teacher2", "teacher"), ("student_s1", "student"), ("baseline_s1", "baseline")):
+    for name, role in NAMES:
         result = json.load(open(work / "results" / f"{name}.json"))
         assert result["role"] == role and 0 < result["blimp"] < 100 and result["blimp_correct"], name
         assert rows[name][2].strip() == role and float(rows[name][9]) == round(result["blimp"], 1), rows[name]
     assert "All 4 models finished." in text and "### Student vs baseline" in text and "### Student vs best teacher" in text
     assert (work / "RESULTS_GPU_val_ce.png").is_file() or "matplotlib" in r.stdout
-    # as if killed while the student was being evaluated: its training is done, its BLiMP and results are not
-    os.remove(work / "results" / "student_s1.json")
-    os.remove(work / "logs" / "student_s1_blimp.done")
-    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 of 4 models finished already (skipped): teacher1, teacher2, baseline_s1" in again.stdout
-    ran = [line for line in again.stdout.splitlines() if ": python " in line]
-    assert len(ran) == 1 and "eval_blimp.py --ckpt $WORK/out/student_s1/ckpt.pt".replace("$WORK", str(work)) in ran[0], ran
-    assert "All 4 models finished." in (work / "RESULTS_GPU.md").read_text()
+
+
+TIMING = ("train_seconds", "eval_seconds", "test_seconds")
+
+
+@pytest.mark.slow
+def test_tiny_killed_at_stage_boundaries_and_at_random_instants_ends_as_the_uninterrupted_run(tiny_run):
+    """Issue 30. Taken back to the stage after the student's training (its evaluation and the whole baseline to do),
+    the same command is stopped by Ctrl-C to its process group at a boundary (the student's BLiMP marker written: the
+    kill lands in its test CE), by SIGTERM at a random instant of the baseline's training, and by SIGKILL at a random
+    instant after that (the running command dies with it); Ctrl-C and SIGTERM end in one line (130, 143) with no
+    traceback from it or its commands. Run once more, it ends with the results and the claims of the uninterrupted run."""
+    import random
+    import shutil
+    import time
+    from conftest import Job, finish
+    base, cmd, r = tiny_run
+    work = base / "work"
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = lambda: {n: {k: v for k, v in json.load(open(work / "results" / f"{n}.json")).items() if k not in TIMING} for n, _ in NAMES}
+    claims = lambda: (work / "RESULTS_GPU.md").read_text().split("## 2. ")[1].split("## All models")[0]
+    reference, reference_claims = results(), claims()
+    for path in ("results/student_s1.json", "logs/student_s1_blimp.done", "results/baseline_s1.json", "logs/baseline_s1.done",
+                 "logs/baseline_s1_blimp.done", "logs/baseline_s1.log", "RESULTS_GPU.md"):
+        os.remove(work / path)
+    shutil.rmtree(work / "out" / "baseline_s1")
+    rng = random.Random(30)
+    job = Job(cmd, str(base), 1)
+    job.wait_until(lambda: os.path.isfile(work / "logs" / "student_s1_blimp.done"))
+    job.stop("int")
+    assert not os.path.isfile(work / "results" / "student_s1.json") and not os.path.isfile(work / "logs" / "baseline_s1.done")
+    job = Job(cmd, str(base), 2)
+    job.wait_until(lambda: os.path.isfile(work / "out" / "baseline_s1" / "log.jsonl"))
+    time.sleep(rng.uniform(0, 3))
+    job.stop("term")
+    assert not os.path.isfile(work / "logs" / "baseline_s1.done")
+    said = open(work / "logs" / "baseline_s1.log").read()  # passed on: the trainer stopped (saving last.pt once it trains)
+    assert ("stopped at step" in said or "terminated (SIGTERM)" in said) and "done:" not in said, said[-500:]
+    size = os.path.getsize(work / "logs" / "baseline_s1.log")
+    job = Job(cmd, str(base), 3)
+    job.wait_until(lambda: os.path.getsize(work / "logs" / "baseline_s1.log") > size)
+    time.sleep(rng.uniform(0, 3))
+    job.stop("kill")
+    again = finish(cmd, str(base), 4)
+    assert "All 4 models finished." in (work / "RESULTS_GPU.md").read_text(), again.tail()
+    assert results() == reference
+    assert claims() == reference_claims
+    # --report_only from the work folder alone (the reported traceback: results/ there, data/ gone)
+    shutil.rmtree(work / "data")
+    os.remove(work / "RESULTS_GPU.md")
+    report = subprocess.run(cmd + ["--report_only"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and report.stderr == "", report.stderr
+    assert claims() == reference_claims and "All 4 models finished." in (work / "RESULTS_GPU.md").read_text()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_argv
+from conftest import ROOT, Job, finish, tiny_argv
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import stats  # noqa: E402
@@ -23,9 +23,11 @@ SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
 
 # A stand-in for train_teacher.py: val_loss = lr + |step - 4| / 10, lowest at step 4 (not the last step, so "best"
 # and "last" differ). FAKE_DIE_AT=k: SIGKILL itself right after saving step k. FAKE_SLEEP: seconds per step;
-# FAKE_QUIET: print nothing.
+# FAKE_QUIET: print nothing. Ctrl-C and SIGTERM end it as config.run_main ends the project's scripts (130, 143).
 FAKE = r'''
-import json, os, sys, time
+import json, os, signal, sys, time
+signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
 cfg = {"lr": 0.1, "seed": 1, "max_iters": 6, "out_dir": "out", "resume": False}
 for a in sys.argv[1:]:
     k, v = a[2:].split("=", 1)
@@ -207,7 +209,12 @@ def test_random_search_is_reproducible_from_its_seed(fake, tmp_path):
     ["--grid", "lr=0.1", "--metric", "eval.json:blimp.score", "--then", "echo"],  # higher or lower better?
     ["--grid", "lr=0.1", "--fixed", "lr=0.2"],
     ["--grid", "out_dir=a,b"],
-    ["--grid", "lr=0.1", "--workers", "0"],
+    ["--grid", "lr=0.1", "--workers", "-1"],
+    ["--grid", "lr=0.1", "--workers", "300000000"],                               # more than the cores: refused at once
+    ["--grid", "lr=0.1", "--random", "300000000"],                                # more than MAX_RUNS: refused, not drawn
+    ["--grid", *[f"k{i}=" + ",".join(map(str, range(10))) for i in range(5)]],    # 10^5 runs: counted, not expanded
+    ["--grid", "lr=0.1", "--then", "python {out_dir.x}", "--metric", "e.json:a", "--mode", "max"],  # a bad placeholder
+    ["SELF", "extra_word", "--grid", "lr=0.1"],                                   # a third word before the keys (SELF: the script again, as a config)
     ["--grid", "lr=0.1", "--bogus"],
     ["--grid", "lr=log_uniform(1e-4)", "--random", "3"],                          # one bound
     ["--grid", "lr=log_uniform(1e-4,inf)", "--random", "3"],                      # an infinite bound
@@ -217,7 +224,7 @@ def test_random_search_is_reproducible_from_its_seed(fake, tmp_path):
 ])
 def test_bad_input_is_one_line_before_any_run(fake, tmp_path, args):
     out = tmp_path / "sw"
-    r = run_sweep(fake, *args, "--out", str(out))
+    r = run_sweep(fake, *[fake if a == "SELF" else a for a in args], "--out", str(out))
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
     assert not out.exists()
@@ -379,6 +386,54 @@ def test_a_bad_sweep_file_is_one_line_before_any_run(fake, tmp_path, body, messa
     assert not (tmp_path / "sw").exists()
 
 
+# A --then command that writes eval.json with what FAKE_EVAL_BODY holds (a Python expression of lr), or nothing.
+FAKE_EVAL_BODY = r'''
+import json, os, sys
+out = sys.argv[1]
+lr = float([json.loads(l) for l in open(os.path.join(out, "argv.jsonl"))][0][0].split("=")[1])
+body = os.environ.get("FAKE_EVAL_BODY")
+if body != "none":
+    open(os.path.join(out, "eval.json"), "w").write(json.dumps(eval(body)) if body else json.dumps({"blimp": {"score": 100 * lr}}))
+'''
+
+
+@pytest.mark.parametrize("body, why", [
+    ("none", r"eval\.json was not written"),                              # the file absent
+    ("{'blimp': {}}", r"eval\.json has no blimp\.score"),                  # the key missing
+    ("{'blimp': {'score': 'high'}}", r'blimp\.score is "high", not a finite number'),
+    ("{'blimp': {'score': float('nan')}}", r"blimp\.score is NaN, not a finite number"),
+    ("{'blimp': {'score': True}}", r"blimp\.score is true, not a finite number"),
+    ("[1, 2]", r"eval\.json has no blimp"),
+])
+def test_a_metric_that_is_not_there_fails_the_run_in_one_line_and_the_next_invocation_runs_it_again(fake, tmp_path, body, why):
+    (tmp_path / "fake_eval.py").write_text(FAKE_EVAL_BODY)
+    out = str(tmp_path / "sw")
+    args = (fake, "--grid", "lr=0.1,0.2", "--out", out, "--then", f"python {tmp_path / 'fake_eval.py'} {{out_dir}}",
+            "--metric", "eval.json:blimp.score", "--mode", "max")
+    r = run_sweep(*args, env={"FAKE_EVAL_BODY": body})
+    assert r.returncode == 1, (r.stdout[-2000:], r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and re.match(r"error: 2 of 2 runs failed \(lr=0\.1: metric eval\.json:blimp\.score: ", r.stderr), r.stderr
+    assert re.search(why, r.stderr), r.stderr
+    assert [row["status"] for row in results(out)] == ["failed", "failed"] and [row["metric"] for row in results(out)] == [None, None]
+    assert len(re.findall(r"failed: metric eval\.json:blimp\.score: ", r.stdout)) == 2  # each run's own line
+    r = run_sweep(*args)  # the evaluation fixed: the same command runs --then again (and no training), and ranks the runs
+    assert r.returncode == 0, r.stderr
+    assert [row["status"] for row in results(out)] == ["done", "done"] and [row["metric"] for row in results(out)] == pytest.approx([10.0, 20.0])
+    assert all(len(invocations(row["out_dir"])) == 1 for row in results(out))
+
+
+def test_a_run_marked_done_without_its_metric_is_evaluated_again(fake, tmp_path):
+    """A run marked done before the metric was checked (or whose eval.json was deleted since) is not skipped."""
+    (tmp_path / "fake_eval.py").write_text(FAKE_EVAL_BODY)
+    out = str(tmp_path / "sw")
+    args = (fake, "--grid", "lr=0.1", "--out", out, "--then", f"python {tmp_path / 'fake_eval.py'} {{out_dir}}",
+            "--metric", "eval.json:blimp.score", "--mode", "max")
+    assert run_sweep(*args).returncode == 0
+    os.remove(os.path.join(out, "lr=0.1", "eval.json"))
+    r = run_sweep(*args)
+    assert r.returncode == 0 and "skipped" not in r.stdout and results(out)[0]["metric"] == pytest.approx(10.0), r.stdout
+
+
 def test_a_metric_no_run_logs_stops_the_sweep_after_its_first_run(fake, tmp_path):
     out = str(tmp_path / "sw")
     r = run_sweep(fake, "--grid", "lr=0.1,0.2,0.3", "--metric", "val_los", "--out", out)
@@ -394,6 +449,40 @@ def test_sigterm_to_the_sweep_exits_143(fake, tmp_path):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "re-run the same command to continue" in stdout, (proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_killed_at_stage_boundaries_and_at_random_instants_the_rerun_ends_as_an_uninterrupted_sweep(fake, tmp_path):
+    """Issue 30: Ctrl-C to the process group when the first run is done (a boundary), SIGTERM while the second trains,
+    SIGKILL while the third trains (a random instant): each ends as it must (one line, 130 / 143; the runs die with the
+    sweep), and the same command then ends with the results of an uninterrupted sweep."""
+    import random
+    (tmp_path / "fake_eval.py").write_text(FAKE_EVAL)
+    rng = random.Random(30)
+
+    def cmd(out):
+        return [sys.executable, SWEEP, fake, "--grid", "lr=0.3,0.1,0.2", "--out", str(out), "--then",
+                f"python {tmp_path / 'fake_eval.py'} {{out_dir}}", "--metric", "eval.json:blimp.score", "--mode", "max"]
+
+    env = {"FAKE_SLEEP": "0.15", "FAKE_QUIET": "1"}
+    finish(cmd(tmp_path / "ref"), str(tmp_path), "ref", env)
+    out = tmp_path / "sw"
+    state = lambda lr: sweep.read_json(str(out / f"lr={lr}" / sweep.STATE)) or {}
+    job = Job(cmd(out), str(tmp_path), 1, env)
+    job.wait_until(lambda: state(0.3).get("status") == "done")  # the boundary after the first run
+    job.stop("int")
+    launches = lambda lr: len(invocations(str(out / f"lr={lr}"))) if os.path.isfile(out / f"lr={lr}" / "argv.jsonl") else 0
+    for n, lr, how in ((2, 0.1, "term"), (3, 0.2, "kill")):  # while a run trains, launched by this invocation
+        before = launches(lr)
+        job = Job(cmd(out), str(tmp_path), n, env)
+        job.wait_until(lambda: launches(lr) > before)
+        time.sleep(rng.uniform(0, 0.5))
+        job.stop(how)
+    finish(cmd(out), str(tmp_path), 4, env)
+    keep = lambda rows: [(r["values"], r["metric"], r["best_val_loss"], r["steps"], r["status"]) for r in rows]
+    assert keep(results(out)) == keep(results(tmp_path / "ref"))
+    assert table_column(str(out), "lr") == table_column(str(tmp_path / "ref"), "lr") == ["0.3", "0.2", "0.1"]
+    assert len(invocations(str(out / "lr=0.3"))) == 1  # finished before the first kill: never run again
 
 
 def test_unknown_keys_and_bad_values_of_a_project_script_are_refused_before_any_run(tmp_path):

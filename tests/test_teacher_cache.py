@@ -286,6 +286,26 @@ def test_header_catches_a_changed_teacher_temperature_and_k(setup, tmp_path):
         TeacherCache(str(tmp_path / "nope"))
 
 
+@pytest.mark.parametrize("field, value", [("temperature", 1.0), ("ensemble", "probs"), ("teacher_weights", [0.9, 0.1]), ("k", 8),
+                                          ("method", "topk"), ("seed", 7), ("proposal_temperature", 2.0), ("n_windows", 10),
+                                          ("train_sha256", "0" * 64), ("files", {})])
+def test_a_header_edited_on_disk_is_refused_even_when_the_run_agrees_with_it(setup, tmp_path, field, value):
+    """The reported case: the header's temperature edited to the run's (2.0 -> 1.0 with --temperature=1.0) passes the
+    comparison with the run's header, but the targets on disk were built at 2.0. Every field that shapes the stored
+    targets is sealed at build time, so the edit itself is refused, in one line."""
+    import json
+    cfg = cfg_of(setup)
+    path = str(tmp_path / "c")
+    build(setup, [0.5, 0.5], cfg, path)
+    header_path = os.path.join(path, "header.json")
+    header = json.load(open(header_path))
+    header[field] = value
+    json.dump(header, open(header_path, "w"))
+    edited_run = cfg_of(setup, **{"temperature": value} if field == "temperature" else {})
+    with pytest.raises(InputError, match=rf"^{header_path}: edited after the build .* delete {path} to rebuild it$"):
+        TeacherCache(path, expect=cache_header(edited_run, [0.5, 0.5], setup.windows))
+
+
 # -----------------------------------------------------------------------------------------------
 # Atomic, resumable, rank-sharded builds
 
