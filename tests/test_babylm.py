@@ -244,7 +244,8 @@ def test_curves_score_every_milestone_as_eval_blimp_does_and_resume(milestone_ru
             assert (s["blimp"], s["supplement"], s["blimp_pairs"], s["supplement_pairs"]) == (ref_b["blimp"]["score"], ref_s["blimp"]["score"], 8, 2)
             assert s["words_seen"] == read_checkpoint(ckpt)["words_seen"]
     rows = open(os.path.join(out, "curves.md")).read().splitlines()
-    assert [r.split(" | ")[:2] for r in rows[2:]] == [["| run1", "chck_500"], ["| run1", "chck_1k"], ["| run2", "chck_500"], ["| run2", "chck_1k"]]
+    assert [r.split(" | ")[:2] for r in rows[2:6]] == [["| run1", "chck_500"], ["| run1", "chck_1k"], ["| run2", "chck_500"], ["| run2", "chck_1k"]]
+    assert rows[6:] == ["", "Scored with eval_blimp.py's 2025 protocol (--protocol=2025)."] and record["settings"]["protocol"] == "2025"
     try:
         import matplotlib  # noqa: F401
         assert open(os.path.join(out, "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"

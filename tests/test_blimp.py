@@ -154,3 +154,21 @@ def test_command_line_on_a_checkpoint(random_ckpt, tmp_path):
     model, _, enc, info = load_model_and_tokenizer(ckpt)  # the same numbers, computed without the command line
     expected = evaluate_set(model.eval(), enc, info, limit_tasks(read_tasks(str(data)), 2), "2024", "cpu", progress=False)
     assert results["blimp"]["tasks"] == expected["tasks"] and results["blimp"]["score"] == expected["score"]
+
+
+def test_the_default_protocol_is_the_official_2025_one_and_the_output_names_it(random_ckpt, tmp_path, capsys):
+    """The official pipeline of 2025 (and of the 2026 Strict tracks) scores a sentence without a leading space: that
+    is the default, so a participant who gives no --protocol gets the numbers the pipeline reproduces; 2024 on
+    request. The JSON and the last printed line name the protocol."""
+    data = tmp_path / "blimp"
+    data.mkdir()
+    pairs = [{"sentence_good": s, "sentence_bad": " ".join(reversed(s.split())), "UID": "p"} for s in ("the cat sees a dog.", "we find the ball.")]
+    (data / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    default = main(["--ckpt", random_ckpt, "--data", str(data), "--device=cpu"])
+    shown = capsys.readouterr().out
+    assert default["protocol"] == "2025" and json.load(open(tmp_path / "blimp_2025.json"))["protocol"] == "2025"
+    assert "\nprotocol 2025 | BLiMP " in shown
+    explicit = main(["--ckpt", random_ckpt, "--data", str(data), "--protocol", "2025", "--device=cpu"])
+    old = main(["--ckpt", random_ckpt, "--data", str(data), "--protocol=2024", "--device=cpu"])
+    assert "\nprotocol 2024 | BLiMP " in capsys.readouterr().out and old["protocol"] == "2024"
+    assert default["blimp"] == {**explicit["blimp"], "seconds": default["blimp"]["seconds"]}
