@@ -85,6 +85,24 @@ def test_milestone_steps_follow_the_words_per_token_arithmetic():
         plan("--checkpoints_at=1M,soon", "--max_iters=30000")
 
 
+def test_an_official_list_the_run_is_too_short_for_is_noted_or_refused_under_a_track(prepared, tmp_path, capsys):
+    assert plan("--checkpoints_at=babylm", "--max_iters=100").milestones == {}  # 19,200 words seen: none of 1M, 2M, ...
+    for entry in ("babylm", "babylm_strict"):
+        with pytest.raises(InputError, match=rf"^checkpoints_at={entry} with track=strict-small: the run is planned for 19,200 words seen, "
+                                             r"short of the first milestone chck_1M \(1,000,000 words\), so a submission would have no"):
+            plan(f"--checkpoints_at={entry}", "--max_iters=100", "--track=strict-small")
+    assert plan("--checkpoints_at=babylm", "--max_iters=5209", "--track=strict", windows=60_000).milestones == {5209: ["chck_1M"]}  # reaches one
+    out = str(tmp_path / "short")
+    teacher_main(tiny_argv(prepared, out, max_iters=4, eval_interval=4, checkpoints_at="babylm"))
+    words = 4 * TOKENS_PER_STEP * split_words(prepared)[0] // split_words(prepared)[1]
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line or "milestone" in line]
+    assert notes == [f"note: checkpoints_at=babylm: the run is planned for {words:,} words seen, short of the first milestone chck_1M "
+                     "(1,000,000 words): no milestone will be written"]
+    with pytest.raises(InputError, match=r"^checkpoints_at=babylm with track=strict-small: the run is planned for"):
+        teacher_main(tiny_argv(prepared, str(tmp_path / "refused"), max_iters=4, eval_interval=4, checkpoints_at="babylm", track="strict-small"))
+    assert not os.path.exists(tmp_path / "refused"), "refused before any work"
+
+
 def test_the_budget_guard_names_the_rule():
     corpus = (9_000_000, 12_000_000)
     assert plan("--track=strict-small", "--epochs=10", corpus=corpus).max_iters == 120  # 10 epochs: allowed
