@@ -325,7 +325,8 @@ def test_all_checkpoints_refuses_a_missing_milestone_or_one_of_another_run(miles
         export_hf.main(["--ckpt", run, "--all_checkpoints=True", "--out", out])
     cases = {"seed": (os.path.join(b, "chck_1k"), "chck_1k", r"written with seed=2 \(the run: 1\)"),  # another run's milestone
              "label": (os.path.join(a, "chck_1k"), "chck_2k", r"chck_2k is not a milestone of the run's checkpoints_at=500,1k"),
-             "step": (os.path.join(a, "chck_500"), "chck_1k", r"written at step \d+ \([\d,]+ words seen\), not the first step that reaches 1,000 words")}
+             "early": (os.path.join(a, "chck_500"), "chck_1k", r"written at step \d+ \([\d,]+ words seen\), not the first step that reaches 1,000 words"),
+             "late": (os.path.join(a, "chck_1k"), "chck_500", r"written at step \d+ \([\d,]+ words seen\), not the first step that reaches 500 words")}
     for case, (source, label, why) in cases.items():
         run = copy_run(a, tmp_path / case)
         shutil.rmtree(os.path.join(run, label), ignore_errors=True)
