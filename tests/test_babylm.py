@@ -285,6 +285,28 @@ def test_the_printed_and_documented_upload_commands_are_the_installed_hf_cli(mil
         hf_cli("hf upload me/tiny hf/main . --branch chck_1M")
 
 
+def test_hub_cache_refuses_before_any_work_what_it_cannot_write(milestone_runs, tmp_path):
+    """--hub_cache: a name from_pretrained can take, a repository folder no download of that name occupies, apart from --out."""
+    run, out, cache = milestone_runs[0], str(tmp_path / "hf"), tmp_path / "cache"
+    argv = ["--ckpt", run, "--all_checkpoints=True", "--out", out, "--hub_cache", str(cache)]
+    with pytest.raises(InputError, match=r"^--hub_cache needs --repo_id=ORG/NAME"):
+        export_hf.main(argv)
+    for bad in ("tiny", "me/a/b", "me/--x", "me/x..y", "-me/x"):
+        with pytest.raises(InputError, match=rf"^--repo_id={re.escape(bad)}: expected ORG/NAME"):
+            export_hf.main([*argv, "--repo_id", bad])
+    (cache / "models--me--tiny" / "snapshots").mkdir(parents=True)  # a download of that name: not export_hf.py's
+    with pytest.raises(InputError, match=r"models--me--tiny holds a repository that export_hf.py did not write \(a download\?\)"):
+        export_hf.main([*argv, "--repo_id", "me/tiny"])
+    with pytest.raises(InputError, match=r"its models--me--x and --out=.* overlap"):
+        export_hf.main(["--ckpt", run, "--all_checkpoints=True", "--out", str(cache / "models--me--x" / "hf"), "--hub_cache", str(cache), "--repo_id", "me/x"])
+    assert not os.path.exists(out) and sorted(os.listdir(cache)) == ["models--me--tiny"]
+    export_hf.main([*argv, "--repo_id", "me/tiny2"])
+    export_hf.main([*argv, "--repo_id", "me/tiny2"])  # its own: replaced
+    repo = cache / "models--me--tiny2"
+    assert sorted(os.listdir(repo)) == ["babydistill_export.json", "blobs", "refs", "snapshots"]
+    assert sorted(os.listdir(repo / "refs")) == ["chck_1k", "chck_500", "main"] and len(os.listdir(repo / "snapshots")) == 3
+
+
 def copy_run(run, dest):
     shutil.copytree(run, dest)
     return str(dest)

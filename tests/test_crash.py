@@ -562,7 +562,7 @@ ROWS = [
     Row("export: --push without huggingface_hub", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out", e.out, "--push", "me/model"],
         r"--push needs the huggingface_hub package: pip install huggingface_hub", setup=lambda e: e.mp.setitem(sys.modules, "huggingface_hub", None)),
     Row("export: --push with --from_hf", "export_hf.py", lambda e: ["--from_hf", str(e.tmp), "--out", e.out, "--push", "me/model"],
-        r"--all_checkpoints and --push export a run of this project"),
+        r"--all_checkpoints, --push and --hub_cache export a run of this project"),
     # --- output folder of a run
     Row("--out_dir is a file", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.file("taken", "x")), r"out_dir=.*taken: exists and is not a folder"),
     Row("--out_dir empty", "train_teacher.py", lambda e: tiny_argv(e.prepared, ""), r"out_dir: empty; expected an output folder"),
@@ -693,7 +693,7 @@ ROWS = [
     Row("blimp: --out read-only", "eval_blimp.py", lambda e: eval_args(e, blimp(e, {"a.jsonl": GOOD_PAIR}), out=str(e.tmp / "ro" / "r.json")), r"ro is not writable",
         setup=lambda e: e.read_only(e.tmp / "ro")),
     Row("blimp: missing --ckpt", "eval_blimp.py", lambda e: ["--data", str(e.tmp)], r"--ckpt: required"),
-    Row("blimp: --protocol=2022", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp), protocol=2022), r"protocol=2022 has type int, expected str"),
+    Row("blimp: --protocol=2022", "eval_blimp.py", lambda e: eval_args(e, str(e.tmp), protocol=2022), r"--protocol: protocol='2022': expected one of '2023', '2024', '2025'"),
     Row("blimp: a model of another tokenizer", "eval_blimp.py", lambda e: ["--ckpt", other_vocab_ckpt(e), "--data", blimp(e, {"a.jsonl": GOOD_PAIR}),
                                                                            "--data_dir", e.prepared, "--out", os.path.join(e.out, "r.json")], r"other_vocab\.pt was made with tokenizer 'bpe400'"),
     # --- eval_superglue.py
