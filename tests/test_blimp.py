@@ -152,7 +152,7 @@ def test_command_line_on_a_checkpoint(random_ckpt, tmp_path):
     assert saved["blimp"]["pairs"] == 4 and set(saved["blimp"]["tasks"]) == {"p1", "p2"}
     assert saved["blimp"]["score"] == results["blimp"]["score"]
     model, _, enc, info = load_model_and_tokenizer(ckpt)  # the same numbers, computed without the command line
-    expected = evaluate_set(model.eval(), enc, info, limit_tasks(read_tasks(str(data)), 2), "2024", "cpu", progress=False)
+    expected = evaluate_set(model.eval(), enc, info, limit_tasks(read_tasks(str(data)), 2), "2025", "cpu", progress=False)  # the default protocol
     assert results["blimp"]["tasks"] == expected["tasks"] and results["blimp"]["score"] == expected["score"]
 
 

@@ -226,7 +226,7 @@ def test_gpt2_export_scores_blimp_in_transformers_pair_for_pair_as_eval_blimp(re
     with torch.no_grad():
         model.tok_embeddings.weight.mul_(20)  # sharper logits: pairs far from ties, so a flip would show
     save_checkpoint(ckpt, model_checkpoint(model, load_tokenizer(real_tokenizer)[1], config={"data_dir": real_tokenizer}))
-    ours = eval_blimp.main([f"--ckpt={ckpt}", f"--data={folder}", f"--out={tmp_path / 'blimp.json'}", "--device=cpu"])["blimp"]["tasks"]
+    ours = eval_blimp.main([f"--ckpt={ckpt}", f"--data={folder}", f"--out={tmp_path / 'blimp.json'}", "--device=cpu", "--protocol=2024"])["blimp"]["tasks"]
 
     hf_dir = export(ckpt, str(tmp_path / "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
