@@ -9,7 +9,7 @@ which loads models with transformers' AutoModelForCausalLM and AutoTokenizer.
     python export_hf.py --ckpt out/student --all_checkpoints --out hf/student   # a BabyLM submission: every revision
     python export_hf.py --ckpt out/student --all_checkpoints --out hf/student --push user/babyllama   # and upload
     python export_hf.py --ckpt out/student --all_checkpoints --out hf/student \
-        --hub_cache hf_home/hub --repo_id user/babyllama      # and a local Hub cache: evaluate every revision offline
+        --hub_cache hf/home/hub --repo_id user/babyllama      # and a local Hub cache: evaluate every revision offline
 
 The export writes, with torch and the standard library only (transformers is not needed to export):
     config.json              LlamaForCausalLM: sizes, GQA heads, rope_theta, rms_norm_eps, tied or not, BOS/EOS/PAD ids;
