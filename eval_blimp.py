@@ -6,8 +6,10 @@ Stage 4a: zero-shot BLiMP and BLiMP-supplement scoring of a checkpoint, the offi
     python eval_blimp.py --ckpt out/student/ckpt.pt --data ../shared/data/blimp_filtered \
         --supplement ../shared/data/blimp_supplement                     # full sets (GPU if present)
 
-The protocol of the BabyLM evaluation pipelines (github.com/babylm/evaluation-pipeline-2024 and -2025, built on
-EleutherAI's lm-evaluation-harness; BLiMP: Warstadt et al., TACL 2020), --protocol 2024 by default:
+The protocol of the BabyLM evaluation pipelines (github.com/babylm/evaluation-pipeline-2024, built on EleutherAI's
+lm-evaluation-harness, and github.com/babylm/evaluation-pipeline-2025, which the 2026 Strict tracks run from
+github.com/babylm-org/babylm-eval; BLiMP: Warstadt et al., TACL 2020). --protocol 2025 by default, the current
+official one (2023 and 2024 on request, for numbers of earlier years); the output names the protocol it used:
 - a sentence's score is the SUM of the log-probabilities of all its tokens (no length normalisation),
   conditioned on a single boundary token (prepare_data.py's <|endoftext|>, which is BOS and EOS):
       2024: context BOS, text " " + sentence   (lm-eval 0.4 fork; multiple_choice with an empty context)
@@ -46,7 +48,8 @@ BLIMP_KEYS = merge_keys({
         "data": ("", "folder of BLiMP .jsonl files, e.g. ../shared/data/blimp_filtered"),
         "supplement": ("", "folder of the BLiMP supplement .jsonl files (optional)"),
         "data_dir": ("", "prepared data folder with the tokenizer; empty = the one the checkpoint records"),
-        "protocol": ("2024", "the BabyLM protocol: '2023', '2024' or '2025'", tuple(PROTOCOLS)),
+        "protocol": ("2025", "the BabyLM pipeline whose scoring to follow: '2025' (the official one in 2025 and 2026), "
+                             "'2024' or '2023' (earlier years' numbers)", tuple(PROTOCOLS)),
         "limit": (0, "pairs per paradigm/task; 0 = all", ">=0"),
         "batch_tokens": (2048, "about this many tokens per forward pass (small batches stay in cache: faster on CPUs)", ">0"),
         "out": ("", "JSON results file; empty = blimp_<protocol>.json next to the checkpoint"),
@@ -247,7 +250,7 @@ def main(argv=None):
             print_table("BLiMP supplement", results["supplement"])
     atomic_write(out, lambda f: json.dump(results, f, indent=1), mode="w")
     b = results["blimp"]
-    line = f"BLiMP {b['score']:.1f} (strict {b['strict_score']:.1f}, {b['ties']} ties, {len(b['tasks'])} tasks, {b['pairs']} pairs)"
+    line = f"protocol {args.protocol} | BLiMP {b['score']:.1f} (strict {b['strict_score']:.1f}, {b['ties']} ties, {len(b['tasks'])} tasks, {b['pairs']} pairs)"
     if supplement:
         s = results["supplement"]
         line += f" | supplement {s['score']:.1f} (strict {s['strict_score']:.1f}, {s['ties']} ties)"

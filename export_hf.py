@@ -8,6 +8,8 @@ which loads models with transformers' AutoModelForCausalLM and AutoTokenizer.
     python export_hf.py --ckpt out/tiny_gpt2_teacher/ckpt.pt --out hf/tiny_gpt2   # a GPT2LMHeadModel
     python export_hf.py --ckpt out/student --all_checkpoints --out hf/student   # a BabyLM submission: every revision
     python export_hf.py --ckpt out/student --all_checkpoints --out hf/student --push user/babyllama   # and upload
+    python export_hf.py --ckpt out/student --all_checkpoints --out hf/student \
+        --hub_cache hf/home/hub --repo_id user/babyllama      # and a local Hub cache: evaluate every revision offline
 
 The export writes, with torch and the standard library only (transformers is not needed to export):
     config.json              LlamaForCausalLM: sizes, GQA heads, rope_theta, rms_norm_eps, tied or not, BOS/EOS/PAD ids;
@@ -32,9 +34,22 @@ A BabyLM submission (--all_checkpoints; README: Submitting to BabyLM) is one Hub
 (revisions) hold the intermediate checkpoints, chck_1M, chck_2M, ..., chck_100M, and whose main holds the final
 model; the pipeline loads each with from_pretrained(repo, revision="chck_1M"). --ckpt names a run: its milestone
 folders chck_<words>/ckpt.pt (train.py's checkpoints_at) become OUT/chck_<words>/, and its ckpt.pt (the best
-validation checkpoint; or the checkpoint file --ckpt names, e.g. out/student/last.pt) becomes OUT/main/. The
-upload commands are printed; --push=REPO_ID runs them with huggingface_hub (optional: pip install huggingface_hub),
-each milestone on its own branch (create_branch, then upload_folder(..., revision=...)), main last.
+validation checkpoint; or the checkpoint file --ckpt names, e.g. out/student/last.pt) becomes OUT/main/. Every
+milestone the run's log.jsonl says it reached (its words seen past a count of its checkpoints_at) must be there,
+and each must be this run's (its recipe, tokenizer and words per step those of the run's last.pt), or the export
+is refused in one line before any work. The upload commands are printed, for the `hf` command of huggingface_hub
+1.x and 2.x (`hf auth login`, then `hf upload REPO OUT/chck_1M . --revision chck_1M`, which creates a missing
+branch; `huggingface-cli` is gone there); --push=REPO_ID runs them with huggingface_hub (optional: pip install
+huggingface_hub), each milestone on its own branch (create_branch, then upload_folder(..., revision=...)), main last.
+
+A local Hub cache (--hub_cache=DIR --repo_id=ORG/NAME): for a local folder, from_pretrained(folder, revision=...)
+ignores the revision and loads the folder, so the revisions cannot be told apart there. The cache layout of
+huggingface_hub (DIR/models--ORG--NAME/refs/<revision> holding a commit id, snapshots/<commit>/<file> linking to
+blobs/<sha256>) is what from_pretrained("ORG/NAME", revision="chck_1M") reads offline (HF_HUB_OFFLINE=1, with
+cache_dir=DIR, HF_HUB_CACHE=DIR, or HF_HOME=H for DIR = H/hub): the official pipeline then evaluates every revision
+before anything is uploaded, with its own --model_path_or_name ORG/NAME --revision_name chck_1M. The commit ids are
+the sha1 of each snapshot's file names and sha256s (stand-ins: no git commit exists), and DIR/models--ORG--NAME is
+replaced whole, as --out is.
 
 Import (--from_hf): a Llama or GPT-2 folder (config.json + model.safetensors, sharded safetensors or
 pytorch_model.bin) with a byte-level BPE tokenizer.json becomes a project checkpoint plus a tokenizer
@@ -43,12 +58,21 @@ must have increasing ids in merge order (true of tokenizers trained with Hugging
 Normalisers (e.g. NFKC) and add_prefix_space are not reproduced by tiktoken: the import says so.
 
 --out is replaced whole (built beside it, then swapped in), so it is checked before any work: it may not hold
-the input (--out out/t1 with --ckpt out/t1/ckpt.pt would delete the run), and a folder that holds anything
-but the files of an earlier export or import is refused unless --overwrite=True.
+the input (--out out/t1 with --ckpt out/t1/ckpt.pt would delete the run); export never writes into a run, so it may
+not be, hold or lie inside a folder with a run's files (ckpt.pt, last.pt, log.jsonl, a chck_* milestone) that no
+import wrote (--out out/t1/chck_2k would delete that milestone), --overwrite=True or not; and a folder that holds
+anything but the files of an earlier export or import is refused unless --overwrite=True.
+
+An import (--from_hf) whose config.json ties the head to the embeddings (tie_word_embeddings) and whose weights
+also hold a separate lm_head.weight is refused unless the two are equal: which of the two heads a loader uses
+depends on the loader (transformers 4.51.3, the 2025 pipeline's pin, ties them and drops the stored head; 5.23 keeps
+the stored head: measured on such a folder), and the logits differ by as much as the two heads do.
 """
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -56,13 +80,15 @@ import sys
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_writable_dir, load_model_and_tokenizer, model_checkpoint, save_checkpoint
+from checkpoint import (atomic_write, check_writable_dir, file_sha256, load_model_and_tokenizer, model_checkpoint, read_log,
+                        save_checkpoint)
 from config import InputError, load_config, run_main
 from data import tokenizer_sha256
 from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 from prepare_data import PAT_STR, replace_folder, write_ranks  # writing a tokenizer: the one script besides prepare_data.py that does
-from train import run_milestones
+from run_dir import PATH_KEYS, RESUMABLE_KEYS
+from train import BABYLM_MILESTONES, milestone_label, parse_words, run_milestones
 
 # -----------------------------------------------------------------------------------------------
 # Weight names: project <-> Hugging Face Llama
@@ -311,6 +337,7 @@ def llama_from_hf(hf, cfg_path, folder):
             raise InputError(f"{folder}: tensor {name} is missing")
         state[ours] = weights[name].float()
     if cfg.tie_embeddings:
+        check_tied_head(weights.get("lm_head.weight"), state["tok_embeddings.weight"], "model.embed_tokens.weight", cfg_path, folder)
         state["output.weight"] = state["tok_embeddings.weight"]
     model = Llama(cfg)
     load_weights(model, state, folder)
@@ -341,10 +368,23 @@ def gpt2_from_hf(hf, cfg_path, folder):
         if name not in weights:
             raise InputError(f"{folder}: tensor {name} is missing")
         state[ours] = weights[name].float().t().contiguous() if transposed else weights[name].float()
+    check_tied_head(weights.get("lm_head.weight"), state["tok_embeddings.weight"], "transformer.wte.weight", cfg_path, folder)
     state["output.weight"] = state["tok_embeddings.weight"]
     model = GPT2(cfg)
     load_weights(model, state, folder)
     return model
+
+
+def check_tied_head(head, embeddings, name, cfg_path, folder):
+    """A tied model (tie_word_embeddings) has one matrix for the embeddings and the head. A folder that also stores a
+    separate lm_head.weight is tied only if the two are equal; otherwise which head a loader uses is the loader's
+    choice (transformers 4.51.3 ties, 5.23 keeps the stored head), and the logits differ by as much as the heads do:
+    refused, not guessed."""
+    if head is None or (head.shape == embeddings.shape and torch.equal(head.float(), embeddings)):
+        return
+    gap = f"max |difference| {(head.float() - embeddings).abs().max().item():.3g}" if head.shape == embeddings.shape else f"shape {list(head.shape)}"
+    raise InputError(f"{cfg_path}: tie_word_embeddings is true but {folder} also holds an lm_head.weight that differs from {name} "
+                     f"({gap}): set tie_word_embeddings to false to import the separate head, or remove lm_head.weight to tie them")
 
 
 def load_weights(model, state, folder):
@@ -417,24 +457,90 @@ def import_hf(folder, out):
 # A BabyLM submission: every milestone of a run as a Hub revision
 
 
+def checkpoint_record(path):
+    """A checkpoint's dict, its tensors memory-mapped, not read (the checks of a run read only its plain values)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, pickle garbage: one line, as checkpoint.read_checkpoint says it
+        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})") from None
+
+
+def planned_milestones(checkpoints_at):
+    """{label: words} of a run's checkpoints_at (an official list, 'babylm', expands to its counts)."""
+    counts = [n for e in checkpoints_at for n in (BABYLM_MILESTONES[e] if e in BABYLM_MILESTONES else [parse_words(e)]) if n]
+    return {milestone_label(n): n for n in sorted(counts)}
+
+
+def differences(config, reference, keys=None):
+    """'key value (the run: other)' for the recipe keys of `config` that differ from the run's: the keys a resumed
+    run may not change (run_dir.RESUMABLE_KEYS may; paths, PATH_KEYS, may move, their contents are compared apart)."""
+    keys = keys if keys is not None else [k for k in config if k not in RESUMABLE_KEYS | PATH_KEYS]
+    return [f"{k}={config.get(k)!r} (the run: {reference.get(k)!r})" for k in keys if config.get(k) != reference.get(k)]
+
+
+def not_this_runs(label, ck, planned, run_ckpt):
+    """Why the milestone checkpoint `ck` (a dict) in folder `label` is not one of the run whose last.pt is `run_ckpt`,
+    or None. A milestone records the recipe, tokenizer, step and words seen (train.save_milestones), not the inputs'
+    hashes, so those are compared: the recipe, the tokenizer, and words seen against the run's words per step r, which
+    last.pt gives to within a word (W = floor(S r) at its step S, so floor(s r) lies in (s W / S - 1, s (W + 1) / S))."""
+    if label not in planned:
+        return f"{label} is not a milestone of the run's checkpoints_at={','.join(map(str, run_ckpt['config'].get('checkpoints_at') or [])) or '(none)'}"
+    diff = differences(ck.get("config") or {}, run_ckpt["config"])
+    if diff:
+        return "written with " + "; ".join(diff[:3])
+    if (ck.get("tokenizer") or {}).get("sha256") != run_ckpt["tokenizer"].get("sha256"):
+        return "written with another tokenizer"
+    s, w, S, W, n = ck.get("step", 0), ck.get("words_seen", 0), run_ckpt.get("step", 0), run_ckpt.get("words_seen", 0), planned[label]
+    if S and not (s * W - S < w * S < s * (W + 1)):
+        return f"{w:,} words seen at step {s}, where the run sees {W / S:,.1f} words a step"
+    if w < n or (S and (s - 1) * W >= n * S):
+        return f"written at step {s} ({w:,} words seen), not the first step that reaches {n:,} words"
+    return None
+
+
 def run_revisions(path):
     """[(revision, checkpoint)] of a run: its milestones chck_<words>/ckpt.pt in the order of words seen, then
-    main, the final model: the run's ckpt.pt, or the checkpoint file `path` names."""
+    main, the final model: the run's ckpt.pt, or the checkpoint file `path` names. Refused in one line, before any
+    work: a milestone the run's log.jsonl says it reached that is missing, a milestone that is not this run's, and a
+    main that is not (its recipe and inputs, the sha256 of train.bin, val.bin and the teachers, against last.pt's)."""
     if not os.path.exists(path):
         raise InputError(f"{path}: not found (--all_checkpoints expects a run folder, or a checkpoint in one)")
     run, final = (path, os.path.join(path, "ckpt.pt")) if os.path.isdir(path) else (os.path.dirname(os.path.abspath(path)), path)
-    milestones = run_milestones(run)
-    if not milestones:
-        raise InputError(f"{run}: no milestone checkpoints chck_<words>/ckpt.pt (train with --checkpoints_at=babylm, or e.g. 1M,2M)")
     if not os.path.isfile(final):
         raise InputError(f"{final}: checkpoint not found (the final model, main)")
-    return milestones + [("main", final)]
+    last, log_path = os.path.join(run, "last.pt"), os.path.join(run, "log.jsonl")
+    run_ckpt = checkpoint_record(last if os.path.isfile(last) else final)
+    if not isinstance(run_ckpt.get("config"), dict) or "tokenizer" not in run_ckpt:
+        raise InputError(f"{last if os.path.isfile(last) else final}: not a checkpoint of a training run (no config)")
+    planned = planned_milestones(run_ckpt["config"].get("checkpoints_at") or [])
+    found = dict(run_milestones(run))
+    log = read_log(log_path)
+    reached = max((e.get("words_seen", 0) for e in log), default=0)
+    if not found and not any(n <= reached for n in planned.values()):
+        raise InputError(f"{run}: no milestone checkpoints chck_<words>/ckpt.pt (train with --checkpoints_at=babylm, or e.g. 1M,2M)")
+    if not log:
+        raise InputError(f"{log_path}: not found or empty; --all_checkpoints reads from the run's log which milestones it reached")
+    for label, n in planned.items():
+        if n <= reached and label not in found:
+            raise InputError(f"{os.path.join(run, label, 'ckpt.pt')}: missing; {log_path} records {reached:,} words seen, past this milestone "
+                             f"of the run's checkpoints_at ({n:,} words): restore it, or export without it by moving the run's milestones away")
+    for label, ckpt_path in found.items():
+        why = not_this_runs(label, checkpoint_record(ckpt_path), planned, run_ckpt)
+        if why:
+            raise InputError(f"{ckpt_path}: not a milestone of this run ({why}); move it away")
+    main_ckpt = checkpoint_record(final)
+    inputs, run_inputs = main_ckpt.get("inputs") or {}, run_ckpt.get("inputs") or {}
+    diff = differences(main_ckpt.get("config") or {}, run_ckpt["config"]) + differences(inputs, run_inputs, sorted(set(inputs) & set(run_inputs)))
+    if diff and os.path.abspath(final) != os.path.abspath(last):
+        raise InputError(f"{final}: not a checkpoint of the run in {run} (" + "; ".join(diff[:3]) + ")")
+    return sorted(found.items(), key=lambda kv: planned[kv[0]]) + [("main", final)]
 
 
 def upload_commands(folders, repo="REPO_ID"):
-    """The commands that upload each exported folder as its revision. huggingface-cli upload creates a missing
-    branch (from main); main goes last, so a branch never starts from a final model uploaded before it."""
-    return [f"huggingface-cli upload {repo} {folder} ." + (f" --revision {rev}" if rev != "main" else "") for rev, folder in folders]
+    """The commands that upload each exported folder as its revision, with the `hf` command of huggingface_hub 1.x
+    and 2.x (huggingface-cli is gone there). hf upload creates a missing branch (from main); main goes last, so a
+    branch never starts from a final model uploaded before it."""
+    return [f"hf upload {repo} {folder} ." + (f" --revision {rev}" if rev != "main" else "") for rev, folder in folders]
 
 
 def hub_module():
@@ -458,6 +564,49 @@ def push(hub, repo, folders):
         print(f"uploaded {folder} to {repo} (revision {rev})")
 
 
+# -----------------------------------------------------------------------------------------------
+# A local Hugging Face Hub cache of the revisions (the layout of huggingface_hub's file_download.py)
+
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")  # huggingface_hub's validate_repo_id, with the namespace
+CACHE_MARKER = "babydistill_export.json"  # in models--ORG--NAME/: what export_hf.py wrote (the Hub's own files ignore it)
+
+
+def hub_repo_folder(cache, repo_id):
+    return os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+
+
+def write_hub_cache(cache, repo_id, folders):
+    """models--ORG--NAME in the cache folder: per revision, refs/<rev> holds a commit id and snapshots/<commit>/
+    holds the folder's files as relative links to blobs/<sha256> (a file shared by revisions is stored once).
+    Built beside it, then swapped in: an interrupted export leaves the old repository or the new one."""
+    repo = hub_repo_folder(cache, repo_id)
+    partial = repo + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    commits = {}
+    try:
+        for rev, folder in folders:
+            files = {name: file_sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
+            commit = hashlib.sha1("".join(f"{name} {sha}\n" for name, sha in files.items()).encode()).hexdigest()
+            for name, sha in files.items():
+                blob, link = os.path.join(partial, "blobs", sha), os.path.join(partial, "snapshots", commit, name)
+                if not os.path.exists(blob):
+                    os.makedirs(os.path.dirname(blob), exist_ok=True)
+                    shutil.copyfile(os.path.join(folder, name), blob)
+                if not os.path.lexists(link):
+                    os.makedirs(os.path.dirname(link), exist_ok=True)
+                    os.symlink(os.path.relpath(blob, os.path.dirname(link)), link)
+            atomic_write(os.path.join(partial, "refs", rev), lambda f: f.write(commit), mode="w")  # no newline: the Hub's own refs
+            commits[rev] = commit
+        atomic_write(os.path.join(partial, CACHE_MARKER), lambda f: json.dump({"repo_id": repo_id, "revisions": commits}, f, indent=1), mode="w")
+        replace_folder(partial, repo)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return repo, commits
+
+
+# -----------------------------------------------------------------------------------------------
+# Where an export may write
+
 EXPORT_KEYS = {
     "export or import": {
         "ckpt": ("", "project checkpoint to export (with --all_checkpoints: a run folder, or a checkpoint in one)"),
@@ -470,6 +619,9 @@ EXPORT_KEYS = {
         "all_checkpoints": (False, "export the run's chck_* milestones and its final model, one folder per Hub revision: "
                                    "OUT/chck_1M, ..., OUT/main"),
         "push": ("", "a Hub model repository (user/name): upload every exported folder as its revision (needs huggingface_hub)"),
+        "hub_cache": ("", "also write the revisions as a local Hugging Face Hub cache in this folder (DIR/models--ORG--NAME), "
+                          "which from_pretrained(ORG/NAME, revision=...) reads offline; needs --repo_id"),
+        "repo_id": ("", "the Hub repository name ORG/NAME of --hub_cache (and of the printed upload commands)"),
     },
 }
 
@@ -478,11 +630,51 @@ OUTPUT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer
                 "ckpt.pt", "meta.json", "tokenizer.tiktoken"}
 
 
+def run_files(folder):
+    """The files of a training run directly in `folder`: ckpt.pt, last.pt, log.jsonl and milestones chck_*/ckpt.pt;
+    the ckpt.pt of an import (its meta.json records imported_from) is export_hf.py's own, not a run's."""
+    try:
+        names = set(os.listdir(folder))
+    except OSError:  # not a folder, or one we may not read
+        return []
+    found = [name for name in ("last.pt", "log.jsonl") if name in names]
+    if "ckpt.pt" in names and not imported(folder):
+        found.insert(0, "ckpt.pt")
+    return found + sorted(f"{n}/ckpt.pt" for n in names if n.startswith("chck_") and os.path.isfile(os.path.join(folder, n, "ckpt.pt")))
+
+
+def imported(folder):
+    try:
+        return "imported_from" in json.load(open(os.path.join(folder, "meta.json")))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_not_in_run(path, what):
+    """Export never writes into a run: `path` (replaced whole) may not be, lie inside or hold a folder with a run's files."""
+    real = os.path.realpath(path)
+    folder = real
+    while True:  # the folder itself and every folder above it
+        if run_files(folder):
+            where = "is" if folder == real else f"lies inside {folder}, which is"
+            raise InputError(f"{what}={path} {where} a run's folder (it holds {', '.join(run_files(folder)[:3])}): export never writes "
+                             "into a run; choose a folder outside it (e.g. hf/NAME)")
+        if os.path.dirname(folder) == folder:
+            break
+        folder = os.path.dirname(folder)
+    for root, dirs, _ in os.walk(real) if os.path.isdir(real) else ():  # and every folder below it, which replacing it would delete
+        for d in dirs:
+            if run_files(os.path.join(root, d)):
+                raise InputError(f"{what}={path} holds a run's folder {os.path.join(root, d)} (with {', '.join(run_files(os.path.join(root, d))[:3])}): "
+                                 "replacing it would delete that run; choose another folder")
+
+
 def check_out(out, source, overwrite):
     """Refuse, before any work, an --out whose replacement would delete the input or files of something else."""
     out_real, source_real = os.path.realpath(out), os.path.realpath(source)
     if source_real == out_real or source_real.startswith(out_real + os.sep):
         raise InputError(f"--out={out} holds the input {source}: replacing it would delete the input; choose another --out")
+    check_not_in_run(out, "--out")
     if os.path.isdir(out) and not overwrite:  # an export, an import, or the revision folders of --all_checkpoints
         others = sorted(name for name in os.listdir(out) if name not in OUTPUT_FILES
                         and not (os.path.isdir(os.path.join(out, name)) and (name == "main" or name.startswith("chck_"))))
@@ -492,15 +684,36 @@ def check_out(out, source, overwrite):
                              "(or --overwrite=True to replace it whole)")
 
 
+def check_hub_cache(args):
+    """--hub_cache and --repo_id, before any work: a valid name, a writable folder, no run and no --out inside or around
+    the repository folder, and a models--ORG--NAME that export_hf.py wrote (a download of that name is not replaced
+    without --overwrite=True)."""
+    if not args.repo_id:
+        raise InputError("--hub_cache needs --repo_id=ORG/NAME, the name from_pretrained will be given")
+    if not REPO_ID.fullmatch(args.repo_id) or "--" in args.repo_id or ".." in args.repo_id or len(args.repo_id) > 96:
+        raise InputError(f"--repo_id={args.repo_id}: expected ORG/NAME (letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters)")
+    check_writable_dir(args.hub_cache, "--hub_cache")
+    repo = hub_repo_folder(args.hub_cache, args.repo_id)
+    check_not_in_run(repo, "--hub_cache")
+    a, b = os.path.realpath(repo), os.path.realpath(args.out)
+    if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+        raise InputError(f"--hub_cache={args.hub_cache}: its {os.path.basename(repo)} and --out={args.out} overlap; choose folders apart")
+    if os.path.isdir(repo) and not os.path.isfile(os.path.join(repo, CACHE_MARKER)) and not args.overwrite:
+        raise InputError(f"--hub_cache={args.hub_cache}: {repo} holds a repository that export_hf.py did not write (a download?): "
+                         "choose another --repo_id (or --overwrite=True to replace it)")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = load_config(EXPORT_KEYS, argv or ["--help"], __doc__)
     if bool(args.ckpt) == bool(args.from_hf):
         raise InputError("give exactly one of --ckpt (export) and --from_hf (import)")
-    if args.from_hf and (args.all_checkpoints or args.push):
-        raise InputError("--all_checkpoints and --push export a run of this project (--ckpt), not an import (--from_hf)")
+    if args.from_hf and (args.all_checkpoints or args.push or args.hub_cache):
+        raise InputError("--all_checkpoints, --push and --hub_cache export a run of this project (--ckpt), not an import (--from_hf)")
     check_writable_dir(args.out, "--out")  # empty, a file, under a file or read-only: before any work
     check_out(args.out, args.ckpt or args.from_hf, args.overwrite)
+    if args.hub_cache:
+        check_hub_cache(args)
     hub = hub_module() if args.push else None  # a missing package: one line now, not after the export
     revisions = run_revisions(args.ckpt) if args.all_checkpoints else [("main", args.ckpt)]
     out = os.path.normpath(args.out)
@@ -517,11 +730,15 @@ def main(argv=None):
     print(f"wrote {out}" + (f": {', '.join(rev for rev, _ in revisions)}" if args.all_checkpoints else ""))
     if args.ckpt:
         folders = [(rev, os.path.join(out, rev) if args.all_checkpoints else out) for rev, _ in revisions]
+        if args.hub_cache:
+            repo, _ = write_hub_cache(args.hub_cache, args.repo_id, folders)
+            print(f"wrote the Hub cache {repo} (revisions {', '.join(rev for rev, _ in folders)}); offline, e.g. "
+                  f"HF_HUB_CACHE={args.hub_cache} HF_HUB_OFFLINE=1 and from_pretrained({args.repo_id!r}, revision={folders[0][0]!r})")
         if args.push:
             push(hub, args.push, folders)
         else:
-            print("upload to the Hugging Face Hub (pip install huggingface_hub; huggingface-cli login), each folder as its "
-                  "revision: --push=REPO_ID does it, or\n  " + "\n  ".join(upload_commands(folders)))
+            print("upload to the Hugging Face Hub (pip install huggingface_hub; hf auth login), each folder as its "
+                  "revision: --push=REPO_ID does it, or\n  " + "\n  ".join(upload_commands(folders, args.repo_id or "REPO_ID")))
     return out
 
 

@@ -339,10 +339,15 @@ def run_milestones(out_dir):
 def plan_milestones(cfg, plan):
     """{step: [label, ...]}: the first step at which words_seen reaches each milestone of checkpoints_at. A count
     beyond the run's planned end is refused (a milestone that would never be written); the official lists keep
-    the milestones the run reaches, as the organisers ask ("up until the one you trained")."""
+    the milestones the run reaches, as the organisers ask ("up until the one you trained"). An official list of
+    which the run reaches none is refused under a track (a submission without its checkpoints), else noted
+    (print_header: unreached_list)."""
     end, official, asked = words_seen(plan, plan.max_iters), set(), set()
     for entry in cfg.checkpoints_at:
         if entry in BABYLM_MILESTONES:
+            if cfg.track != "none" and (short := unreached_list(entry, end)):
+                raise InputError(f"checkpoints_at={entry} with track={cfg.track}: {short}, so a submission would have no "
+                                 "intermediate checkpoint; train longer (max_iters or epochs)")
             official.update(n for n in BABYLM_MILESTONES[entry] if n <= end)
         elif (n := parse_words(entry)) is None:
             raise InputError(f"checkpoints_at: {entry!r} is not a word count; expected counts such as 500k,1M,2.5M (k, M, B), "
@@ -356,6 +361,14 @@ def plan_milestones(cfg, plan):
     for n in sorted(official | asked):
         milestones.setdefault(math.ceil(n / plan.words_per_step), []).append(milestone_label(n))
     return milestones
+
+
+def unreached_list(entry, end):
+    """What to say when a run planned for `end` words seen reaches none of the official list `entry`; None if it reaches one."""
+    first = BABYLM_MILESTONES[entry][0]
+    if first <= end:
+        return None
+    return f"the run is planned for {end:,} words seen, short of the first milestone {milestone_label(first)} ({first:,} words)"
 
 
 def check_track(cfg, plan, words):
@@ -646,7 +659,10 @@ def print_header(cfg, rt, model, plan, peak):
            f"{words_seen(plan, plan.max_iters):,} in all" + (f" | track {cfg.track}" if cfg.track != "none" else ""))
     if plan.milestones:
         print0("milestones: " + ", ".join(f"{label} at step {step}" for step, labels in plan.milestones.items() for label in labels))
-    elif cfg.track != "none":
+    for entry in cfg.checkpoints_at:  # an official list the run is too short for (under a track, plan_milestones refused it)
+        if entry in BABYLM_MILESTONES and (short := unreached_list(entry, words_seen(plan, plan.max_iters))):
+            print0(f"note: checkpoints_at={entry}: {short}: no milestone will be written")
+    if not cfg.checkpoints_at and cfg.track != "none":
         print0("note: a BabyLM submission needs the intermediate checkpoints: --checkpoints_at=babylm (README: Submitting to BabyLM)")
 
 

@@ -4,14 +4,15 @@ BLiMP supplement, then draw score against words seen (log scale), one line per r
 
     python experiments/curves.py --runs=out/tiny_teacher1,out/tiny_teacher2 --blimp=../shared/data/blimp_filtered \\
         --supplement=../shared/data/blimp_supplement --out=curves/tiny
-    python experiments/curves.py ... --protocol=2025                    # the 2025 pipeline's sentence scoring
+    python experiments/curves.py ... --protocol=2024                    # the 2024 pipeline's scoring (2025's is the default)
     python experiments/curves.py ... --blimp_limit=0 --supplement_limit=0   # the full sets
 
 A run's milestones are the folders train.py writes with --checkpoints_at (out_dir/chck_1M/ckpt.pt, ...; each
 records its words seen). What is scored, by default, is the size of the BabyLM 2025 fast evaluation, the one the
 organisers run on every intermediate checkpoint (the pipeline's collate_preds.py: BLIMP_FAST_SIZE 200,
 SUPPLEMENT_FAST_SIZE 50): the first 200 pairs of each BLiMP paradigm and the first 50 of each supplement task
-(eval_blimp.py's --limit, with its scoring: eval_blimp.evaluate_set). The pipeline's own fast files are a subsample
+(eval_blimp.py's --limit, with its scoring: eval_blimp.evaluate_set, the 2025 protocol by default, named in curves.md
+and on the plot). The pipeline's own fast files are a subsample
 of their own, not the first pairs: to score those very pairs, point --blimp and --supplement at them with limits 0.
 
 Resumable: OUT/curves.json records each score with the checkpoint file it came from (size and modification
@@ -41,7 +42,7 @@ CURVES_KEYS = merge_keys({
         "supplement": ("", "folder of the BLiMP supplement .jsonl files (optional)"),
         "blimp_limit": (200, "pairs per BLiMP paradigm: 200 = the size of BabyLM's fast evaluation; 0 = all", ">=0"),
         "supplement_limit": (50, "pairs per supplement task: 50 = the size of BabyLM's fast evaluation; 0 = all", ">=0"),
-        "protocol": ("2024", "eval_blimp.py's protocol: '2023', '2024' or '2025'", tuple(PROTOCOLS)),
+        "protocol": ("2025", "eval_blimp.py's protocol: '2025' (the official pipeline's, 2025 and 2026), '2024' or '2023'", tuple(PROTOCOLS)),
         "data_dir": ("", "prepared data folder with the tokenizer; empty = the one each checkpoint records"),
         "batch_tokens": (2048, "about this many tokens per forward pass", ">0"),
         "out": ("", "output folder: curves.json, curves.md, curves.png"),
@@ -171,7 +172,7 @@ def main(argv=None):
             print(f"{names[run]} {label}: {s['words_seen']:,} words seen (step {s['step']}), BLiMP {s['blimp']:.1f}{supp}")
     scored = {f"{run}/{label}" for run, items in runs.items() for label, _ in items}
     record["scores"] = {k: v for k, v in record["scores"].items() if k in scored}  # the table shows these runs only
-    text = table(record, names)
+    text = table(record, names) + f"\n\nScored with eval_blimp.py's {args.protocol} protocol (--protocol={args.protocol})."
     atomic_write(os.path.join(args.out, "curves.md"), lambda f: f.write(text + "\n"), mode="w")
     drew = plot(record, names, os.path.join(args.out, "curves.png"))
     print(f"\n{text}\n\nwrote {os.path.join(args.out, 'curves.md')}" + (f" and {os.path.join(args.out, 'curves.png')}" if drew else ""))

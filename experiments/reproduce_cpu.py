@@ -95,6 +95,9 @@ KEYS = {"experiment": {
               ("prepare", "baseline_sweep", "sweeps", "all")),
     "report_only": (False, "rewrite RESULTS.md from WORK (results, markers, sweeps: data/ may be gone); runs nothing"),
 }}
+# RESULTS.md was scored with the 2024 BabyLM protocol (a leading space before each sentence); named explicitly, so
+# that the report stays reproducible now that eval_blimp.py defaults to the official 2025 pipeline's protocol
+PROTOCOL = "2024"
 # role -> what it is, in the report's order (the student of the claim is "student")
 ROLES = {"teacher": "teachers", "baseline": "baseline (plain CE, student size)", "student": "student, 2 teachers",
          "cache_sampled": "student, 2 teachers, cache sampled k=16", "cache_topk": "student, 2 teachers, cache top-k k=16",
@@ -317,20 +320,21 @@ def test_ce_windows(ckpt_path, data_dir, windows, device="cpu"):
     return out
 
 
-def blimp_command(out_dir, limit=0, extra=()):
+def blimp_command(out_dir, limit=0, extra=(), protocol=None):
     """eval_blimp.py on a model's ckpt.pt: full BLiMP and the supplement (limit: pairs per paradigm, 0 = all),
-    written to out_dir/blimp.json."""
+    written to out_dir/blimp.json, with `protocol` (None: eval_blimp.py's default, the official 2025 one)."""
     return ["eval_blimp.py", "--ckpt", os.path.join(out_dir, "ckpt.pt"), "--data", os.path.join(SHARED, "blimp_filtered"),
             "--supplement", os.path.join(SHARED, "blimp_supplement"), "--out", os.path.join(out_dir, "blimp.json"),
-            *(["--limit", str(limit)] if limit else []), *extra]
+            *(["--limit", str(limit)] if limit else []), *(["--protocol", protocol] if protocol else []), *extra]
 
 
-def evaluate_model(work, data, name, role, out_dir, train_seconds, label, limit=0, test_windows=TEST_WINDOWS, device="cpu", blimp_extra=()):
+def evaluate_model(work, data, name, role, out_dir, train_seconds, label, limit=0, test_windows=TEST_WINDOWS, device="cpu", blimp_extra=(),
+                   protocol=None):
     """BLiMP + supplement (blimp_command, a step with a marker) and test CE over test_windows windows (0 = all)
     on `device`; writes work/results/NAME.json."""
     if os.path.isfile(os.path.join(work, "results", f"{name}.json")):
         return
-    eval_seconds = run_once(f"{name}_blimp", blimp_command(out_dir, limit, blimp_extra), None, work, label)
+    eval_seconds = run_once(f"{name}_blimp", blimp_command(out_dir, limit, blimp_extra, protocol), None, work, label)
     result = model_result(work, data, name, role, out_dir, train_seconds, eval_seconds, test_windows, device)
     print(f"[{label}] {name}: val CE {result['val_ce']:.4f}, test CE {result['test_ce']:.4f}, BLiMP {result['blimp']:.1f}, "
           f"supplement {result['supplement']:.1f}", flush=True)
@@ -421,7 +425,7 @@ def main(argv=None):
             seconds = run_once(name, cmd, out_dir, work, label) if cmd else t1_seconds if name == "teacher1" else b1_seconds
             if not os.path.isfile(os.path.join(work, "results", f"{name}.json")):
                 evaluate_model(work, data, name, role, out_dir, seconds, label, limit=20 if args.smoke else 0,
-                               test_windows=64 if args.smoke else TEST_WINDOWS)
+                               test_windows=64 if args.smoke else TEST_WINDOWS, protocol=PROTOCOL)
                 report(work, where, [name for name, *_ in steps], info, cmds)
     report(work, where, [name for name, *_ in steps], info, cmds)
     print(f"report: {os.path.join(where, 'RESULTS.md')}" + (" (stopped after the sweeps: --until sweeps)" if args.until == "sweeps" else ""))
@@ -650,7 +654,7 @@ def write_report(m, info, path, missing=(), cmds=()):
         f"Corpus: the first {info['words_per_source']:,} words of each babylm_2024_mini training source ({info['train_tokens']:,} training "
         f"tokens), {info['epochs']:g} epochs = {info['steps']} steps of 32 x 128 tokens ({info['steps_per_epoch']} per epoch); validation: "
         f"the last 5% of each training source (held out by prepare_data.py), the split every model is tuned and stopped on; "
-        f"test: the official dev files, used for no choice (tuning, early stopping), {n_test:,} windows of {TRAIN['seq_len']} tokens, evenly spread over the split. {sizes} Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. Compute so far: {hours:.1f} hours of "
+        f"test: the official dev files, used for no choice (tuning, early stopping), {n_test:,} windows of {TRAIN['seq_len']} tokens, evenly spread over the split. BLiMP and the supplement: eval_blimp.py's {PROTOCOL} protocol (--protocol {PROTOCOL}; eval_blimp.py's default is the official 2025 one). {sizes} Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. Compute so far: {hours:.1f} hours of "
         "wall time on these cores (every training run, sweep and evaluation).", "",
         "## 1. Learning-rate sweeps", "",
         "The learning rates of the teacher and of the baseline are tuned on validation CE before the comparison (BabyLlama-2's "
@@ -684,7 +688,7 @@ def write_report(m, info, path, missing=(), cmds=()):
         "## BLiMP by field", "", "Pooled accuracy over the pairs of each field, as eval_blimp.py reports it. BLiMP's own files spell "
         "one field two ways (syntax_semantics in 13 paradigms, syntax/semantics in 1); the labels are kept as given.", "", *field_table(m), "",
         "![validation CE](RESULTS_val_ce.png)", "",
-        "## Commands", "", "Run from the project root, in this order, with WORK the work folder (each model then gets `eval_blimp.py` "
+        "## Commands", "", f"Run from the project root, in this order, with WORK the work folder (each model then gets `eval_blimp.py --protocol {PROTOCOL}` "
         "on its `ckpt.pt`, full sets; teacher1 and baseline_s1 are links to the sweeps' runs at the chosen learning rate):", "", "```",
         *commands_block(cmds, info.get("work")), "```", ""])
     atomic_write(path, lambda f: f.write(text), "w")

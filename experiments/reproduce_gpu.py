@@ -65,6 +65,7 @@ WARMUP_SHARE = 600 / 6720  # configs/teacher1.py: 600 warmup steps of ~6.7k (8 e
 TOKENS_PER_WORD = {16000: 1.46, 1024: 2.0}
 TRAIN_SHARE = 0.95  # prepare_data.py keeps the first 95% of each training source for training (the rest: validation)
 BLIMP_TOKENS_PER_PAIR = 20  # two sentences of ~10 tokens, for the plan only
+PROTOCOL = "2025"  # BLiMP as the official BabyLM pipeline scores it (2025, and the 2026 Strict tracks)
 FULL = dict(micro_batch_size=128, blimp_extra=["--batch_tokens", "16384"], blimp_limit=0, test_windows=0)
 # --tiny: the same pipeline as small as still meaningful on 2 CPU cores: 2,000 words of each source and of each
 # dev file (~24k training tokens, 11 steps per epoch at batch 16), a 1,024-token BPE, a 2-layer Llama of width
@@ -254,7 +255,7 @@ def main(argv=None):
     steps = model_steps(args, work, s)
     names = [name for name, *_ in steps]
     where = work if args.tiny else ROOT  # a tiny run is not a result: its report stays in the work folder
-    cmds = lambda: [prepare_command(args, work)] + [c for name, _, cmd, out_dir in steps for c in (cmd, blimp_command(out_dir, s["blimp_limit"], s["blimp_extra"]))]
+    cmds = lambda: [prepare_command(args, work)] + [c for name, _, cmd, out_dir in steps for c in (cmd, blimp_command(out_dir, s["blimp_limit"], s["blimp_extra"], PROTOCOL))]
     if args.report_only:
         report(work, where, names, report_info(args, work, s), cmds())
         print(f"report: {os.path.join(where, 'RESULTS_GPU.md')}")
@@ -284,7 +285,7 @@ def main(argv=None):
         if not os.path.isfile(os.path.join(work, "results", f"{name}.json")):
             seconds = run_once(name, cmd, out_dir, work, label)
             evaluate_model(work, os.path.join(work, "data"), name, role, out_dir, seconds, label, limit=s["blimp_limit"],
-                           test_windows=s["test_windows"], device=device, blimp_extra=s["blimp_extra"])
+                           test_windows=s["test_windows"], device=device, blimp_extra=s["blimp_extra"], protocol=PROTOCOL)
             report(work, where, names, report_info(args, work, s), cmds())
     report(work, where, names, report_info(args, work, s), cmds())
     print(f"this invocation: {(time.perf_counter() - t_start) / 60:.1f} minutes; planned {total / 60:.1f}")
@@ -347,7 +348,7 @@ def write_report(m, info, plan, markers, path, missing=(), cmds=()):
         f"{f'has {params / 1e6:.1f}M parameters' if params else 'has one size'} (teachers, student and baseline: "
         f"{', '.join(f'{k} {v}' for k, v in s['shape'].items())}). Validation: the last 5% of each training source, once per "
         f"epoch, the best checkpoint kept; test: the official dev files{test}, used for no choice. "
-        f"Machine: {plan['device'] if plan else '?'}, torch {torch.__version__}.", "",
+        f"BLiMP and the supplement: eval_blimp.py's {PROTOCOL} protocol, the official pipeline's. Machine: {plan['device'] if plan else '?'}, torch {torch.__version__}.", "",
         "## 1. Plan and measured time", "",
         f"The plan printed before the run (assumed MFU {plan['mfu']:.0%}) beside the wall time of each step (training, then "
         "eval_blimp.py and test CE). A step resumed after a kill counts only the run that finished it." if plan else "No plan recorded.", "",

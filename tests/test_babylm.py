@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import shlex
 import shutil
 import sys
 import time
@@ -85,6 +87,24 @@ def test_milestone_steps_follow_the_words_per_token_arithmetic():
         plan("--checkpoints_at=1M,6M", "--max_iters=30000")
     with pytest.raises(InputError, match=r"checkpoints_at: 'soon' is not a word count; expected counts such as 500k,1M"):
         plan("--checkpoints_at=1M,soon", "--max_iters=30000")
+
+
+def test_an_official_list_the_run_is_too_short_for_is_noted_or_refused_under_a_track(prepared, tmp_path, capsys):
+    assert plan("--checkpoints_at=babylm", "--max_iters=100").milestones == {}  # 19,200 words seen: none of 1M, 2M, ...
+    for entry in ("babylm", "babylm_strict"):
+        with pytest.raises(InputError, match=rf"^checkpoints_at={entry} with track=strict-small: the run is planned for 19,200 words seen, "
+                                             r"short of the first milestone chck_1M \(1,000,000 words\), so a submission would have no"):
+            plan(f"--checkpoints_at={entry}", "--max_iters=100", "--track=strict-small")
+    assert plan("--checkpoints_at=babylm", "--max_iters=5209", "--track=strict", windows=60_000).milestones == {5209: ["chck_1M"]}  # reaches one
+    out = str(tmp_path / "short")
+    teacher_main(tiny_argv(prepared, out, max_iters=4, eval_interval=4, checkpoints_at="babylm"))
+    words = 4 * TOKENS_PER_STEP * split_words(prepared)[0] // split_words(prepared)[1]
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line or "milestone" in line]
+    assert notes == [f"note: checkpoints_at=babylm: the run is planned for {words:,} words seen, short of the first milestone chck_1M "
+                     "(1,000,000 words): no milestone will be written"]
+    with pytest.raises(InputError, match=r"^checkpoints_at=babylm with track=strict-small: the run is planned for"):
+        teacher_main(tiny_argv(prepared, str(tmp_path / "refused"), max_iters=4, eval_interval=4, checkpoints_at="babylm", track="strict-small"))
+    assert not os.path.exists(tmp_path / "refused"), "refused before any work"
 
 
 def test_the_budget_guard_names_the_rule():
@@ -171,9 +191,10 @@ def test_all_checkpoints_exports_one_folder_per_revision(milestone_runs, tmp_pat
         tensors = read_safetensors(os.path.join(hf, rev, "model.safetensors"))
         assert all(torch.equal(tensors[name], ck["model"][ours]) for ours, name in hf_names(2)), rev
     out = capsys.readouterr().out
-    commands = [line.strip() for line in out.splitlines() if line.strip().startswith("huggingface-cli upload")]
-    assert commands == [f"huggingface-cli upload REPO_ID {hf}/chck_500 . --revision chck_500",
-                        f"huggingface-cli upload REPO_ID {hf}/chck_1k . --revision chck_1k", f"huggingface-cli upload REPO_ID {hf}/main ."]
+    commands = [line.strip() for line in out.splitlines() if line.strip().startswith("hf upload")]
+    assert commands == [f"hf upload REPO_ID {hf}/chck_500 . --revision chck_500",
+                        f"hf upload REPO_ID {hf}/chck_1k . --revision chck_1k", f"hf upload REPO_ID {hf}/main ."]
+    assert "hf auth login" in out and "huggingface-cli" not in out
     export_hf.main(["--ckpt", os.path.join(run, "last.pt"), "--all_checkpoints=True", "--out", hf])  # main = the file named
     tensors = read_safetensors(os.path.join(hf, "main", "model.safetensors"))
     assert torch.equal(tensors["lm_head.weight"], read_checkpoint(os.path.join(run, "last.pt"))["model"]["output.weight"])
@@ -214,6 +235,135 @@ def test_push_uploads_each_folder_as_its_revision_and_is_optional(milestone_runs
     assert not os.path.exists(tmp_path / "none")
 
 
+def hf_cli(command):
+    """(command path, parsed parameters) of an `hf ...` command line, by the click parser of the installed
+    huggingface_hub's own `hf` command (it parses, nothing runs): an unknown command or option raises."""
+    click = pytest.importorskip("click", reason="huggingface_hub is not installed (pip install huggingface_hub)")
+    hf_app = pytest.importorskip("huggingface_hub.cli.hf", reason="this huggingface_hub has no `hf` command (before 0.34)").app
+    if not isinstance(hf_app, click.Command):  # huggingface_hub 1.x: a typer app
+        hf_app = __import__("typer").main.get_command(hf_app)
+    words = shlex.split(command)
+    assert words[0] == "hf", command
+    cmd, ctx, args, path = hf_app, click.Context(hf_app, info_name="hf"), words[1:], []
+    while isinstance(cmd, click.Group):
+        name, cmd, args = cmd.resolve_command(ctx, args)
+        ctx, path = click.Context(cmd, info_name=name, parent=ctx), path + [name]
+    return " ".join(path), cmd.make_context(path[-1], args, parent=ctx.parent).params
+
+
+def documented_hf_commands():
+    """Every `hf ...` line of a code block in the README and the docs (comments after # dropped)."""
+    found = []
+    for page in ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")]:
+        text = open(os.path.join(ROOT, page)).read()
+        assert "huggingface-cli" not in text, f"{page}: huggingface-cli is gone from huggingface_hub 1.x and 2.x (the `hf` command)"
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+            found += [(page, line.split(" #")[0].strip()) for line in block.splitlines() if line.strip().startswith("hf ")]
+    return found
+
+
+def test_the_printed_and_documented_upload_commands_are_the_installed_hf_cli(milestone_runs, tmp_path, capsys):
+    """export_hf.py's printed commands and the docs' `hf` lines parse with the installed huggingface_hub's own CLI:
+    upload of each folder to its revision (a milestone its branch, main without --revision), login."""
+    hf = str(tmp_path / "hf")
+    export_hf.main(["--ckpt", milestone_runs[0], "--all_checkpoints=True", "--out", hf, "--repo_id", "me/tiny"])
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("hf ")]
+    assert len(printed) == 3
+    for line, rev in zip(printed, ("chck_500", "chck_1k", None)):
+        name, params = hf_cli(line)
+        assert name == "upload" and (params["repo_id"], params["local_path"], params["path_in_repo"], params["revision"]) == \
+            ("me/tiny", os.path.join(hf, rev or "main"), ".", rev), line
+    assert hf_cli("hf auth login")[0] == "auth login"
+    documented = documented_hf_commands()
+    assert {"upload", "auth login"} <= {hf_cli(line)[0] for _, line in documented}, documented
+    for page, line in documented:
+        name, params = hf_cli(line)
+        if name == "upload":
+            rev = re.search(r"/(chck_\w+|main)$", params["local_path"])
+            assert rev and params["path_in_repo"] == "." and params["revision"] == (None if rev[1] == "main" else rev[1]), (page, line)
+    with pytest.raises(Exception, match="No such command"):
+        hf_cli("hf uplod me/tiny hf/main .")  # the parser does refuse what the installed hf does not have
+    with pytest.raises(Exception, match="No such option"):
+        hf_cli("hf upload me/tiny hf/main . --branch chck_1M")
+
+
+def test_hub_cache_refuses_before_any_work_what_it_cannot_write(milestone_runs, tmp_path):
+    """--hub_cache: a name from_pretrained can take, a repository folder no download of that name occupies, apart from --out."""
+    run, out, cache = milestone_runs[0], str(tmp_path / "hf"), tmp_path / "cache"
+    argv = ["--ckpt", run, "--all_checkpoints=True", "--out", out, "--hub_cache", str(cache)]
+    with pytest.raises(InputError, match=r"^--hub_cache needs --repo_id=ORG/NAME"):
+        export_hf.main(argv)
+    for bad in ("tiny", "me/a/b", "me/--x", "me/x..y", "-me/x"):
+        with pytest.raises(InputError, match=rf"^--repo_id={re.escape(bad)}: expected ORG/NAME"):
+            export_hf.main([*argv, "--repo_id", bad])
+    (cache / "models--me--tiny" / "snapshots").mkdir(parents=True)  # a download of that name: not export_hf.py's
+    with pytest.raises(InputError, match=r"models--me--tiny holds a repository that export_hf.py did not write \(a download\?\)"):
+        export_hf.main([*argv, "--repo_id", "me/tiny"])
+    with pytest.raises(InputError, match=r"its models--me--x and --out=.* overlap"):
+        export_hf.main(["--ckpt", run, "--all_checkpoints=True", "--out", str(cache / "models--me--x" / "hf"), "--hub_cache", str(cache), "--repo_id", "me/x"])
+    assert not os.path.exists(out) and sorted(os.listdir(cache)) == ["models--me--tiny"]
+    export_hf.main([*argv, "--repo_id", "me/tiny2"])
+    export_hf.main([*argv, "--repo_id", "me/tiny2"])  # its own: replaced
+    repo = cache / "models--me--tiny2"
+    assert sorted(os.listdir(repo)) == ["babydistill_export.json", "blobs", "refs", "snapshots"]
+    assert sorted(os.listdir(repo / "refs")) == ["chck_1k", "chck_500", "main"] and len(os.listdir(repo / "snapshots")) == 3
+
+
+def copy_run(run, dest):
+    shutil.copytree(run, dest)
+    return str(dest)
+
+
+def test_export_never_writes_into_a_run(milestone_runs, tmp_path):
+    """The reported data loss: --out RUN/chck_1k replaced that milestone's folder, its ckpt.pt gone. No --out that is,
+    lies inside or holds a run's folder, --overwrite=True or not; an import's folder (its own ckpt.pt) may be replaced."""
+    run = copy_run(milestone_runs[0], tmp_path / "run")
+    before = {name: sha(os.path.join(run, name)) for name in ("ckpt.pt", "last.pt", "log.jsonl", "chck_500/ckpt.pt", "chck_1k/ckpt.pt")}
+    for out, message in ((f"{run}/chck_1k", r"is a run's folder \(it holds ckpt\.pt\): export never writes into a run; choose a folder outside it"),
+                         (f"{run}/hf", rf"lies inside {re.escape(run)}, which is a run's folder \(it holds ckpt\.pt, last\.pt, log\.jsonl\)"),
+                         (f"{run}/chck_1k/x/y", rf"lies inside {re.escape(run)}/chck_1k, which is a run's folder")):
+        for overwrite in ("False", "True"):
+            with pytest.raises(InputError, match=rf"^--out={re.escape(out)} {message}"):
+                export_hf.main(["--ckpt", run, "--all_checkpoints=True", "--out", out, f"--overwrite={overwrite}"])
+    assert {name: sha(os.path.join(run, name)) for name in before} == before and not os.path.exists(f"{run}/hf")
+    holder = tmp_path / "holder"
+    copy_run(milestone_runs[1], holder / "old_run")
+    with pytest.raises(InputError, match=r"--out=.*holder holds a run's folder .*old_run \(with ckpt\.pt, last\.pt, log\.jsonl\): replacing it"):
+        export_hf.main(["--ckpt", os.path.join(run, "ckpt.pt"), "--out", str(holder), "--overwrite=True"])
+    assert os.path.isfile(holder / "old_run" / "ckpt.pt")
+    hf, imported = str(tmp_path / "hf"), str(tmp_path / "imported")
+    export_hf.main(["--ckpt", os.path.join(run, "ckpt.pt"), "--out", hf])
+    for _ in range(2):  # an import (ckpt.pt, meta.json with imported_from) replaced by the same import: not a run
+        export_hf.main(["--from_hf", hf, "--out", imported])
+    assert sorted(os.listdir(imported)) == ["ckpt.pt", "meta.json", "tokenizer.tiktoken"]
+
+
+def test_all_checkpoints_refuses_a_missing_milestone_or_one_of_another_run(milestone_runs, tmp_path):
+    a, b = milestone_runs
+    out = str(tmp_path / "hf")
+    run = copy_run(a, tmp_path / "missing")
+    shutil.rmtree(os.path.join(run, "chck_500"))
+    words = max(e["words_seen"] for e in read_log(os.path.join(run, "log.jsonl")))
+    with pytest.raises(InputError, match=rf"^{re.escape(run)}/chck_500/ckpt\.pt: missing; .*log\.jsonl records {words:,} words seen, past this "
+                                         r"milestone of the run's checkpoints_at \(500 words\)"):
+        export_hf.main(["--ckpt", run, "--all_checkpoints=True", "--out", out])
+    cases = {"seed": (os.path.join(b, "chck_1k"), "chck_1k", r"written with seed=2 \(the run: 1\)"),  # another run's milestone
+             "label": (os.path.join(a, "chck_1k"), "chck_2k", r"chck_2k is not a milestone of the run's checkpoints_at=500,1k"),
+             "early": (os.path.join(a, "chck_500"), "chck_1k", r"written at step \d+ \([\d,]+ words seen\), not the first step that reaches 1,000 words"),
+             "late": (os.path.join(a, "chck_1k"), "chck_500", r"written at step \d+ \([\d,]+ words seen\), not the first step that reaches 500 words")}
+    for case, (source, label, why) in cases.items():
+        run = copy_run(a, tmp_path / case)
+        shutil.rmtree(os.path.join(run, label), ignore_errors=True)
+        shutil.copytree(source, os.path.join(run, label))
+        with pytest.raises(InputError, match=rf"^{re.escape(run)}/{label}/ckpt\.pt: not a milestone of this run \({why}\); move it away$"):
+            export_hf.main(["--ckpt", run, "--all_checkpoints=True", "--out", out])
+    run = copy_run(a, tmp_path / "main")
+    shutil.copy(os.path.join(b, "ckpt.pt"), os.path.join(run, "other.pt"))
+    with pytest.raises(InputError, match=r"other\.pt: not a checkpoint of the run in .*main \(seed=2 \(the run: 1\)"):
+        export_hf.main(["--ckpt", os.path.join(run, "other.pt"), "--all_checkpoints=True", "--out", out])
+    assert not os.path.exists(out), "refused before any work"
+
+
 # -----------------------------------------------------------------------------------------------
 # Learning curves
 
@@ -246,7 +396,8 @@ def test_curves_score_every_milestone_as_eval_blimp_does_and_resume(milestone_ru
             assert (s["blimp"], s["supplement"], s["blimp_pairs"], s["supplement_pairs"]) == (ref_b["blimp"]["score"], ref_s["blimp"]["score"], 8, 2)
             assert s["words_seen"] == read_checkpoint(ckpt)["words_seen"]
     rows = open(os.path.join(out, "curves.md")).read().splitlines()
-    assert [r.split(" | ")[:2] for r in rows[2:]] == [["| run1", "chck_500"], ["| run1", "chck_1k"], ["| run2", "chck_500"], ["| run2", "chck_1k"]]
+    assert [r.split(" | ")[:2] for r in rows[2:6]] == [["| run1", "chck_500"], ["| run1", "chck_1k"], ["| run2", "chck_500"], ["| run2", "chck_1k"]]
+    assert rows[6:] == ["", "Scored with eval_blimp.py's 2025 protocol (--protocol=2025)."] and record["settings"]["protocol"] == "2025"
     try:
         import matplotlib  # noqa: F401
         assert open(os.path.join(out, "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"

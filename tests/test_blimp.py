@@ -211,5 +211,58 @@ def test_command_line_on_a_checkpoint(random_ckpt, tmp_path):
     assert saved["blimp"]["pairs"] == 4 and set(saved["blimp"]["tasks"]) == {"p1", "p2"}
     assert saved["blimp"]["score"] == results["blimp"]["score"]
     model, _, enc, info = load_model_and_tokenizer(ckpt)  # the same numbers, computed without the command line
-    expected = evaluate_set(model.eval(), enc, info, limit_tasks(read_tasks(str(data)), 2), "2024", "cpu", progress=False)
+    expected = evaluate_set(model.eval(), enc, info, limit_tasks(read_tasks(str(data)), 2), "2025", "cpu", progress=False)  # the default protocol
     assert results["blimp"]["tasks"] == expected["tasks"] and results["blimp"]["score"] == expected["score"]
+
+
+def test_the_default_protocol_is_the_official_2025_one_and_the_output_names_it(random_ckpt, tmp_path, capsys):
+    """The official pipeline of 2025 (and of the 2026 Strict tracks) scores a sentence without a leading space: that
+    is the default, so a participant who gives no --protocol gets the numbers the pipeline reproduces; 2024 on
+    request. The JSON and the last printed line name the protocol."""
+    data = tmp_path / "blimp"
+    data.mkdir()
+    pairs = [{"sentence_good": s, "sentence_bad": " ".join(reversed(s.split())), "UID": "p"} for s in ("the cat sees a dog.", "we find the ball.")]
+    (data / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    default = main(["--ckpt", random_ckpt, "--data", str(data), "--device=cpu"])
+    shown = capsys.readouterr().out
+    assert default["protocol"] == "2025" and json.load(open(tmp_path / "blimp_2025.json"))["protocol"] == "2025"
+    assert "\nprotocol 2025 | BLiMP " in shown
+    explicit = main(["--ckpt", random_ckpt, "--data", str(data), "--protocol", "2025", "--device=cpu"])
+    old = main(["--ckpt", random_ckpt, "--data", str(data), "--protocol=2024", "--device=cpu"])
+    assert "\nprotocol 2024 | BLiMP " in capsys.readouterr().out and old["protocol"] == "2024"
+    assert default["blimp"] == {**explicit["blimp"], "seconds": default["blimp"]["seconds"]}
+
+
+def test_pipeline_pairs_counts_the_pairs_where_the_official_predictions_differ(random_ckpt, tmp_path, capsys):
+    """experiments/pipeline_pairs.py: the pipeline's predictions.json (per task, in file order, the sentence it scored
+    higher) against eval_blimp.py's per-pair correctness; equal predictions differ nowhere, one flipped pair is counted."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    import pipeline_pairs
+
+    data = tmp_path / "blimp"
+    data.mkdir()
+    sentences = ["the cat sees a dog.", "we find the ball.", "a little bird draws the moon.", "she loves her friend today."]
+    for task in ("p1", "p2"):
+        (data / f"{task}.jsonl").write_text("".join(json.dumps({"sentence_good": s, "sentence_bad": " ".join(reversed(s.split())), "UID": task}) + "\n"
+                                                    for s in sentences))
+    ours = main(["--ckpt", random_ckpt, "--data", str(data), "--out", str(tmp_path / "b.json"), "--device=cpu"])
+    tasks = read_tasks(str(data))
+    official = {task: {"predictions": [{"id": f"{task}_{i}", "pred": p["good"] if flag == "1" else p["bad"]}
+                                       for i, (p, flag) in enumerate(zip(pairs, ours["blimp"]["tasks"][task]["correct"]))]}
+                for task, pairs in tasks.items()}
+    (tmp_path / "predictions.json").write_text(json.dumps(official))
+    argv = ["--predictions", str(tmp_path / "predictions.json"), "--data", str(data), "--eval_blimp", str(tmp_path / "b.json")]
+    theirs, mine, differ = pipeline_pairs.main(argv)
+    assert theirs == mine == ours["blimp"]["score"] and differ == []
+    assert capsys.readouterr().out.strip().endswith("blimp: pipeline %.2f | eval_blimp.py (2025 protocol) %.2f | 2 tasks, 8 pairs, 0 differ" % (mine, mine))
+    flipped = official["p2"]["predictions"][3]
+    flipped["pred"] = tasks["p2"][3]["bad"] if flipped["pred"] == tasks["p2"][3]["good"] else tasks["p2"][3]["good"]
+    (tmp_path / "predictions.json").write_text(json.dumps(official))
+    theirs, mine, differ = pipeline_pairs.main(argv)
+    assert differ == [("p2", 3)] and abs(theirs - mine) == 100 / 4 / 2
+    official["p1"]["predictions"].pop()
+    (tmp_path / "predictions.json").write_text(json.dumps(official))
+    with pytest.raises(InputError, match=r"predictions\.json: task p1 has 3 predictions, the data has 4 pairs"):
+        pipeline_pairs.main(argv)

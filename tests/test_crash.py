@@ -562,7 +562,7 @@ ROWS = [
     Row("export: --push without huggingface_hub", "export_hf.py", lambda e: ["--ckpt", e.ckpt, "--out", e.out, "--push", "me/model"],
         r"--push needs the huggingface_hub package: pip install huggingface_hub", setup=lambda e: e.mp.setitem(sys.modules, "huggingface_hub", None)),
     Row("export: --push with --from_hf", "export_hf.py", lambda e: ["--from_hf", str(e.tmp), "--out", e.out, "--push", "me/model"],
-        r"--all_checkpoints and --push export a run of this project"),
+        r"--all_checkpoints, --push and --hub_cache export a run of this project"),
     # --- output folder of a run
     Row("--out_dir is a file", "train_teacher.py", lambda e: tiny_argv(e.prepared, e.file("taken", "x")), r"out_dir=.*taken: exists and is not a folder"),
     Row("--out_dir empty", "train_teacher.py", lambda e: tiny_argv(e.prepared, ""), r"out_dir: empty; expected an output folder"),

@@ -200,6 +200,20 @@ def test_compute_total_counts_every_launch_of_a_sweep_and_the_report_names_resum
     assert "BLiMP (2 paradigms) and the supplement (1 tasks)" in text  # counted from the results
 
 
+def test_the_cpu_report_is_scored_and_said_to_be_scored_with_the_2024_protocol(tmp_path):
+    """RESULTS.md was scored with the 2024 protocol: reproduce_cpu.py passes it explicitly (eval_blimp.py's default is
+    the official 2025 one now), and the report, generated and checked in, names it."""
+    assert reproduce_cpu.PROTOCOL == "2024"
+    command = reproduce_cpu.blimp_command("/w/out/teacher2", 0, (), reproduce_cpu.PROTOCOL)
+    assert command[command.index("--protocol") + 1] == "2024"
+    assert "--protocol" not in reproduce_cpu.blimp_command("/w/out/teacher2")  # no protocol given: eval_blimp.py's default
+    os.makedirs(tmp_path / "logs")
+    reproduce_cpu.report(str(tmp_path), str(tmp_path), [], {**fake_info(), "sweeps": {}}, [])
+    said = ("BLiMP and the supplement: eval_blimp.py's 2024 protocol (--protocol 2024", "each model then gets `eval_blimp.py --protocol 2024`")
+    for text in ((tmp_path / "RESULTS.md").read_text(), open(os.path.join(ROOT, "RESULTS.md")).read()):
+        assert all(s in text for s in said)
+
+
 def test_a_step_resumed_after_a_kill_is_marked_resumed(tmp_path):
     os.makedirs(tmp_path / "logs")
     for name, killed in (("fresh", False), ("killed", True)):

@@ -9,14 +9,15 @@ the export is also loaded there. Run: python -m pytest tests/test_export.py"""
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
 
 from conftest import shared_path
 import eval_blimp
-from export_hf import export, import_hf, read_safetensors, write_safetensors
-from checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from export_hf import export, hf_names, import_hf, read_safetensors, write_safetensors
+from checkpoint import load_checkpoint, model_checkpoint, read_checkpoint, save_checkpoint
 from config import InputError
 from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
@@ -114,6 +115,61 @@ def test_export_import_round_trip(real_tokenizer, tmp_path):
         assert enc2.encode(line, allowed_special="all") == enc.encode(line, allowed_special="all")
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_import_of_a_tied_config_with_its_own_head_ties_equal_heads_and_refuses_different_ones(real_tokenizer, tmp_path, arch):
+    """tie_word_embeddings true and a separate lm_head.weight in the file: the same matrix twice is a tied model (imported,
+    its logits the model's); a different one is refused in one line, never one head picked in silence (the report: logits
+    up to 1.47 off what transformers loads)."""
+    ckpt, model = make_ckpt(tmp_path, real_tokenizer, tie_embeddings=True) if arch == "llama" else make_gpt2_ckpt(tmp_path, real_tokenizer)
+    hf_dir = export(ckpt, str(tmp_path / "hf"))
+    path, embeddings = os.path.join(hf_dir, "model.safetensors"), "model.embed_tokens.weight" if arch == "llama" else "transformer.wte.weight"
+    tensors = read_safetensors(path)
+    assert json.load(open(os.path.join(hf_dir, "config.json")))["tie_word_embeddings"] is True and "lm_head.weight" not in tensors
+    write_safetensors(path, {**tensors, "lm_head.weight": tensors[embeddings].clone()}, progress=False)
+    back, _ = load_checkpoint(import_hf(hf_dir, str(tmp_path / "same")))
+    ids = torch.tensor([[5, 40, 99, 7, 250]])
+    with torch.no_grad():
+        assert torch.equal(back.eval()(ids), model(ids))
+    torch.manual_seed(1)
+    write_safetensors(path, {**tensors, "lm_head.weight": tensors[embeddings] + 0.1 * torch.randn_like(tensors[embeddings])}, progress=False)
+    with pytest.raises(InputError, match=rf"config\.json: tie_word_embeddings is true but .*hf also holds an lm_head\.weight that differs from "
+                                         rf"{embeddings} \(max \|difference\| 0\.\d+\): set tie_word_embeddings to false to import the separate head"):
+        import_hf(hf_dir, str(tmp_path / "different"))
+
+
+def test_hub_cache_revisions_load_offline_in_transformers_with_their_own_weights(milestone_runs, tmp_path):
+    """export_hf.py --hub_cache DIR --repo_id ORG/NAME: from_pretrained("ORG/NAME", revision=...) reads each revision from
+    the local Hub cache offline, as the official pipeline is run (HF_HOME, HF_HUB_OFFLINE=1; and cache_dir=DIR): the
+    weights of chck_500, chck_1k and main are their own checkpoints', and two revisions differ where their checkpoints do.
+    (A local folder would not do: from_pretrained(folder, revision=...) ignores the revision.)"""
+    from export_hf import main as export_main
+
+    hub = pytest.importorskip("huggingface_hub")
+    run, home = milestone_runs[0], tmp_path / "home"
+    export_main(["--ckpt", run, "--all_checkpoints=True", "--out", str(tmp_path / "hf"), "--hub_cache", str(home / "hub"), "--repo_id", "babydistill/tiny"])
+    script = ("import sys, torch, transformers as t\nout = {}\nfor rev in sys.argv[2:]:\n"  # the pipeline's own call (its get_model)
+              "    m = t.AutoModelForCausalLM.from_pretrained('babydistill/tiny', trust_remote_code=True, revision=rev)\n"
+              "    tok = t.AutoTokenizer.from_pretrained('babydistill/tiny', revision=rev)\n"
+              "    out[rev] = {'state': m.state_dict(), 'ids': tok('the cat').input_ids}\ntorch.save(out, sys.argv[1])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE")}
+    revisions = {"chck_500": "chck_500/ckpt.pt", "chck_1k": "chck_1k/ckpt.pt", "main": "ckpt.pt"}
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "loaded.pt"), *revisions], capture_output=True, text=True, timeout=600,
+                       env={**env, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = torch.load(tmp_path / "loaded.pt", weights_only=True)
+    ckpts = {rev: read_checkpoint(os.path.join(run, path))["model"] for rev, path in revisions.items()}
+    for rev, ck in ckpts.items():
+        assert all(torch.equal(loaded[rev]["state"][hf], ck[ours]) for ours, hf in hf_names(2)), rev
+        assert loaded[rev]["ids"][:1] == [317], rev  # the boundary token first, as the 2025 pipeline tokenizes
+    for a, b in (("chck_500", "chck_1k"), ("chck_1k", "main")):
+        differ = {hf for ours, hf in hf_names(2) if not torch.equal(ckpts[a][ours], ckpts[b][ours])}
+        assert differ and differ == {hf for _, hf in hf_names(2) if not torch.equal(loaded[a]["state"][hf], loaded[b]["state"][hf])}, (a, b)
+    m = transformers.AutoModelForCausalLM.from_pretrained("babydistill/tiny", revision="chck_500", cache_dir=str(home / "hub"), local_files_only=True)
+    assert torch.equal(m.state_dict()["lm_head.weight"], ckpts["chck_500"]["output.weight"])
+    (repo,) = hub.scan_cache_dir(str(home / "hub")).repos  # huggingface_hub's own reading of the layout
+    assert repo.repo_id == "babydistill/tiny" and sorted(ref for rev in repo.revisions for ref in rev.refs) == ["chck_1k", "chck_500", "main"]
+
+
 def test_gpt2_exports_as_a_gpt2_lm_head_model_with_equal_logits(real_tokenizer, tmp_path):
     ckpt, model = make_gpt2_ckpt(tmp_path, real_tokenizer, max_seq_len=256)
     out = export(ckpt, str(tmp_path / "hf"))
@@ -170,7 +226,7 @@ def test_gpt2_export_scores_blimp_in_transformers_pair_for_pair_as_eval_blimp(re
     with torch.no_grad():
         model.tok_embeddings.weight.mul_(20)  # sharper logits: pairs far from ties, so a flip would show
     save_checkpoint(ckpt, model_checkpoint(model, load_tokenizer(real_tokenizer)[1], config={"data_dir": real_tokenizer}))
-    ours = eval_blimp.main([f"--ckpt={ckpt}", f"--data={folder}", f"--out={tmp_path / 'blimp.json'}", "--device=cpu"])["blimp"]["tasks"]
+    ours = eval_blimp.main([f"--ckpt={ckpt}", f"--data={folder}", f"--out={tmp_path / 'blimp.json'}", "--device=cpu", "--protocol=2024"])["blimp"]["tasks"]
 
     hf_dir = export(ckpt, str(tmp_path / "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()

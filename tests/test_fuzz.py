@@ -84,6 +84,9 @@ ENTRY_POINTS = {
     "bench/bench_superglue.py": ("bench_superglue", "KEYS", lambda w, d: [f"--data_dir={w.prepared}", f"--glue={w.glue}", "--sizes=tiny"],
                                  ["bench_superglue.Classifier"]),
     "bench/gpu_check.py": ("gpu_check", "KEYS", lambda w, d: ["--rehearse", f"--out={d}/g"], ["gpu_check.child"]),
+    "experiments/pipeline_pairs.py": ("pipeline_pairs", "PAIRS_KEYS",
+                                      lambda w, d: [f"--predictions={w.predictions}", f"--data={w.blimp}", f"--eval_blimp={w.eval_json}"],
+                                      ["pipeline_pairs.compare"]),
     "bench/bench_distill.py": ("bench_distill", "KEYS", lambda w, d: ["--size=tiny", "--variants=plain"],
                                ["bench_distill.measure_matmul_flops", "bench_distill.run_variant"]),
     "bench/bench_loss.py": ("bench_loss", "KEYS", lambda w, d: ["--shapes=tiny", "--variants=plain"],
@@ -164,6 +167,11 @@ class World:
         rte = {"sentence1": "the cat sees the ball.", "sentence2": "a dog likes the moon.", "label": 0}
         self.glue = self.write("glue/rte.train.jsonl", [rte, {**rte, "label": 1}] * 4)
         self.write("glue/rte.valid.jsonl", [rte, {**rte, "label": 1}])
+        task = {"pairs": 3, "tasks": {"anaphor_agreement": {"correct": [1, 1, 0]}}}  # eval_blimp.py's JSON, and the pipeline's predictions
+        self.eval_json = os.path.join(base, "blimp.json")
+        json.dump({"protocol": "2025", "blimp": task}, open(self.eval_json, "w"))
+        self.predictions = os.path.join(base, "predictions.json")
+        json.dump({"anaphor_agreement": {"predictions": [{"id": i, "pred": "the cat sees the ball."} for i in range(3)]}}, open(self.predictions, "w"))
         self.corpus = write_corpus(os.path.join(base, "corpus"), n_train=200, n_dev=20)
         self.paths = {"file": self.ckpt, "folder": os.path.join(base, "empty_folder"), "missing": os.path.join(base, "no", "such", "path")}
         os.makedirs(self.paths["folder"])
