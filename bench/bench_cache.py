@@ -67,7 +67,7 @@ KEYS = {"benchmark": {
 
 
 def loss_cfg(args):
-    return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=256, teachers=["t1", "t2"],
+    return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=512, teachers=["t1", "t2"],
                            loss_impl=args.loss_impl, seq_len=args.seq_len, **{**CACHE_DEFAULTS, "cache_k": args.k, "cache_block": args.batch})
 
 

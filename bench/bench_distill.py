@@ -48,7 +48,7 @@ KEYS = {"benchmark": {
     "steps": (5, "timed steps (their median counts)", "1..1000"),
     "warmup": (2, "untimed first steps (compilation happens here)", "1..100"),
     "variants": (list(VARIANTS), "variants to time: " + ", ".join(VARIANTS)),
-    "loss_chunk": (256, "positions per chunk of the chunked loss (train.py's loss_chunk)", "1..65536"),
+    "loss_chunk": (512, "positions per chunk of the chunked loss (train.py's loss_chunk)", "1..65536"),
     "default_malloc": (False, "skip config.keep_freed_memory (what training does on a CPU), to see its effect"),
     "variant": ("", "internal: run one variant in this process"),
 }}
