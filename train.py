@@ -94,7 +94,7 @@ TRAIN_KEYS = merge_keys({
         "loss_impl": ("chunked", "'chunked': the loss loss_chunk positions at a time, each chunk differentiated by autograd, never "
                                  "the whole (B, T, vocab) logits; 'plain': on the whole micro-batch's logits ('fused': chunked, its old name)",
                       ("chunked", "plain", "fused")),
-        "loss_chunk": (512, "positions per chunk (whole sequences, at least one; a micro-batch within one chunk is computed whole; "
+        "loss_chunk": (256, "positions per chunk (whole sequences, at least one; a micro-batch within one chunk is computed whole; "
                             "0 = all at once); also the positions per teacher pass of a cache build", ">=0"),
     },
     "evaluation and logging": {

@@ -56,6 +56,7 @@ KEYS = {"benchmark": {
     "seq_len": (128, "tokens per sequence", "1..4096"),
     "k": (CACHE_DEFAULTS["cache_k"], "cache slots per position", "1..65536"),
     "loss_impl": ("chunked", "distill.py's loss_impl for every variant", ("chunked", "plain")),
+    "loss_chunk": (256, "positions per chunk of the chunked loss (train.py's loss_chunk)", "1..65536"),
     "steps": (5, "timed steps (their median counts)", "1..1000"),
     "warmup": (2, "untimed first steps", "1..100"),
     "build_blocks": (3, "blocks of batch windows in the timed build", "1..1000"),
@@ -67,7 +68,7 @@ KEYS = {"benchmark": {
 
 
 def loss_cfg(args):
-    return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=512, teachers=["t1", "t2"],
+    return SimpleNamespace(alpha=0.5, temperature=2.0, ensemble="logits", kl_reduction="paper", loss_chunk=args.loss_chunk, teachers=["t1", "t2"],
                            loss_impl=args.loss_impl, seq_len=args.seq_len, **{**CACHE_DEFAULTS, "cache_k": args.k, "cache_block": args.batch})
 
 
@@ -182,13 +183,14 @@ def main(argv=None):
     windows = args.windows or max(args.build_blocks * args.batch, args.batch * 4)
     peak = measure_matmul_flops()
     print(f"fp32 2048x2048 matmul: {peak / 1e9:.1f} GFLOP/s | torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"size {args.size}, batch {args.batch} x {args.seq_len}, two teachers of the student's size, T=2, k={args.k} sampled, loss_impl {args.loss_impl}, "
+    print(f"size {args.size}, batch {args.batch} x {args.seq_len}, two teachers of the student's size, T=2, k={args.k} sampled, loss_impl {args.loss_impl} "
+          f"(loss_chunk {args.loss_chunk}), "
           f"{args.steps} timed steps (median)")
     rows = {}
     with tempfile.TemporaryDirectory() as work:
         for variant in parts:
             cmd = [sys.executable, __file__, f"--variant={variant}", f"--work={work}", f"--windows={windows}", f"--size={args.size}",
-                   f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--loss_impl={args.loss_impl}"]
+                   f"--batch={args.batch}", f"--seq_len={args.seq_len}", f"--k={args.k}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--loss_impl={args.loss_impl}", f"--loss_chunk={args.loss_chunk}"]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 raise InputError(f"part {variant} failed: {(out.stderr or out.stdout).strip().splitlines()[-1]}")

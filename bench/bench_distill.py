@@ -4,6 +4,7 @@ the papers' way of computing it against this project's, eager and compiled.
     python bench/bench_distill.py                                   # 58M student, two 58M teachers, batch 8 x 128, CPU
     python bench/bench_distill.py --size=tiny --batch=32 --steps=5  # the walk-through's tiny configs
     python bench/bench_distill.py --variants=plain,chunked --steps=10     # eager only (no compile wait)
+    python bench/bench_distill.py --size=345m --batch=4 --variants=plain,chunked --steps=2   # BabyLlama-2's 345M (minutes a step)
 
 Variants at the same sizes, each in its own process (so peak memory is its own):
     hf         the papers' code path: transformers' LlamaForCausalLM (eager, its default attention), full fp32
@@ -38,17 +39,18 @@ from model import Llama, ModelConfig  # noqa: E402
 SIZES = {
     "58m": dict(vocab_size=16000, dim=512, n_layers=16, n_heads=8, hidden_dim=1024),  # configs/babyllama_58m.py
     "tiny": dict(vocab_size=16000, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384),  # configs/tiny_teacher1.py
+    "345m": dict(vocab_size=16000, dim=960, n_layers=32, n_heads=15, n_kv_heads=5, hidden_dim=2560),  # configs/student.py
 }
 VARIANTS = ("hf", "reference", "plain", "chunked", "plain-compiled", "chunked-compiled")
 
 KEYS = {"benchmark": {
-    "size": ("58m", "model size: 58m (configs/babyllama_58m.py) or tiny (configs/tiny_teacher1.py)", tuple(SIZES)),
+    "size": ("58m", "model size: 58m (configs/babyllama_58m.py), tiny (configs/tiny_teacher1.py) or 345m (configs/student.py)", tuple(SIZES)),
     "batch": (8, "sequences per step (one micro-batch)", "1..4096"),
     "seq_len": (128, "tokens per sequence", "1..4096"),
     "steps": (5, "timed steps (their median counts)", "1..1000"),
     "warmup": (2, "untimed first steps (compilation happens here)", "1..100"),
     "variants": (list(VARIANTS), "variants to time: " + ", ".join(VARIANTS)),
-    "loss_chunk": (512, "positions per chunk of the chunked loss (train.py's loss_chunk)", "1..65536"),
+    "loss_chunk": (256, "positions per chunk of the chunked loss (train.py's loss_chunk)", "1..65536"),
     "default_malloc": (False, "skip config.keep_freed_memory (what training does on a CPU), to see its effect"),
     "variant": ("", "internal: run one variant in this process"),
 }}

@@ -41,7 +41,7 @@ SEQ_LEN, ALPHA, T = 128, 0.5, 1.0
 KEYS = {"benchmark": {
     "shapes": (["58m", "tiny"], "shapes to time: 58m, tiny (see the docstring)"),
     "variants": (list(VARIANTS), "variants to time: " + ", ".join(VARIANTS) + " (liger*: skipped when liger_kernel is not installed)"),
-    "loss_chunk": (512, "positions per chunk of the chunked loss (train.py's loss_chunk; whole sequences of 128)", "128..65536"),
+    "loss_chunk": (256, "positions per chunk of the chunked loss (train.py's loss_chunk; whole sequences of 128)", "128..65536"),
     "liger_chunk": (1024, "positions per chunk of Liger-Kernel's loss (its default)", "1..65536"),
     "reps": (5, "timed forward + backward passes per round (their median counts)", "1..1000"),
     "rounds": (2, "rounds over the variants (the best round counts)", "1..20"),

@@ -112,7 +112,7 @@ def ours(shape_, vocab, rt):
     teachers = [Llama(mcfg).to(rt.device).eval().requires_grad_(False) for _ in range(2)]
     if rt.dtype == "bfloat16":
         teachers = [t.to(torch.bfloat16) for t in teachers]  # as distill.load_teachers
-    cfg = SimpleNamespace(alpha=ALPHA, temperature=T, ensemble="logits", kl_reduction="paper", loss_impl="chunked", loss_chunk=512, seq_len=SEQ_LEN)
+    cfg = SimpleNamespace(alpha=ALPHA, temperature=T, ensemble="logits", kl_reduction="paper", loss_impl="chunked", loss_chunk=256, seq_len=SEQ_LEN)
     objective = Distillation(student, teachers, [0.5, 0.5], cfg)
     loss_fn = torch.compile(objective.loss) if rt.compile else objective.loss
     opt = student.configure_optimizer(7e-4, 5.0, (0.9, 0.999), 1e-8)
