@@ -88,7 +88,7 @@ from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
 from prepare_data import PAT_STR, replace_folder, write_ranks  # writing a tokenizer: the one script besides prepare_data.py that does
 from run_dir import PATH_KEYS, RESUMABLE_KEYS
-from train import BABYLM_MILESTONES, milestone_label, parse_words, run_milestones
+from babylm import BABYLM_MILESTONES, milestone_label, parse_words, run_milestones
 
 # -----------------------------------------------------------------------------------------------
 # Weight names: project <-> Hugging Face Llama

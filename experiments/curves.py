@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 from checkpoint import atomic_write, check_writable_dir, load_model_and_tokenizer  # noqa: E402
 from config import InputError, load_config, merge_keys, run_main, runtime  # noqa: E402
 from eval_blimp import BLIMP_KEYS, PROTOCOLS, evaluate_set, limit_tasks, read_tasks  # noqa: E402
-from train import run_milestones  # noqa: E402
+from babylm import run_milestones  # noqa: E402
 
 CURVES_KEYS = merge_keys({
     "learning curves": {

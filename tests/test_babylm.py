@@ -24,7 +24,8 @@ from config import InputError, load_config
 from conftest import ROOT, Job, finish, strip_timing, synthetic_sentences, tiny_argv
 from data import split_words
 from export_hf import hf_names, read_safetensors
-from train import BABYLM_MILESTONES, milestone_label, parse_words, plan_run
+from babylm import BABYLM_MILESTONES, milestone_label, parse_words
+from train import plan_run
 from train_teacher import TEACHER_KEYS, main as teacher_main
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
