@@ -49,11 +49,42 @@ def _terminate(signum, frame):
     raise Terminated
 
 
+PARENT_ENV = "BABYDISTILL_PARENT_PID"  # set by an experiment for its commands (child_env): they die with it
+
+
+def child_env(extra=None):
+    """The environment of an experiment's (or a sweep's) command: this process's, plus what makes the command end
+    when this process does (run_main: die_with_parent)."""
+    return {**os.environ, **(extra or {}), PARENT_ENV: str(os.getpid())}
+
+
+def die_with_parent():
+    """A command started with child_env ends when its experiment does, even by SIGKILL: Linux sends it SIGTERM then
+    (prctl PR_SET_PDEATHSIG; a trainer saves its last.pt), so no command outlives its experiment and races a rerun over
+    its out_dir. Asked for here, as the command starts, not by the parent between fork and exec: Python code run there
+    shares the terminal's process group with the parent, and a Ctrl-C at that instant printed a traceback."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: when the process that started this one dies
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # started by another program (a shell of a --then command), or orphaned already
+        try:
+            os.kill(int(parent), 0)
+        except ProcessLookupError:  # the experiment died before the request: end now, as it would have made us
+            raise Terminated from None
+        except PermissionError:
+            pass
+
+
 def run_main(main):
     """Run a script's main(), the one way every entry point runs: a mistake in the input is one line
     `error: ...` (exit 1), Ctrl-C one line (exit 130), SIGTERM one line (exit 143), never a traceback."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        die_with_parent()
         main()
     except (InputError, FloatingPointError) as e:  # FloatingPointError: a non-finite loss stopped training
         sys.exit(f"error: {e}")

@@ -73,7 +73,7 @@ SEQ_LEN, ALPHA, T = 128, 0.5, 1.0  # BabyLlama-2: windows of 128, alpha 0.5, T 1
 PARTS = ("data", "tests", "ddp", "step", "blimp")
 TIMEOUT_S = {"data": 300, "tests": 300, "ddp": 240, "step 58m": 300, "step 345m": 360, "blimp": 240}
 KEYS = {"gpu check": {
-    "out": ("bench/results/gpu_check", "folder for results.json and results.md (relative to the repository)"),
+    "out": ("bench/results/gpu_check", "folder for results.json and results.md"),
     "data_dir": ("", "a prepared data folder (for the tokenizer); empty = found (reproduce_gpu.py's, data/mini) or prepared"),
     "parts": (list(PARTS), "the parts to run: " + ", ".join(PARTS)),
     "rehearse": (False, "every part on this CPU at tiny sizes, eager (checks this script, not a GPU)"),
@@ -344,7 +344,10 @@ def main(argv=None):
     parts = args.parts
     if not parts or set(parts) - set(PARTS):
         raise InputError(f"--parts={','.join(map(str, parts))}: expected some of {', '.join(PARTS)}")
-    args.out = os.path.join(ROOT, args.out)  # relative to the repository, as the default (an absolute path stays)
+    # Paths are relative to the working folder, as in every other script; absolute from here on, because the parts
+    # run as children in the repository root.
+    args.out = os.path.abspath(args.out)
+    args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else args.data_dir
     check_writable_dir(args.out, "--out")
     if not args.rehearse and not torch.cuda.is_available():
         print("no CUDA device is visible: nothing to check on this machine (bench/gpu_check.py checks the GPU path; "

@@ -44,7 +44,6 @@ WORK) is rewritten after every evaluated model, saying what is still to run.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -58,7 +57,7 @@ from reproduce_cpu import (ROLES, ROOT, SHARED, blimp_command, commands_block, c
                            how_to_read, kv, link_sweep_run, main_claims, comparison_section, model_result, models_table, pyplot,
                            subset_corpus, summary_table)
 from checkpoint import atomic_write, check_writable_dir, read_log  # noqa: E402
-from config import InputError, load_config, run_main  # noqa: E402
+from config import InputError, child_env, load_config, run_main  # noqa: E402
 from data import split_words  # noqa: E402
 from stats import excludes_zero  # noqa: E402
 
@@ -192,23 +191,13 @@ def start(name, argv, out_dir, work):
         cmd.append("--resume=True")  # killed earlier: continue from its last.pt
     elif out_dir and os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         cmd.append("--overwrite=True")  # killed before its first checkpoint: start again
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = child_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})  # one thread; it dies with this process
     log = open(os.path.join(work, "logs", f"{name}.log"), "ab")
     print(f"[start] {name}: python {' '.join(cmd)}".replace(ROOT + "/", "").replace(work, "$WORK"), flush=True)
-    # the job ends with this process (prctl PR_SET_PDEATHSIG = SIGTERM: train.py then saves last.pt), never orphaned; in
     # its own session, so that a Ctrl-C at the terminal reaches this process only, which stops each job once (run_jobs)
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
     return proc, time.time(), cmd != list(argv) and cmd[-1] == "--resume=True"
-
-
-def die_with_parent():
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def run_jobs(args, work):

@@ -71,7 +71,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from checkpoint import atomic_write, check_writable_dir, load_checkpoint, read_log  # noqa: E402
-from config import InputError, Terminated, load_config, run_main  # noqa: E402
+from config import InputError, Terminated, child_env, load_config, run_main  # noqa: E402
 from stats import blimp_diff_ci, ce_diff_ci, seeds_diff_ci, verdict, excludes_zero  # noqa: E402
 from train import Windows, eval_indices  # noqa: E402
 
@@ -132,14 +132,14 @@ def subset_corpus(src, dst, words, dev_words=0):
 def run(cmd, log_path):
     """Run one of the project's commands, showing its output as it comes and keeping it in log_path; returns the
     wall time. The command runs in its own session, so a Ctrl-C at the terminal reaches this process only, which
-    passes it on exactly once (a second SIGINT makes a trainer abort without saving), waits for the command to save
-    and exit, and then stops with one line, status 130 (SIGTERM: the same, 143). A failed command stops the
-    experiment with one line naming its log."""
+    passes it on as SIGTERM (a trainer saves last.pt and exits; a command still starting Python dies quietly, where a
+    SIGINT that early printed "Fatal Python error"), waits for the command to exit, and then stops with one line,
+    status 130 (SIGTERM: the same, 143). A failed command stops the experiment with one line naming its log."""
     t0 = time.perf_counter()
     stop = None
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=die_with_parent)
+                                start_new_session=True, env=child_env())  # it dies with this process (config.die_with_parent)
         while True:
             try:
                 while chunk := proc.stdout.read1(1 << 16):
@@ -148,24 +148,15 @@ def run(cmd, log_path):
                     sys.stdout.flush()
                 proc.wait()
                 break
-            except (KeyboardInterrupt, Terminated) as e:  # passed on, each one: the command saves and exits, then we stop
+            except (KeyboardInterrupt, Terminated) as e:  # passed on once: the command saves and exits, then we stop
+                if stop is None:
+                    proc.send_signal(signal.SIGTERM)
                 stop = stop or e
-                proc.send_signal(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
     if stop is not None:
         raise stop
     if proc.returncode:
         raise InputError(f"{' '.join(cmd[:1])} failed (exit {proc.returncode}); its output is in {log_path}; run the experiment again to continue")
     return time.perf_counter() - t0
-
-
-def die_with_parent():
-    """In the child, before exec (Linux): SIGTERM when this process dies, even by SIGKILL, so a command never outlives
-    the experiment (a trainer saves its last.pt on SIGTERM) and a rerun never races an orphan over its out_dir."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def run_once(name, cmd, out_dir, work, label):

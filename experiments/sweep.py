@@ -77,7 +77,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoint import check_writable_dir  # noqa: E402
-from config import InputError, Terminated, convert_value, load_config, read_config_file, run_main  # noqa: E402
+from config import InputError, Terminated, child_env, convert_value, load_config, read_config_file, run_main  # noqa: E402
 
 STATE = "sweep_run.json"  # per run, written by the sweep: the marker of a finished run
 RANGES = ("uniform", "log_uniform", "int_uniform")
@@ -358,14 +358,15 @@ class Runner:
         self.procs, self.interrupts, self.signum, self.abort = set(), 0, signal.SIGINT, None
 
     def on_signal(self, signum, frame):
-        """Ctrl-C / SIGTERM: pass SIGINT on to the runs once (they save last.pt and exit), start nothing new;
-        a second one is passed on again, which makes the training scripts abort at once."""
+        """Ctrl-C / SIGTERM: pass SIGTERM on to the runs once (they save last.pt and exit), start nothing new;
+        a second one kills them. SIGTERM, not SIGINT: a run that is still starting Python dies quietly of it, where a
+        SIGINT arriving before Python's streams exist printed "Fatal Python error" and a traceback."""
         self.interrupts += 1
         self.signum = signum
         print(f"\nsweep: interrupted ({'passing it on: runs save last.pt and exit' if self.interrupts == 1 else 'aborting runs'})", flush=True)
         with self.lock:
             for p in self.procs:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL)
 
     def launch(self, argv, env, log_path, label):
         with self.lock:
@@ -373,9 +374,10 @@ class Runner:
         with open(log_path, "ab") as log:
             log.write(f"$ {shlex.join(argv)}\n".encode())
             # A new session: a Ctrl-C in the terminal reaches only the sweep, which passes it on exactly once
-            # (a second SIGINT would make the trainer abort without saving). PYTHONUNBUFFERED: lines arrive live.
+            # (on_signal). PYTHONUNBUFFERED: lines arrive live.
+            # child_env: the run dies with the sweep (config.die_with_parent: the project's scripts ask for it as they start)
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
+                                    env=child_env({**env, "PYTHONUNBUFFERED": "1"}))
             with self.lock:
                 self.procs.add(proc)
             last = b""
@@ -391,22 +393,6 @@ class Runner:
                 self.procs.discard(proc)
         lines = [s.strip() for s in last.decode(errors="replace").replace("\r", "\n").splitlines() if s.strip()]
         return code, (lines[-1] if lines else "")
-
-
-def die_with_parent():
-    """In the child, before exec (Linux): receive SIGKILL when the sweep dies, so no orphan run keeps writing
-    to an out_dir that a re-run of the sweep resumes. (The signal follows the forking thread: a worker
-    thread lives until its child has exited, so only the sweep's death triggers it.)"""
-    if _prctl is not None:
-        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-try:  # looked up once here: the child should do as little as possible between fork and exec
-    import ctypes
-
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-except (OSError, AttributeError):
-    _prctl = None
 
 
 def execute(run, env, runner, label, metric="val_loss"):

@@ -42,6 +42,27 @@ def pytest_runtest_makereport(item, call):
             return
 
 
+def repository_status():
+    """`git status --porcelain` of the repository (ignored files left out), or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_untouched():
+    """Tests write only under their temporary folders: a test whose script resolved a path against the repository
+    once left results.json in the repository root and in folders named abc/, nan/, -1/ (the fuzz values of --out)."""
+    before = repository_status()
+    yield
+    after = repository_status()
+    if before is not None and after is not None and after != before:
+        new = sorted(set(after.splitlines()) - set(before.splitlines()))
+        pytest.fail(f"the tests changed the repository (git status): {new[:10]}", pytrace=False)
+
+
 def shared_path(*parts):
     """A path under ../shared/data, or skip the test when it is not there."""
     path = os.path.join(SHARED, *parts)

@@ -132,14 +132,14 @@ def as_load_config_reads(key, spec, text):
 
 
 def same_value(given, got, cwd):
-    """The value the script kept is the one given: equal, or the same path made absolute (to the working folder or,
-    for a default relative to the repository, to ROOT)."""
+    """The value the script kept is the one given: equal, or the same path made absolute (to the working folder: a
+    path relative to anything else would write where the user did not ask)."""
     if isinstance(given, float) and isinstance(got, float) and math.isnan(given) and math.isnan(got):
         return True
     if given == got and type(given) is type(got):
         return True
     if isinstance(given, str) and isinstance(got, str):
-        return os.path.normpath(got) in (os.path.abspath(os.path.join(cwd, given)), os.path.abspath(os.path.join(ROOT, given)))
+        return os.path.normpath(got) == os.path.abspath(os.path.join(cwd, given))
     if isinstance(given, list) and isinstance(got, list) and len(given) == len(got):
         return all(same_value(a, b, cwd) for a, b in zip(given, got))
     return False

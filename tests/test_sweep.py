@@ -25,9 +25,12 @@ SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
 # and "last" differ). FAKE_DIE_AT=k: SIGKILL itself right after saving step k. FAKE_SLEEP: seconds per step;
 # FAKE_QUIET: print nothing. Ctrl-C and SIGTERM end it as config.run_main ends the project's scripts (130, 143).
 FAKE = r'''
-import json, os, signal, sys, time
+import signal, sys  # the handlers first: a signal passed on while the rest is imported ends the run in one line too
 signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+import ctypes, json, os, time
+if os.environ.get("BABYDISTILL_PARENT_PID"):  # as the project's scripts do (config.die_with_parent): it dies with the sweep
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 cfg = {"lr": 0.1, "seed": 1, "max_iters": 6, "out_dir": "out", "resume": False}
 for a in sys.argv[1:]:
     k, v = a[2:].split("=", 1)
