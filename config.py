@@ -97,6 +97,16 @@ def run_main(main):
     except BrokenPipeError:  # the reader went away (python SCRIPT --help | head): nothing is left to say, to no one
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush must not raise again
         sys.exit(1)
+    finally:
+        if getattr(main, "__module__", None) == "__main__":  # `python SCRIPT`, not a test calling main in its process
+            ignore_late_signals()
+
+
+def ignore_late_signals():
+    """The work is done: a Ctrl-C or SIGTERM from here on stops nothing. Ignored, because Python's shutdown puts the
+    default handlers back and a SIGTERM arriving then killed a finished run (status -15 instead of 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -1,8 +1,14 @@
 """config.load_config: defaults < file < --key=value, unknown keys (with a suggestion), types, bounds, lists,
 config-file errors as FILE:LINE, --help listing every key. Run: python -m pytest tests/test_config.py"""
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
+from conftest import ROOT
 from config import InputError, flat_defaults, load_config
 from distill import DISTILL_KEYS
 from train import check_train_config, plan_run
@@ -177,3 +183,15 @@ def test_plan_run_checks_the_shape_of_a_run():
         plan_run(cfg(), world=3, n_windows=20)
     with pytest.raises(InputError, match="batch_size=8 is more than the 7 training windows"):
         plan_run(cfg(), world=1, n_windows=7)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_the_work_is_done_changes_nothing(tmp_path, signum):
+    """A Ctrl-C or SIGTERM that arrives as a script ends (its main has returned) must neither print a traceback nor
+    kill it: before config.ignore_late_signals, Python's shutdown put the default handlers back and a finished run
+    died of SIGTERM (status -15); in the instant before that, the handler raised Terminated outside main."""
+    script = tmp_path / "late.py"
+    script.write_text(f"import os, signal, sys, time\nsys.path.insert(0, {ROOT!r})\nfrom config import run_main\n"
+                      f"def main():\n    print('done')\nrun_main(main)\nos.kill(os.getpid(), {int(signum)})\ntime.sleep(0.2)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", ""), (proc.returncode, proc.stderr[-500:])

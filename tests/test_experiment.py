@@ -276,7 +276,7 @@ def test_killed_during_the_sweeps_edge_extension_the_rerun_ends_as_the_uninterru
     job = Job(cmd, str(base), 2)
     job.wait_until(lambda: state().get("launches", 0) > 1)
     time.sleep(random.Random(30).uniform(0, 3))
-    job.stop("term")  # in training, or after it: a random instant
+    job.stop("term", finished=lambda out: "stopped after the baseline's" in out)  # in training, or after it: a random instant
     again = finish(cmd, str(base), 3)
     assert rows() == reference
     assert chosen(again) == reference_chosen
