@@ -38,7 +38,6 @@ def chunk_step(formula, share, h_c, W, *per_sequence_c):
     return torch.func.grad_and_value(part, argnums=(0, 1), has_aux=True)(h_c, W, *per_sequence_c)
 
 
-@torch.compiler.disable(recursive=False)  # an outer torch.compile compiles chunk_step on its own, not this loop unrolled
 def chunked_loss(formula, h, W, per_sequence, chunk):
     """(loss, logs) equal to formula(h @ W.T, *per_sequence) and its gradients, computed `chunk` sequences at a time.
 
@@ -46,6 +45,15 @@ def chunked_loss(formula, h, W, per_sequence, chunk):
     per_sequence: tensors whose first dimension is the batch, cut along with h (targets, teachers' hidden states,
     cached targets). formula(logits (b, L, V), *per_sequence_b) -> (loss, {name: scalar}), a mean over the b
     sequences it is given; every logged number is averaged over chunks the same way."""
+    # Under torch.compile the loop is not traced (unrolled, 16 chunks took two minutes to compile): each chunk_step
+    # is compiled on its own. Asked for here, while tracing, rather than by a decorator: the decorator imports
+    # torch._dynamo, which doubled the start-up time of every script (about 1.5 s more, compiled or not).
+    loop = torch.compiler.disable(chunk_loop, recursive=False) if torch.compiler.is_compiling() else chunk_loop
+    return loop(formula, h, W, per_sequence, chunk)
+
+
+def chunk_loop(formula, h, W, per_sequence, chunk):
+    """chunked_loss's loop over chunks."""
     B = h.shape[0]
     hd, Wd = h.detach(), W.detach()
     dh, dW = torch.empty_like(hd), torch.zeros_like(Wd)
