@@ -398,4 +398,7 @@ def peak_flops(device):
         for key, value in GPU_PEAK_FLOPS.items():
             if key in name:
                 return value
-    return measure_matmul_flops(device=str(device))
+    # On a CPU 1024, not the benchmarks' 2048: a fraction of a second at the start of every run instead of one to two
+    # seconds on one thread (most of a short run's start-up); on this CPU it read as high as 2048 or higher, and a
+    # run measures again whenever its MFU would exceed 100%. A GPU needs the larger matmul to come near its peak.
+    return measure_matmul_flops(n=1024 if device.type == "cpu" else 2048, device=str(device))
