@@ -41,7 +41,8 @@ was killed is launched again, with --resume=True when its out_dir has last.pt. C
 passed on once to the runs, which save last.pt and exit; a second Ctrl-C aborts them; the sweep then exits
 with 130 (143 for SIGTERM). A failed run (its command's exit status, a missing metric) makes the sweep end
 with one line `error: ...` and exit 1 once the other runs are done; the same command runs it again. If the
-sweep itself is killed, its runs die with it (Linux), so a re-run never races an orphan. Adding a --then command to a
+sweep itself is killed, its runs die with it (Linux: this project's scripts ask for it as they start,
+config.die_with_parent; a script of your own can do the same), so a re-run never races an orphan. Adding a --then command to a
 finished sweep runs only the new command. Changing the fixed settings of an existing sweep is refused:
 use a new --out.
 
