@@ -119,25 +119,45 @@ def lock_out_dir(out_dir):
 def take_lock(path):
     """Create the lock file `path` holding this process's pid. Returns 0 when taken (a lock whose process is
     gone, or is this very process, is taken over), else the pid of the live process that holds it."""
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            return 0
-        except FileExistsError:
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a lock file: remove it")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:  # the pid is written before the lock appears (os.link): a lock is never seen empty
+        f.write(str(os.getpid()))
+    try:
+        for _ in range(3):
             try:
-                pid = int(open(path).read().strip() or 0)
-                if pid == os.getpid():  # this process's own earlier run (in-process tests, notebooks)
-                    raise ProcessLookupError
-                os.kill(pid, 0)  # raises if no such process
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                os.remove(path) if os.path.exists(path) else None  # stale: its process is gone
-                continue
-            except PermissionError:
-                pass  # alive, owned by someone else
-            return pid
+                link_or_create(tmp, path)  # fails if the lock exists: one process wins
+                return 0
+            except FileExistsError:
+                text = open(path, errors="replace").read().strip() if os.path.isfile(path) else ""
+                pid = int(text) if text.isdigit() and len(text) < 10 else 0  # else not a pid: a stale or broken lock
+                try:
+                    if pid <= 0 or pid == os.getpid():  # broken, or this process's own earlier run (in-process tests)
+                        raise ProcessLookupError
+                    os.kill(pid, 0)  # raises if no such process
+                except (ProcessLookupError, FileNotFoundError):
+                    os.remove(path) if os.path.isfile(path) else None  # stale: its process is gone
+                    continue
+                except PermissionError:
+                    pass  # alive, owned by someone else
+                return pid
+    finally:
+        os.remove(tmp)
     raise InputError(f"{path}: cannot take the lock (delete it if no process of yours holds it)")
+
+
+def link_or_create(tmp, path):
+    """path appears holding tmp's text, or FileExistsError. A hard link where the filesystem has them (atomic, and
+    the text is there the moment the name is); else create-exclusive, then write."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FUSE filesystems)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.write(fd, open(tmp, "rb").read())
+        os.close(fd)
 
 
 def release_lock(path):

@@ -213,3 +213,32 @@ def test_resume_refuses_training_data_rewritten_in_place(prepared, tmp_path):
         f.write(b"\x05\x00")
     with pytest.raises(InputError, match=r"another config: train\.bin sha256 \w+ -> \w+"):
         main(tiny_argv(data, out, max_iters=8, eval_interval=2, resume=True))
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0", "-1", "99999999999999999999", "\xff\xfe"])
+def test_a_lock_that_names_no_process_is_taken_over_and_a_live_one_is_not(tmp_path, text):
+    """An empty run.lock was read as pid 0, and os.kill(0, 0) (this process group) said "alive" yet take_lock
+    returned 0, "taken": two runs trained in one folder. A huge number was an OverflowError, a folder an
+    IsADirectoryError. Now anything that is not a live pid is stale, and the lock holds its pid from the instant
+    it exists (written, then linked into place)."""
+    import subprocess, sys
+    from run_dir import release_lock, take_lock
+    lock = str(tmp_path / "run.lock")
+    open(lock, "w", errors="surrogateescape").write(text)
+    assert take_lock(lock) == 0 and open(lock).read() == str(os.getpid()), f"take_lock: a lock holding {text!r} was not taken over"
+    release_lock(lock)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        open(lock, "w").write(str(holder.pid))
+        assert take_lock(lock) == holder.pid, "take_lock: a live holder's lock was taken"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")], "take_lock left its temporary file"
+
+
+def test_a_folder_where_the_lock_goes_is_one_line(tmp_path):
+    from run_dir import take_lock
+    os.makedirs(tmp_path / "run.lock")
+    with pytest.raises(InputError, match="is a folder, not a lock file"):
+        take_lock(str(tmp_path / "run.lock"))
