@@ -61,9 +61,15 @@ def atomic_write(path, write, mode="wb"):
 
 
 def check_writable(path):
-    """Refuse, before any work, an output file path that cannot be written (a folder, under a file, read-only)."""
+    """Refuse, before any work, a results file path that cannot be written (a folder, under a file, read-only) or
+    that holds something other than results: `--out run/last.pt` once replaced a checkpoint by the scores."""
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder; expected a file path")
+    if os.path.isfile(path):
+        try:
+            json.load(open(path, encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise InputError(f"{path}: exists and is not a results file (JSON); it is not replaced: choose another path") from None
     _check_can_create(os.path.dirname(os.path.abspath(path)), path)
 
 

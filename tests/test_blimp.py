@@ -266,3 +266,18 @@ def test_pipeline_pairs_counts_the_pairs_where_the_official_predictions_differ(r
     (tmp_path / "predictions.json").write_text(json.dumps(official))
     with pytest.raises(InputError, match=r"predictions\.json: task p1 has 3 predictions, the data has 4 pairs"):
         pipeline_pairs.main(argv)
+
+
+def test_out_that_holds_a_checkpoint_is_refused_and_kept(tmp_path):
+    """eval_blimp.py and eval_superglue.py --out run/last.pt replaced the checkpoint by the scores (exit 0). An
+    existing file that is not a results file (JSON) is refused in one line and left as it was; a results file of
+    an earlier evaluation is replaced as before."""
+    from checkpoint import check_writable
+    ckpt = tmp_path / "last.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(InputError, match="exists and is not a results file"):
+        check_writable(str(ckpt))
+    assert ckpt.read_bytes() == before
+    (tmp_path / "blimp.json").write_text('{"blimp": {"score": 50.0}}')
+    check_writable(str(tmp_path / "blimp.json"))  # an earlier result: may be replaced
