@@ -449,6 +449,7 @@ def main(argv=None):
     args = load_config(PREPARE_KEYS, argv or ["--help"], __doc__)
     check_writable_dir(args.out, "--out")  # empty, a file, under a file or read-only: before any work
     out = os.path.normpath(args.out)
+    check_replaceable(out, args.src)
     src = args.src
     if not src:
         src = out + ".download.zip"  # beside the output: a failed download leaves no empty data folder
@@ -464,6 +465,20 @@ def main(argv=None):
         shutil.rmtree(partial, ignore_errors=True)
     print_stats(meta, timing)
     print(f"wrote {out}")
+
+
+def check_replaceable(out, src):
+    """--out is replaced whole, so it must be new, empty or an earlier output of this script (meta.json): a run's
+    folder or the corpus itself given as --out was deleted (exit 0). Nor may it hold --src or the working folder."""
+    here, o = os.path.abspath(os.getcwd()), os.path.abspath(out)
+    if here == o or here.startswith(o + os.sep):
+        raise InputError(f"--out={out}: is the working folder (or holds it); it would be replaced whole: give a new folder")
+    if src and (os.path.abspath(src) == o or os.path.abspath(src).startswith(o + os.sep)):
+        raise InputError(f"--src={src} lies inside --out={out}, which is replaced whole: give a new folder")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "meta.json")):
+        held = ", ".join(sorted(os.listdir(out))[:3])
+        raise InputError(f"--out={out}: holds files that prepare_data.py did not write ({held}, ...; no meta.json), and it "
+                         "is replaced whole: give a new folder")
 
 
 def replace_folder(new, dest):

@@ -137,3 +137,29 @@ def test_encode_docs_layout():
     enc = tiktoken.Encoding("t", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={})
     ids = encode_docs(enc, ["ab", "c"], bos_id=300)
     assert ids.tolist() == [300, 32, 97, 98, 300, 32, 99]
+
+
+@pytest.mark.parametrize("case", ["a run's folder", "the corpus itself", "the working folder"])
+def test_out_that_is_not_a_data_folder_is_refused_before_any_work_and_kept(tmp_path, monkeypatch, case):
+    """--out is replaced whole. A run's folder (ckpt.pt, last.pt, log.jsonl) or the corpus given as --out was deleted
+    with exit 0; `--out .` was a traceback after all the work. Each is one line now, and the folder is untouched."""
+    from prepare_data import main
+    src = write_corpus(tmp_path / "src")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt.pt").write_bytes(b"weights")
+    (run / "log.jsonl").write_text('{"step": 1}\n')
+    out = {"a run's folder": str(run), "the corpus itself": src, "the working folder": "."}[case]
+    monkeypatch.chdir(run if case == "the working folder" else tmp_path)
+    before = sorted(os.listdir(out))
+    with pytest.raises(InputError, match="replaced whole") as e:
+        main(["--src", src, "--out", out, "--vocab_size=300"])
+    assert "\n" not in str(e.value) and sorted(os.listdir(out)) == before, f"prepare_data.py --out={case}"
+
+
+def test_an_earlier_output_is_replaced(tmp_path):
+    from prepare_data import main
+    src = write_corpus(tmp_path / "src")
+    main(["--src", src, "--out", str(tmp_path / "d"), "--vocab_size=300"])
+    main(["--src", src, "--out", str(tmp_path / "d"), "--vocab_size=320"])
+    assert load_tokenizer(str(tmp_path / "d"))[0].n_vocab == 320
