@@ -431,6 +431,8 @@ class Run:
         if start is not None:
             self.optimizer.load_state_dict(start["optimizer"])
             self.step, self.best_val = start["step"], start["best_val_loss"]
+        if 0 < cfg.stop_at <= self.step:  # it would never be reached: the run would train to the end instead
+            raise InputError(f"--stop_at={cfg.stop_at}: the run is already at step {self.step}; give a later step, or 0")
         self.log = RunLog(cfg, rt, self.step if start is not None else None)
         self.ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.ddp else model
         self.loss_fn = torch.compile(objective.loss) if rt.compile else objective.loss

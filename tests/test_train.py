@@ -36,6 +36,9 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path):
     main(tiny_argv(prepared, a, max_iters=16, eval_interval=5))
     main(tiny_argv(prepared, b, max_iters=16, eval_interval=5, stop_at=7))  # stops between two evaluations
     assert load_checkpoint(os.path.join(b, "last.pt"))[1]["step"] == 7
+    for stop_at in (7, 3):  # it would never be reached: the run trained to the end instead, exit 0
+        with pytest.raises(InputError, match=f"--stop_at={stop_at}: the run is already at step 7"):
+            main(tiny_argv(prepared, b, max_iters=16, eval_interval=5, resume=True, stop_at=stop_at))
     main(tiny_argv(prepared, b, max_iters=16, eval_interval=5, resume=True))
     log_a, log_b = read_log(os.path.join(a, "log.jsonl")), read_log(os.path.join(b, "log.jsonl"))
     assert [e["step"] for e in log_a if "loss" in e] == list(range(1, 17))
