@@ -24,7 +24,7 @@ from dataclasses import asdict
 
 import torch
 
-from config import InputError
+from config import InputError, Terminated
 from data import load_tokenizer
 from gpt2 import GPT2, GPT2Config
 from model import Llama, ModelConfig
@@ -50,6 +50,8 @@ def atomic_write(path, write, mode="wb"):
     except RuntimeError as e:  # torch.save reports a write that fell short (a full disk) as "... unexpected pos N vs M"
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e.__context__, (KeyboardInterrupt, Terminated)):  # a Ctrl-C in the middle of the write, not a full disk
+            raise e.__context__ from None
         if "unexpected pos" not in str(e) and "write" not in str(e).lower():
             raise
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free

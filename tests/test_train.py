@@ -245,3 +245,31 @@ def test_a_folder_where_the_lock_goes_is_one_line(tmp_path):
     os.makedirs(tmp_path / "run.lock")
     with pytest.raises(InputError, match="is a folder, not a lock file"):
         take_lock(str(tmp_path / "run.lock"))
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, "Terminated"])
+def test_a_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt_not_a_full_disk(tmp_path, stop):
+    """torch.save turns an exception raised inside its writer into RuntimeError("unexpected pos ..."), which
+    atomic_write reads as a full disk: a second Ctrl-C during a checkpoint write said "is it full?" with exit 1.
+    The interrupt is raised as itself (exit 130 / 143), and no temporary file is left."""
+    from checkpoint import atomic_write
+    from config import Terminated
+    stop = Terminated if stop == "Terminated" else stop
+    calls = []
+
+    def write(f):
+        class Interrupted:
+            def write(self, b):
+                calls.append(len(b))
+                if len(calls) == 3:
+                    raise stop
+                return f.write(b)
+
+            def flush(self):
+                f.flush()
+        torch.save({"w": torch.zeros(100_000)}, Interrupted())
+
+    path = str(tmp_path / "ckpt.pt")
+    with pytest.raises(stop):
+        atomic_write(path, write)
+    assert os.listdir(tmp_path) == [], "atomic_write: a file was left behind"
