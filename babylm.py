@@ -53,9 +53,11 @@ def milestone_label(words):
 def run_milestones(out_dir):
     """[(label, checkpoint path)] of the milestones a run has written, in the order of words seen (what
     export_hf.py --all_checkpoints and experiments/curves.py read)."""
-    found = sorted((parse_words(name[len("chck_"):]), name) for name in os.listdir(out_dir)
-                   if name.startswith("chck_") and parse_words(name[len("chck_"):]) and os.path.isfile(os.path.join(out_dir, name, "ckpt.pt")))
-    return [(name, os.path.join(out_dir, name, "ckpt.pt")) for _, name in found]
+    folders = [name for name in os.listdir(out_dir) if name.startswith("chck_") and parse_words(name[len("chck_"):])]
+    for name in folders:  # a milestone that lost its checkpoint was silently left out of the curves
+        if not os.path.isfile(os.path.join(out_dir, name, "ckpt.pt")):
+            raise InputError(f"{os.path.join(out_dir, name)}: a milestone folder without its ckpt.pt; restore it, or move the folder away")
+    return [(name, os.path.join(out_dir, name, "ckpt.pt")) for _, name in sorted((parse_words(n[len("chck_"):]), n) for n in folders)]
 
 
 def plan_milestones(cfg, plan):

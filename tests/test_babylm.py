@@ -443,3 +443,15 @@ def test_curves_killed_after_a_milestone_and_at_a_random_instant_ends_as_an_unin
     ref = json.load(open(tmp_path / "ref" / "curves.json"))
     assert json.load(open(out / "curves.json"))["scores"] == ref["scores"]
     assert open(out / "curves.md").read() == open(tmp_path / "ref" / "curves.md").read()
+
+
+def test_a_milestone_folder_without_its_checkpoint_is_refused_not_left_out(milestone_runs, tmp_path):
+    """curves.py dropped a milestone whose ckpt.pt was gone (a ckpt.pt.tmp, or a folder, in its place) and drew the
+    curve without it, exit 0; export_hf.py --all_checkpoints and curves.py now refuse it in one line."""
+    run = copy_run(milestone_runs[0], tmp_path / "run")
+    os.remove(os.path.join(run, "chck_500", "ckpt.pt"))
+    open(os.path.join(run, "chck_500", "ckpt.pt.tmp"), "wb").close()
+    for call in (lambda: curves.main(["--runs", run, "--blimp", str(tmp_path), "--out", str(tmp_path / "c"), "--device=cpu"]),
+                 lambda: export_hf.main(["--ckpt", run, "--all_checkpoints=True", "--out", str(tmp_path / "hf")])):
+        with pytest.raises(InputError, match=rf"^{re.escape(run)}/chck_500: a milestone folder without its ckpt\.pt"):
+            call()
