@@ -212,12 +212,15 @@ def read_log(path):
         if not line.strip():
             continue
         try:
-            entries.append(json.loads(line))
+            entry = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 print(f"warning: {path}: dropped a torn last line", file=sys.stderr)
                 break
             raise InputError(f"{path}:{i + 1}: not a JSON line (the log is damaged; move it away to start afresh)") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):  # every line the trainer writes has its step
+            raise InputError(f"{path}:{i + 1}: not a log entry (a JSON object with its step); the log is damaged: move it away to start afresh")
+        entries.append(entry)
     return entries
 
 

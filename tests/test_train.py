@@ -273,3 +273,12 @@ def test_a_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt_not_a_full
     with pytest.raises(stop):
         atomic_write(path, write)
     assert os.listdir(tmp_path) == [], "atomic_write: a file was left behind"
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '{"foo": 1}', '{"step": "5"}'])
+def test_a_log_line_that_is_not_an_entry_is_one_line_naming_it(tmp_path, line):
+    """Resuming a run whose log.jsonl held a JSON line that is not an entry was a TypeError or KeyError."""
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n' + line + '\n{"step": 2, "loss": 1.9}\n')
+    with pytest.raises(InputError, match=rf"log\.jsonl:2: not a log entry"):
+        read_log(str(path))
