@@ -151,6 +151,10 @@ def read_checkpoint(path, device="cpu"):
         raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise InputError(f"{path}: not a checkpoint of this project (expected keys 'model' and 'model_config')")
+    shapes = {"model": dict, "model_config": dict, "tokenizer": dict, "config": dict}  # what every reader takes for granted
+    wrong = [k for k, kind in shapes.items() if not isinstance(ckpt.get(k, {}), kind)] + ["tokenizer"] * ("tokenizer" not in ckpt)
+    if wrong or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise InputError(f"{path}: not a checkpoint of this project ({(wrong or ['model'])[0]} is missing or not what train.py writes)")
     return ckpt
 
 
@@ -165,7 +169,10 @@ def load_checkpoint(path, device="cpu", tokenizer=None):
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: bad model_config ({e})") from None
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # weights that do not fit model_config: a missing or extra tensor, another shape
+        raise InputError(f"{path}: its weights do not fit its model_config ({str(e).strip().splitlines()[-1].strip()[:160]})") from None
     return model, ckpt
 
 

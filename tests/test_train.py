@@ -282,3 +282,24 @@ def test_a_log_line_that_is_not_an_entry_is_one_line_naming_it(tmp_path, line):
     path.write_text('{"step": 1, "loss": 2.0}\n' + line + '\n{"step": 2, "loss": 1.9}\n')
     with pytest.raises(InputError, match=rf"log\.jsonl:2: not a log entry"):
         read_log(str(path))
+
+
+@pytest.mark.parametrize("damage", ["model_config is a list", "model_config of another width", "a weight missing",
+                                    "model is a tensor", "no tokenizer", "tokenizer is text", "config is a list"])
+def test_a_checkpoint_of_the_wrong_shape_is_one_line(tiny_teachers, tmp_path, damage):
+    """sample.py, the evaluators and resume read checkpoints through load_checkpoint: a checkpoint whose parts are
+    not what train.py writes was an AttributeError, KeyError or a size-mismatch RuntimeError."""
+    ckpt = torch.load(tiny_teachers[0], weights_only=True)
+    first = next(iter(ckpt["model"]))
+    edit = {"model_config is a list": lambda c: c.update(model_config=[1, 2]),
+            "model_config of another width": lambda c: c["model_config"].update(dim=2 * c["model_config"]["dim"]),
+            "a weight missing": lambda c: c["model"].pop(first),
+            "model is a tensor": lambda c: c.update(model=torch.zeros(2)),
+            "no tokenizer": lambda c: c.pop("tokenizer"),
+            "tokenizer is text": lambda c: c.update(tokenizer="x"),
+            "config is a list": lambda c: c.update(config=[1])}
+    edit[damage](ckpt)
+    path = str(tmp_path / "ckpt.pt")
+    torch.save(ckpt, path)
+    with pytest.raises(InputError, match=r"ckpt\.pt: (not a checkpoint of this project|its weights do not fit|bad model_config)"):
+        load_checkpoint(path)
