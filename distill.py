@@ -156,9 +156,9 @@ def teacher_weights(cfg):
     return [x / sum(w) for x in w]
 
 
-def validation_losses(teachers, cfg, rt):
+def validation_losses(teachers, cfg, rt, vocab_size):
     """Each teacher's CE on the windows the student is validated on, once (logged beside the student's)."""
-    val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
+    val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len, vocab_size)
     idx = eval_indices(val_w.n, cfg.eval_windows)
     return {f"teacher{k + 1}_val_loss": evaluate(t, val_w, idx, cfg.micro_batch_size, rt) for k, t in enumerate(teachers)}
 
@@ -168,7 +168,7 @@ def main(argv=None):
     check_train_config(cfg)
     rt, weights = runtime(cfg), teacher_weights(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
-    train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
+    train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len, tok_info["vocab_size"])
     plan_run(cfg, rt.world, train_w.n, corpus=split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
     teachers = load_teachers(cfg.teachers, tok_info, cfg.data_dir, rt)
     inputs = run_inputs(cfg.data_dir, cfg.teachers)  # the data and teachers by content: resume compares them, not their paths
@@ -176,7 +176,7 @@ def main(argv=None):
     if cfg.cache_only and cache.built:
         return print0(f"teacher cache ready in {cfg.teacher_cache} (checked)")
     start = None if cfg.cache_only else start_run(cfg, tok_info, rt, inputs)  # out_dir is taken only after the teachers' work
-    teacher_val = validation_losses(teachers, cfg, rt)
+    teacher_val = validation_losses(teachers, cfg, rt, tok_info["vocab_size"])
     print0(" | ".join(f"{k} {v:.4f}" for k, v in teacher_val.items()))
     if cache:  # the teachers run once, here, over every training window, and never again
         cache = teacher_cache.ready(cache, teachers, lambda z: ensemble_log_probs(z, weights, cfg.temperature, cfg.ensemble), train_w, rt)

@@ -192,11 +192,14 @@ def model_config(cfg, tok_info):
 class Windows:
     """Non-overlapping windows of seq_len + 1 tokens over a token file: x = w[:-1], y = w[1:]."""
 
-    def __init__(self, path, seq_len):
+    def __init__(self, path, seq_len, vocab_size=None):
         self.tokens, self.seq_len = read_bin(path), seq_len
         self.n = (len(self.tokens) - 1) // seq_len
         if self.n < 1:
             raise InputError(f"{path}: {len(self.tokens)} tokens is less than one window of seq_len+1={seq_len + 1}: lower --seq_len")
+        if vocab_size is not None and int(self.tokens.max()) >= vocab_size:  # else an IndexError deep in the embedding
+            raise InputError(f"{path}: holds token id {int(self.tokens.max())}, past the tokenizer's vocabulary of {vocab_size}: "
+                             "not this folder's tokens (run prepare_data.py again)")
 
     def get(self, idx, device, pin_memory=False):
         rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in idx.tolist()])
@@ -424,7 +427,7 @@ class Run:
         self.cfg, self.rt, self.model, self.objective, self.train_w, self.tok_info = cfg, rt, model, objective, train_w, tok_info
         self.plan = plan_run(cfg, rt.world, train_w.n, objective.epochs, split_words(cfg.data_dir))
         self.plan.inputs = inputs or {}
-        self.val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len)
+        self.val_w = Windows(os.path.join(cfg.data_dir, "val.bin"), cfg.seq_len, tok_info["vocab_size"])
         self.val_idx = eval_indices(self.val_w.n, cfg.eval_windows)
         self.optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps)
         self.step, self.best_val = 0, float("inf")

@@ -125,7 +125,7 @@ def main(argv=None):
     epochs = schedule_epochs(parse_objective(cfg.objective))
     rt = runtime(cfg)
     _, tok_info = load_tokenizer(cfg.data_dir)
-    train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len)
+    train_w = Windows(os.path.join(cfg.data_dir, "train.bin"), cfg.seq_len, tok_info["vocab_size"])
     plan_run(cfg, rt.world, train_w.n, epochs, split_words(cfg.data_dir))  # the batch, the run's length, milestones, BabyLM's rules: before any work
     inputs = run_inputs(cfg.data_dir)
     start = take_out_dir(cfg, rt, start_run(cfg, tok_info, rt, inputs))

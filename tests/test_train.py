@@ -4,6 +4,7 @@ errors. Run: python -m pytest tests/test_train.py"""
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -303,3 +304,19 @@ def test_a_checkpoint_of_the_wrong_shape_is_one_line(tiny_teachers, tmp_path, da
     torch.save(ckpt, path)
     with pytest.raises(InputError, match=r"ckpt\.pt: (not a checkpoint of this project|its weights do not fit|bad model_config)"):
         load_checkpoint(path)
+
+
+def test_token_ids_past_the_vocabulary_are_one_line_before_training(prepared, tmp_path):
+    """A train.bin or val.bin whose ids reach past the tokenizer's vocabulary (another folder's tokens) was an
+    IndexError in the embedding, after the model was built."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    for name in ("train.bin", "val.bin"):
+        ids = np.fromfile(os.path.join(prepared, name), dtype=np.uint16)
+        bad = ids.copy()
+        bad[len(bad) // 2] = 60000
+        bad.tofile(data / name)
+        with pytest.raises(InputError, match=rf"{name}: holds token id 60000, past the tokenizer's vocabulary of 320"):
+            main(tiny_argv(str(data), str(tmp_path / f"out_{name}"), max_iters=4, warmup_iters=1, eval_interval=2))
+        ids.tofile(data / name)
