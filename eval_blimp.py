@@ -70,7 +70,7 @@ def read_tasks(folder):
     original BLiMP release (pairID); a file without UID is one task named after the file."""
     if not os.path.isdir(folder):
         raise InputError(f"{folder}: BLiMP folder not found")
-    files = sorted(f for f in os.listdir(folder) if f.endswith((".jsonl", ".json")))
+    files = sorted(f for f in os.listdir(folder) if f.endswith((".jsonl", ".json")) and os.path.isfile(os.path.join(folder, f)))
     if not files:
         raise InputError(f"{folder}: no .jsonl files")
     tasks = defaultdict(list)
@@ -89,6 +89,9 @@ def read_tasks(folder):
                         raise TypeError
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise InputError(f"{path}:{lineno}: expected a JSON object with string fields sentence_good and sentence_bad") from None
+                odd = [k for k in ("UID", "field", "linguistics_term") if not isinstance(obj.get(k, ""), str)]
+                if odd:  # they name the task and its groups: a dict there was a TypeError, after all the scoring
+                    raise InputError(f"{path}:{lineno}: {odd[0]} is {type(obj[odd[0]]).__name__}, expected text")
                 tasks[obj.get("UID") or stem].append({
                     "good": good, "bad": bad, "field": obj.get("field", ""),
                     "term": obj.get("linguistics_term", ""),

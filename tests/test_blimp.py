@@ -183,6 +183,21 @@ def test_missing_folder_and_malformed_line(tmp_path):
         read_tasks(str(tmp_path))
 
 
+@pytest.mark.parametrize("key", ["UID", "field", "linguistics_term"])
+def test_a_task_name_or_group_that_is_not_text_is_one_line(tmp_path, key):
+    """A dict as UID, field or linguistics_term was a TypeError (unhashable), for the last two after all the scoring."""
+    pair = {"sentence_good": "a b", "sentence_bad": "b a", "field": "f", "linguistics_term": "t", "UID": "par", key: {"a": 1}}
+    (tmp_path / "par.jsonl").write_text(json.dumps(pair) + "\n")
+    with pytest.raises(InputError, match=rf"par\.jsonl:1: {key} is dict, expected text"):
+        read_tasks(str(tmp_path))
+
+
+def test_a_folder_named_like_a_task_file_is_not_read(tmp_path):
+    (tmp_path / "x.jsonl").mkdir()  # was an IsADirectoryError
+    (tmp_path / "par.jsonl").write_text(json.dumps({"sentence_good": "a b", "sentence_bad": "b a", "UID": "par"}) + "\n")
+    assert set(read_tasks(str(tmp_path))) == {"par"}
+
+
 def test_batched_equals_one_by_one_on_real_pairs(prepared):
     folder = shared_path("blimp_filtered")
     enc, info = load_tokenizer(prepared)
