@@ -342,9 +342,13 @@ def read_log(out_dir):
 
 
 def check_existing(runs):
-    """Refuse to mix runs made by a different command into this sweep's results."""
+    """Refuse to mix runs made by a different command into this sweep's results, and state files that are not
+    the sweep's (a JSON list, no status: they were tracebacks in the middle of the sweep)."""
     for run in runs:
-        state = read_json(os.path.join(run["out_dir"], STATE))
+        path = os.path.join(run["out_dir"], STATE)
+        state = read_json(path)
+        if os.path.exists(path) and not (isinstance(state, dict) and isinstance(state.get("status"), str) and "command" in state):
+            raise InputError(f"{path}: not a state file of this sweep (damaged?); delete it and the same command runs this run again")
         if state and state.get("command") != portable(run["argv"]):
             raise InputError(f"{run['out_dir']} was made by another command ({state.get('command')}); use a new --out")
 
@@ -696,7 +700,10 @@ def lock(out):
     """One sweep per folder at a time (released by the OS when the sweep dies, even by SIGKILL)."""
     import fcntl
 
-    f = open(os.path.join(out, ".sweep.lock"), "w")
+    path = os.path.join(out, ".sweep.lock")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not the sweep's lock file: remove it")
+    f = open(path, "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -18,6 +18,7 @@ from conftest import ROOT, Job, finish, tiny_argv
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import stats  # noqa: E402
 import sweep  # noqa: E402
+from config import InputError  # noqa: E402
 
 SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
 
@@ -496,3 +497,18 @@ def test_unknown_keys_and_bad_values_of_a_project_script_are_refused_before_any_
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert re.search(message, r.stderr), r.stderr
         assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.parametrize("damage", ["[1, 2]", '{"command": "x"}', "lock folder"])
+def test_a_damaged_state_file_or_lock_is_one_line_before_any_run(fake, tmp_path, damage):
+    """A run's sweep_run.json holding a JSON list, or lacking its status, was an AttributeError or a KeyError coming
+    up through a worker's future; OUT/.sweep.lock as a folder an IsADirectoryError."""
+    out = tmp_path / "sw"
+    (out / "lr=0.1").mkdir(parents=True)
+    if damage == "lock folder":
+        (out / ".sweep.lock").mkdir()
+    else:
+        (out / "lr=0.1" / sweep.STATE).write_text(damage)
+    with pytest.raises(InputError, match=r"(not a state file of this sweep|is a folder, not the sweep's lock file)"):
+        sweep.main([fake, "--grid", "lr=0.1,0.2", "--out", str(out)])
+    assert not (out / "lr=0.2").exists(), "a run started"
