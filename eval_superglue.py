@@ -464,7 +464,10 @@ def main(argv=None):
         if not getattr(args, key):
             raise InputError(f"--{key}: required (see --help)")
     hp = {k: getattr(args, k) for k in (*HPARAM_KEYS, "task_overrides")}
+    known = sorted({*BABYLM, "mnli-mm", *SUPERGLUE, "sst2"})
     for t, overrides in hp["task_overrides"].items():
+        if t not in known:  # a misspelt task's settings were silently not used
+            raise InputError(f"task_overrides[{t!r}]: unknown task; expected one of {', '.join(known)}")
         if not isinstance(overrides, dict):
             raise InputError(f"task_overrides[{t!r}]={overrides!r}: expected a dict {{key: value}}")
         for k, v in overrides.items():

@@ -163,3 +163,10 @@ def test_a_task_list_skips_missing_files_drops_mnli_mm_prefers_the_subsample_and
     assert all(h["selection"] == h["metric"] for h in out["tasks"]["rte"]["history"]), "the best epoch by the task's metric (accuracy)"
     f1 = main([*args, "--out", str(tmp_path / "b.json")])["tasks"]["rte"]["history"]  # 2024: binary F1 picks the epoch
     assert any(h["selection"] != h["metric"] for h in f1)
+
+
+@pytest.mark.parametrize("task", ["rte ", "xyz"])
+def test_overrides_for_an_unknown_task_are_one_line(tmp_path, task):
+    """`--task_overrides={'rte ': {'epochs': 5}}` ran one epoch, exit 0: the misspelt task's settings unused."""
+    with pytest.raises(InputError, match=rf"task_overrides\[{task!r}\]: unknown task; expected one of .*rte"):
+        main(["--ckpt", str(tmp_path / "x.pt"), "--task", "rte", "--data", str(tmp_path), f"--task_overrides={{{task!r}: {{'epochs': 5}}}}"])
