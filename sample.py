@@ -24,7 +24,7 @@ SAMPLE_KEYS = merge_keys({
     "sampling": {
         "ckpt": ("", "checkpoint to sample from (ckpt.pt of a run)"),
         "prompt": ("", "text to continue; empty = start a document from nothing"),
-        "max_new_tokens": (60, "tokens to generate per sample", ">0"),
+        "max_new_tokens": (60, "tokens to generate per sample", "1..100000"),
         "temperature": (0.8, "divide the logits by this before sampling; 0 = greedy (the most likely token)", ">=0"),
         "top_k": (50, "sample among the k most likely tokens only; 0 = all", ">=0"),
         "num_samples": (3, "continuations of the prompt (greedy ones are all the same), drawn as one batch", "1..1024"),
