@@ -46,6 +46,10 @@ def start_run(cfg, tok_info, rt, inputs=None):
     between its first ckpt.pt and that last.pt) saved nothing to continue from, so the plain command and
     --resume=True both start it again from step 0 (the leftovers are cleared by take_out_dir).
     `inputs` (run_inputs) must equal what last.pt recorded: the same data and teachers, wherever they are now."""
+    for t in getattr(cfg, "teachers", []):  # a fresh start clears out_dir's ckpt.pt: it must not be a teacher
+        if os.path.abspath(os.path.dirname(t)) == os.path.abspath(cfg.out_dir):
+            raise InputError(f"--teachers: {t} lies in --out_dir={cfg.out_dir}, where the student's run writes its own "
+                             "ckpt.pt and last.pt: choose another --out_dir")
     last = os.path.join(cfg.out_dir, "last.pt")
     if not os.path.isfile(last):
         if cfg.resume:

@@ -455,3 +455,16 @@ def test_resume_compares_the_inputs_by_content_not_by_path(prepared, tiny_teache
         distill_main(student_argv(str(moved / "data"), run, [str(moved / "t1.pt"), str(moved / "t2.pt")], resume=True,
                                   teacher_cache=str(moved / "cache") if cache else "", **args))
         assert strip_timing(read_log(os.path.join(ref, "log.jsonl"))) == strip_timing(read_log(os.path.join(run, "log.jsonl")))
+
+
+def test_an_out_dir_that_holds_a_teacher_is_refused(prepared, tiny_teachers, tmp_path):
+    """`--teachers=T/ckpt.pt --out_dir=T --overwrite=True` replaced the teacher by the student (exit 0), and the run
+    could never be resumed (the teacher's sha256 had changed)."""
+    import shutil
+    teacher_dir = tmp_path / "teacher"
+    shutil.copytree(os.path.dirname(tiny_teachers[0]), teacher_dir)
+    teacher = str(teacher_dir / "ckpt.pt")
+    before = open(teacher, "rb").read()
+    with pytest.raises(InputError, match="lies in --out_dir="):
+        distill_main(student_argv(prepared, str(teacher_dir), [teacher, tiny_teachers[1]], overwrite=True))
+    assert open(teacher, "rb").read() == before
