@@ -163,3 +163,20 @@ def test_an_earlier_output_is_replaced(tmp_path):
     main(["--src", src, "--out", str(tmp_path / "d"), "--vocab_size=300"])
     main(["--src", src, "--out", str(tmp_path / "d"), "--vocab_size=320"])
     assert load_tokenizer(str(tmp_path / "d"))[0].n_vocab == 320
+
+
+def test_a_second_prepare_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    """Two prepare_data.py at once on one --out built in one .partial folder; both said `wrote`, and the folder had
+    no tokenizer. The second is one line now, and the first's result is whole."""
+    import fcntl
+    from prepare_data import main
+    src = write_corpus(tmp_path / "src")
+    out = str(tmp_path / "d")
+    with open(out + ".lock", "w") as held:  # what a running prepare_data.py holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="another prepare_data.py is writing this --out"):
+            main(["--src", src, "--out", out, "--vocab_size=300"])
+    assert not os.path.exists(out)
+    os.remove(out + ".lock")
+    main(["--src", src, "--out", out, "--vocab_size=300"])
+    assert sorted(os.listdir(tmp_path)) == ["d", "src"], "the lock file is left behind"
