@@ -18,7 +18,7 @@ from conftest import ROOT, Job, finish, tiny_argv
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import stats  # noqa: E402
 import sweep  # noqa: E402
-from config import InputError  # noqa: E402
+from config import InputError, run_main  # noqa: E402
 
 SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
 
@@ -77,6 +77,26 @@ def fake(tmp_path):
 def run_sweep(*args, env=None, cwd=ROOT):
     return subprocess.run([sys.executable, SWEEP, *args], capture_output=True, text=True, cwd=cwd, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def sweep_in_process(*args):
+    """(status, stderr) of `python sweep.py ARGS` for input refused before any run, in this process (no start-up of
+    torch per case: these 30 cases took 65 s as processes): config.run_main's SystemExit carries the line that
+    `python SCRIPT` prints; anything else written to stderr would be a second line. An alarm turns a hang (a count
+    expanded before it is checked) into a failure."""
+    def hang(*_):
+        raise TimeoutError("sweep.py did not refuse the input at once")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda: sweep.main(list(args)))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    code = e.value.code
+    return (1, f"{code}\n") if isinstance(code, str) else (code, "")
 
 
 def results(out):
@@ -226,11 +246,12 @@ def test_random_search_is_reproducible_from_its_seed(fake, tmp_path):
     ["--grid", "lr=0.1", "--fixed", "stop_at=10"],                                # would leave runs unfinished, marked done
     ["--grid", "lr=0.1", "--then", "no_such_program_xyz {out_dir}", "--metric", "e.json:a", "--mode", "max"],
 ])
-def test_bad_input_is_one_line_before_any_run(fake, tmp_path, args):
+def test_bad_input_is_one_line_before_any_run(fake, tmp_path, args, capsys):
     out = tmp_path / "sw"
-    r = run_sweep(fake, *[fake if a == "SELF" else a for a in args], "--out", str(out))
-    assert r.returncode != 0
-    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
+    code, err = sweep_in_process(fake, *[fake if a == "SELF" else a for a in args], "--out", str(out))
+    err += capsys.readouterr().err
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert not out.exists()
 
 
@@ -381,12 +402,13 @@ def test_welch_interval_by_hand_and_every_window_can_be_drawn():
     ("grid = {'lr': [0.1]}\nx = 1 / 0\n", r"my_sweep\.py:2: ZeroDivisionError"),
     (b"grid = {'lr': [0.1]}\n# caf\xe9\n", r"my_sweep\.py:2: not UTF-8 text"),
 ])
-def test_a_bad_sweep_file_is_one_line_before_any_run(fake, tmp_path, body, message):
+def test_a_bad_sweep_file_is_one_line_before_any_run(fake, tmp_path, body, message, capsys):
     spec = tmp_path / "my_sweep.py"
     spec.write_bytes(body if isinstance(body, bytes) else body.encode())
-    r = run_sweep("--file", str(spec), fake, "--out", str(tmp_path / "sw"))
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
-    assert re.search(message, r.stderr), r.stderr
+    code, err = sweep_in_process("--file", str(spec), fake, "--out", str(tmp_path / "sw"))
+    err += capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(message, err), err
     assert not (tmp_path / "sw").exists()
 
 
