@@ -75,6 +75,23 @@ def check_writable(path):
     _check_can_create(os.path.dirname(os.path.abspath(path)), path)
 
 
+def hold_lock(path, busy):
+    """An open file holding an exclusive lock on path, for as long as it stays open (the OS releases it when the
+    process ends, even by SIGKILL), or the one line `busy` when another process holds it."""
+    import fcntl  # POSIX
+
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a lock file: remove it")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InputError(busy) from None
+    return f
+
+
 def check_writable_dir(path, what="--out"):
     """Refuse, before any work, an output folder that cannot be made or written: empty, a file, under a file,
     or in a read-only place."""
@@ -149,12 +166,14 @@ def read_checkpoint(path, device="cpu"):
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, a pickled object that is not a tensor or plain value
         raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise InputError(f"{path}: not a checkpoint of this project (expected keys 'model' and 'model_config')")
-    shapes = {"model": dict, "model_config": dict, "tokenizer": dict, "config": dict}  # what every reader takes for granted
-    wrong = [k for k, kind in shapes.items() if not isinstance(ckpt.get(k, {}), kind)] + ["tokenizer"] * ("tokenizer" not in ckpt)
-    if wrong or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
-        raise InputError(f"{path}: not a checkpoint of this project ({(wrong or ['model'])[0]} is missing or not what train.py writes)")
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{path}: not a checkpoint of this project (expected a dict with 'model', 'model_config', 'tokenizer')")
+    # what every reader takes for granted; `config` (the run's keys) is absent from an import of a Hugging Face model
+    for key in ("model", "model_config", "tokenizer", *(["config"] if "config" in ckpt else [])):
+        if not isinstance(ckpt.get(key), dict):
+            raise InputError(f"{path}: not a checkpoint of this project ({key!r} is missing or not the dict train.py writes)")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise InputError(f"{path}: not a checkpoint of this project ('model' holds something other than tensors)")
     return ckpt
 
 

@@ -60,7 +60,7 @@ import tiktoken
 import tiktoken.load
 from tqdm import tqdm
 
-from checkpoint import atomic_write, check_writable_dir
+from checkpoint import atomic_write, check_writable_dir, hold_lock
 from config import InputError, load_config, run_main
 from data import tokenizer_sha256
 
@@ -455,7 +455,8 @@ def main(argv=None):
         src = out + ".download.zip"  # beside the output: a failed download leaves no empty data folder
         if not os.path.exists(src):
             download(src)
-    lock = hold_lock(out + ".lock")  # two at once built in one .partial folder: a data folder without its tokenizer
+    # one writer at a time: two at once built in one .partial folder, a data folder without its tokenizer
+    lock = hold_lock(out + ".lock", f"{out}.lock: another prepare_data.py is writing this --out; wait for it to finish")
     # Build in a sibling folder, then swap: an interrupted run leaves the old folder as it was.
     partial = out + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -468,21 +469,6 @@ def main(argv=None):
         lock.close()
     print_stats(meta, timing)
     print(f"wrote {out}")
-
-
-def hold_lock(path):
-    """An open file holding an exclusive lock on path (released by the OS when this process ends, even by SIGKILL),
-    or one line when another process holds it."""
-    import fcntl
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = open(path, "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise InputError(f"{path}: another prepare_data.py is writing this --out; wait for it to finish") from None
-    return f
 
 
 def check_replaceable(out, src):

@@ -197,9 +197,11 @@ class Windows:
         self.n = (len(self.tokens) - 1) // seq_len
         if self.n < 1:
             raise InputError(f"{path}: {len(self.tokens)} tokens is less than one window of seq_len+1={seq_len + 1}: lower --seq_len")
-        if vocab_size is not None and int(self.tokens.max()) >= vocab_size:  # else an IndexError deep in the embedding
-            raise InputError(f"{path}: holds token id {int(self.tokens.max())}, past the tokenizer's vocabulary of {vocab_size}: "
-                             "not this folder's tokens (run prepare_data.py again)")
+        if vocab_size is not None:  # an id past the vocabulary was an IndexError deep in the embedding
+            largest = int(self.tokens.max())
+            if largest >= vocab_size:
+                raise InputError(f"{path}: holds token id {largest}, past the tokenizer's vocabulary of {vocab_size}: "
+                                 "not this folder's tokens (run prepare_data.py again)")
 
     def get(self, idx, device, pin_memory=False):
         rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in idx.tolist()])

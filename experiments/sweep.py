@@ -77,7 +77,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpoint import check_writable_dir  # noqa: E402
+from checkpoint import check_writable_dir, hold_lock  # noqa: E402
 from config import InputError, Terminated, child_env, convert_value, load_config, read_config_file, run_main  # noqa: E402
 
 STATE = "sweep_run.json"  # per run, written by the sweep: the marker of a finished run
@@ -696,21 +696,6 @@ def check_run_arguments(spec, runs):
             raise InputError(f"run {run['name']}: {e}") from None
 
 
-def lock(out):
-    """One sweep per folder at a time (released by the OS when the sweep dies, even by SIGKILL)."""
-    import fcntl
-
-    path = os.path.join(out, ".sweep.lock")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder, not the sweep's lock file: remove it")
-    f = open(path, "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise InputError(f"another sweep is running in {out}") from None
-    return f
-
-
 def main(argv=None):
     spec = parse_args(sys.argv[1:] if argv is None else argv)
     runs = make_runs(spec)
@@ -726,7 +711,7 @@ def main(argv=None):
             print(shlex.join(run["argv"]) + (f" && {shlex.join(run['then'])}" if run["then"] else ""))
         return []
     os.makedirs(spec["out"], exist_ok=True)
-    held = lock(spec["out"])  # noqa: F841 (kept open for the whole sweep)
+    held = hold_lock(os.path.join(spec["out"], ".sweep.lock"), f"another sweep is running in {spec['out']}")  # noqa: F841 (open for the whole sweep)
     write_json(os.path.join(spec["out"], "sweep.json"), {"argv": sys.argv if argv is None else ["experiments/sweep.py", *argv],
                                                         "cwd": os.getcwd(), "n_runs": len(runs)})
 

@@ -531,6 +531,19 @@ def test_a_damaged_state_file_or_lock_is_one_line_before_any_run(fake, tmp_path,
         (out / ".sweep.lock").mkdir()
     else:
         (out / "lr=0.1" / sweep.STATE).write_text(damage)
-    with pytest.raises(InputError, match=r"(not a state file of this sweep|is a folder, not the sweep's lock file)"):
+    with pytest.raises(InputError, match=r"(not a state file of this sweep|is a folder, not a lock file)"):
         sweep.main([fake, "--grid", "lr=0.1,0.2", "--out", str(out)])
     assert not (out / "lr=0.2").exists(), "a run started"
+
+
+def test_a_second_sweep_into_the_same_out_is_one_line_while_the_first_runs(fake, tmp_path, capsys):
+    """One sweep per --out at a time (checkpoint.hold_lock, as prepare_data.py uses it): the second is one line and
+    starts no run."""
+    import fcntl
+    out = tmp_path / "sw"
+    out.mkdir()
+    with open(out / ".sweep.lock", "w") as held:  # what a running sweep holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, err = sweep_in_process(fake, "--grid", "lr=0.1", "--out", str(out))
+    assert code == 1 and err == f"error: another sweep is running in {out}\n", err
+    assert sorted(os.listdir(out)) == [".sweep.lock"], "a run started"
