@@ -203,9 +203,11 @@ def start(name, argv, out_dir, work):
 def run_jobs(args, work):
     """Run every job of the plan whose needs have finished, `workers` at a time, until none is left. Each model's
     result (test CE and the BLiMP file, results/NAME.json) is written as soon as its evaluation has finished."""
-    running, failed, t_start = {}, None, time.time()
+    running, failed, clock = {}, None, time.time()
     try:
         while True:
+            if time.time() - clock >= 60:  # the compute ledger, once a minute: a SIGKILL loses at most a minute of it
+                clock = add_compute(work, running, clock)
             s = settings(args, work) if done(work, "prepare") else None
             if s is None:  # nothing is known before the data is prepared
                 todo = [("prepare", prepare_command(dict(args.sizes, work=work, data=os.path.join(work, "data"))), [], None)]
@@ -226,12 +228,13 @@ def run_jobs(args, work):
             for name, (proc, t0, resumed, argv) in list(running.items()):
                 if proc.poll() is None:
                     continue
+                clock = add_compute(work, running, clock)  # this job's last seconds too
                 del running[name]
                 if proc.returncode:
                     failed = failed or (name, proc.returncode)
                     print(f"[failed] {name} (exit {proc.returncode}): see {os.path.join(work, 'logs', name + '.log')}", flush=True)
                     continue
-                marker = {"seconds": time.time() - t0, "command": argv, "resumed": resumed}
+                marker = {"seconds": compute(work)["jobs"].get(name, time.time() - t0), "command": argv, "resumed": resumed}
                 atomic_write(os.path.join(work, "logs", f"{name}.done"), lambda f: json.dump(marker, f), "w")
                 print(f"[done] {name} in {marker['seconds'] / 60:.1f} min", flush=True)
     finally:
@@ -239,16 +242,28 @@ def run_jobs(args, work):
             proc.terminate()
         for proc, *_ in running.values():
             proc.wait()
-        add_wall_time(work, time.time() - t_start)
+        add_compute(work, running, clock)
     if failed:
         raise InputError(f"{failed[0]} failed (exit {failed[1]}); its output is in {os.path.join(work, 'logs', failed[0] + '.log')}; "
                          "run the experiment again to continue")
 
 
-def add_wall_time(work, seconds):
-    path = os.path.join(work, "logs", "wall_seconds.json")
-    total = json.load(open(path))["seconds"] if os.path.isfile(path) else 0.0
-    atomic_write(path, lambda f: json.dump({"seconds": total + seconds}, f), "w")
+def compute(work):
+    """The compute ledger, WORK/logs/compute.json: the scheduler's wall seconds while it ran jobs, and each job's
+    seconds over all its attempts (a killed run's lost part too; a marker's `seconds` is its job's total)."""
+    path = os.path.join(work, "logs", "compute.json")
+    return json.load(open(path)) if os.path.isfile(path) else {"wall": 0.0, "jobs": {}}
+
+
+def add_compute(work, running, since):
+    """Add the time since `since` to the ledger: to the wall time if any job ran, to each running job's time."""
+    now, ledger = time.time(), compute(work)
+    if running:
+        ledger["wall"] += now - since
+    for name in running:
+        ledger["jobs"][name] = ledger["jobs"].get(name, 0.0) + now - since
+    atomic_write(os.path.join(work, "logs", "compute.json"), lambda f: json.dump(ledger, f), "w")
+    return now
 
 
 def write_results(s):
@@ -294,10 +309,7 @@ def curves_png(s, where):
 
 
 def report_text(s, m, lr, missing, png):
-    markers = {f[:-5]: json.load(open(os.path.join(s["work"], "logs", f))) for f in os.listdir(os.path.join(s["work"], "logs")) if f.endswith(".done")}
-    thread_hours = sum(x["seconds"] for x in markers.values()) / 3600
-    wall = os.path.join(s["work"], "logs", "wall_seconds.json")
-    wall_hours = json.load(open(wall))["seconds"] / 3600 if os.path.isfile(wall) else 0.0
+    thread_hours, wall_hours, unledgered = compute_used(s["work"])
     status = (f"**Partial: {len(m)} models finished.** Still to run: {', '.join(missing)}. Run the same command again to continue."
               if missing else f"All {len(m)} models finished.")
     best, claims = main_claims(m, "Teacher1 has the baseline's recipe and shape with another seed; teacher2 is wider.")
@@ -326,7 +338,8 @@ def report_text(s, m, lr, missing, png):
         "KL summed over positions / batch). BLiMP: the full filtered set (67 paradigms, 59,875 pairs) and the supplement "
         "(5 tasks, 5,218 pairs), scored with the 2025 protocol of the official BabyLM pipeline. Test CE: the official dev "
         f"files, {s['test_windows']:,} windows. Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, every run on one "
-        f"thread, two at a time. Compute so far: {thread_hours:.1f} thread-hours, {wall_hours:.1f} hours of wall time.", "",
+        f"thread, two at a time. Compute so far: {thread_hours:.1f} thread-hours, {wall_hours:.1f} hours of wall time"
+        + (f" ({unledgered} jobs finished before the compute ledger existed count their last attempt only)." if unledgered else "."), "",
         "## Learning-rate sweep", "", "The baseline (seed 101, one epoch) at each peak learning rate, ranked by best validation "
         "CE; the chosen run is baseline_s1, and every model uses its learning rate.", "", *sweep, "",
         "## Summary over seeds", "", "Mean ± standard deviation over seeds (teachers: over the two teachers).", "",
@@ -341,10 +354,31 @@ def report_text(s, m, lr, missing, png):
         *([f"![learning curves]({png})", ""] if png else []),
         "## All models", "", *models_table(m), "",
         "train s: wall time of the training run on one thread beside another run. best step = the step of the best validation CE.", "",
-        "## BLiMP by field", "", *field_table(m), "",
+        "## BLiMP by field", "", "Pooled accuracy over the pairs of each field, as eval_blimp.py reports it. BLiMP's own files spell "
+        "one field two ways (syntax_semantics in 13 paradigms, syntax/semantics in 1, principle_A_case_2); the labels are kept as given.", "",
+        *field_table(m), "",
         "## Commands", "", "Run from the project root, with WORK the work folder; each model then gets its eval_blimp.py command "
         "(listed), and baseline_s1 is a link to the sweep's run at the chosen learning rate.", "", "```",
         *commands_block(cmds, s["work"]), "```", ""])
+
+
+def compute_used(work):
+    """(thread-hours, wall hours, jobs counted from their markers only). The ledger holds every attempt; a job
+    that finished before the ledger existed (a work folder of an earlier version) counts its marker's seconds,
+    its last attempt only, and adds the interval it ran in (ending at its marker's time) to the wall time."""
+    ledger, logs = compute(work), os.path.join(work, "logs")
+    thread, wall, intervals = sum(ledger["jobs"].values()), ledger["wall"], []
+    for f in sorted(os.listdir(logs)):
+        if f.endswith(".done") and f[:-5] not in ledger["jobs"]:
+            end = os.path.getmtime(os.path.join(logs, f))
+            seconds = json.load(open(os.path.join(logs, f)))["seconds"]
+            thread += seconds
+            intervals.append((end - seconds, end))
+    covered, last = 0.0, float("-inf")  # the length of the intervals' union: two jobs side by side count once
+    for lo, hi in sorted(intervals):
+        covered += max(0.0, hi - max(lo, last))
+        last = max(last, hi)
+    return thread / 3600, (wall + covered) / 3600, len(intervals)
 
 
 def conclusion(m, best):
@@ -355,7 +389,8 @@ def conclusion(m, best):
     lines = [f"BLiMP (mean over seeds): student {mean('student', 'blimp'):.2f}, baseline {mean('baseline', 'blimp'):.2f}, "
              f"best teacher ({best}) {m[best]['blimp']:.2f}; supplement: {mean('student', 'supplement'):.2f}, "
              f"{mean('baseline', 'supplement'):.2f}, {m[best]['supplement']:.2f}.", ""]
-    for b, label in (("baseline", "the baseline"), (best, f"the best teacher ({best})")):
+    singles = [(r, f"the {ROLES[r]}") for r in ("single_t1", "single_t2") if any(x["role"] == r for x in m.values())]
+    for b, label in (("baseline", "the baseline"), (best, f"the best teacher ({best})"), *singles):
         rows = compare(m, "student", b)
         for metric, name in (("blimp", "BLiMP"), ("supplement", "the supplement"), ("test_ce", "test CE")):
             cis = [(method, ci) for mt, method, ci in rows if mt == metric and not method.startswith("paired bootstrap, seed ")]

@@ -48,6 +48,18 @@ def test_the_smoke_run_finishes_every_model_and_writes_the_report(reference):
     assert os.path.isfile(work / "curves" / "curves.json"), "the learning curves were scored"
     assert "| student_s1 |" in report and "--protocol 2025" in report
     assert os.path.islink(work / "out" / "baseline_s1"), "baseline_s1 is the sweep's run at the chosen learning rate"
+    ledger = check_ledger(work)
+    assert max(ledger["jobs"].values()) <= ledger["wall"] <= sum(ledger["jobs"].values()), ledger
+    assert f"Compute so far: {sum(ledger['jobs'].values()) / 3600:.1f} thread-hours, {ledger['wall'] / 3600:.1f} hours of wall" in report
+
+
+def check_ledger(work):
+    """The compute ledger counts every job that finished, and each marker's seconds are its job's total."""
+    ledger = json.load(open(work / "logs" / "compute.json"))
+    for f in os.listdir(work / "logs"):
+        if f.endswith(".done"):
+            assert json.load(open(work / "logs" / f))["seconds"] == ledger["jobs"][f[:-5]], f"{f}: not the ledger's seconds"
+    return ledger
 
 
 def test_killed_at_stages_and_random_instants_the_rerun_ends_as_the_uninterrupted_run(reference, tmp_path):
@@ -56,15 +68,23 @@ def test_killed_at_stages_and_random_instants_the_rerun_ends_as_the_uninterrupte
     cmd = command(work)
     logs = work / "logs"
     done = lambda name: os.path.isfile(logs / f"{name}.done")
+    t0 = time.time()
     job = Job(cmd, str(tmp_path), 1)  # Ctrl-C while the teachers train (a stage boundary: after the sweep)
     job.wait_until(lambda: os.path.isfile(logs / "teacher2.log") and not done("teacher2"))
+    asked = time.time()
     job.stop("int")
+    assert os.path.getmtime(logs / "compute.json") >= asked, "the compute ledger was not written on stopping"
     job = Job(cmd, str(tmp_path), 2)  # SIGTERM at a random instant of the student's training or evaluation
     job.wait_until(lambda: os.path.isfile(logs / "student_s1.log"))
     time.sleep(random.Random(32).uniform(0, 2))
+    asked = time.time()
     job.stop("term")
+    assert os.path.getmtime(logs / "compute.json") >= asked, "the compute ledger was not written on stopping"
+    stopped, ledger = time.time() - t0, json.load(open(logs / "compute.json"))  # two runs stopped cleanly: all their time is in the ledger
+    assert stopped / 2 < ledger["wall"] < stopped and stopped / 2 < sum(ledger["jobs"].values()) < 2 * stopped, (ledger, stopped)
     job = Job(cmd, str(tmp_path), 3)  # SIGKILL once a few models are evaluated: the jobs die with the experiment
     job.wait_until(lambda: os.path.isdir(work / "results") and len(os.listdir(work / "results")) >= 3)
     job.stop("kill")
     finish(cmd, str(tmp_path), 4)
     assert results(work) == results(ref_work)
+    check_ledger(work)
