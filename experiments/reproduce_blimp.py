@@ -44,6 +44,7 @@ WORK) is rewritten after every evaluated model, saying what is still to run.
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -386,9 +387,13 @@ def conclusion(m, best):
     if best is None or not any(x["role"] == "student" for x in m.values()):
         return ["Not enough models have finished yet."]
     mean = lambda role, key: sum(x[key] for x in m.values() if x["role"] == role) / max(1, sum(x["role"] == role for x in m.values()))
+    spread = lambda role: statistics.stdev([x["blimp"] for x in m.values() if x["role"] == role]) if sum(x["role"] == role for x in m.values()) > 1 else float("nan")
     lines = [f"BLiMP (mean over seeds): student {mean('student', 'blimp'):.2f}, baseline {mean('baseline', 'blimp'):.2f}, "
              f"best teacher ({best}) {m[best]['blimp']:.2f}; supplement: {mean('student', 'supplement'):.2f}, "
-             f"{mean('baseline', 'supplement'):.2f}, {m[best]['supplement']:.2f}.", ""]
+             f"{mean('baseline', 'supplement'):.2f}, {m[best]['supplement']:.2f}. The noise: BLiMP's standard deviation over seeds is "
+             f"{spread('student'):.2f} points for the student and {spread('baseline'):.2f} for the baseline. Each bullet "
+             "names the intervals that exclude zero: *on the items* (the paired bootstrap: these trained models, on these "
+             "test items) and *over seeds* (the t interval: the recipe, across training runs).", ""]
     singles = [(r, f"the {ROLES[r]}") for r in ("single_t1", "single_t2") if any(x["role"] == r for x in m.values())]
     for b, label in (("baseline", "the baseline"), (best, f"the best teacher ({best})"), *singles):
         rows = compare(m, "student", b)
@@ -399,10 +404,15 @@ def conclusion(m, best):
             unit = "nats" if metric == "test_ce" else "points"
             better = (lambda ci: ci.hi < 0) if metric == "test_ce" else (lambda ci: ci.lo > 0)
             worse = (lambda ci: ci.lo > 0) if metric == "test_ce" else (lambda ci: ci.hi < 0)
-            verdict = ("better than" if all(better(ci) for _, ci in cis) else "worse than" if all(worse(ci) for _, ci in cis)
-                       else "not distinguishable from" if not any(excludes_zero(ci) for _, ci in cis) else "better on one interval, not the other, than")
+            where = lambda method: "on the items" if method.startswith("paired bootstrap") else "over seeds"
+            up, down = [where(mt) for mt, ci in cis if better(ci)], [where(mt) for mt, ci in cis if worse(ci)]
+            rest = [where(mt) for mt, ci in cis if not excludes_zero(ci)]
+            verdict = (f"better than {label}" if len(up) == len(cis) else f"worse than {label}" if len(down) == len(cis)
+                       else f"not distinguishable from {label}" if len(rest) == len(cis)
+                       else f"better than {label} {' and '.join(up)}, worse {' and '.join(down)}" if up and down
+                       else f"{'better' if up else 'worse'} than {label} {' and '.join(up or down)}, not {' and '.join(rest)}")
             intervals = "; ".join(f"[{ci.lo:+.{4 if unit == 'nats' else 2}f}, {ci.hi:+.{4 if unit == 'nats' else 2}f}] ({method})" for method, ci in cis)
-            lines.append(f"- On {name}, the student is **{verdict}** {label}: {cis[0][1].diff:+.{4 if unit == 'nats' else 2}f} {unit}, "
+            lines.append(f"- On {name}, the student is **{verdict}**: {cis[0][1].diff:+.{4 if unit == 'nats' else 2}f} {unit}, "
                          f"95% intervals {intervals}.")
     return lines
 

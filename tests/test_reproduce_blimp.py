@@ -88,3 +88,26 @@ def test_killed_at_stages_and_random_instants_the_rerun_ends_as_the_uninterrupte
     finish(cmd, str(tmp_path), 4)
     assert results(work) == results(ref_work)
     check_ledger(work)
+
+
+@pytest.mark.parametrize("items, seeds, says", [
+    ((+1.0, +0.8, +1.2), (+1.0, +0.2, +1.8), "**better than the baseline**"),
+    ((-1.0, -1.2, -0.8), (-1.0, -1.9, -0.1), "**worse than the baseline**"),
+    ((+0.1, -0.2, +0.4), (+0.1, -1.0, +1.2), "**not distinguishable from the baseline**"),
+    ((+1.0, +0.8, +1.2), (+1.0, -1.4, +3.4), "**better than the baseline on the items, not over seeds**"),
+    ((-1.2, -2.4, -0.1), (-1.2, -4.3, +1.9), "**worse than the baseline on the items, not over seeds**"),
+    ((+0.5, -0.1, +1.1), (+0.5, +0.1, +0.9), "**better than the baseline over seeds, not on the items**"),
+    ((+1.0, +0.8, +1.2), (-1.0, -1.9, -0.1), "**better than the baseline on the items, worse over seeds**"),
+])
+def test_the_conclusion_says_what_the_intervals_say(monkeypatch, items, seeds, says):
+    """A BLiMP difference whose intervals exclude zero in either direction, on the items and over seeds, is named as
+    such in the plain-words conclusion (a supplement worse on the items was once called "better on one interval")."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import reproduce_blimp
+    from stats import CI
+    rows = [("blimp", "paired bootstrap, 3 seeds pooled", CI(*items, 0.95, "")), ("blimp", "t interval over 3 seeds", CI(*seeds, 0.95, ""))]
+    monkeypatch.setattr(reproduce_blimp, "compare", lambda m, a, b: rows if b == "baseline" else [])
+    m = {f"{role}_s{i}": {"role": role, "blimp": 57.0 + i, "supplement": 52.0} for role in ("student", "baseline") for i in (1, 2)}
+    m["teacher2"] = {"role": "teacher", "blimp": 58.0, "supplement": 52.0}
+    lines = [x for x in reproduce_blimp.conclusion(m, "teacher2") if x.startswith("- On BLiMP")]
+    assert len(lines) == 1 and says in lines[0], f"conclusion: {lines} does not say {says}"
