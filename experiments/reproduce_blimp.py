@@ -201,7 +201,7 @@ def start(name, argv, out_dir, work):
     # its own session, so that a Ctrl-C at the terminal reaches this process only, which stops each job once (run_jobs)
     proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
-    return proc, time.time(), cmd != list(argv) and cmd[-1] == "--resume=True"
+    return proc, cmd != list(argv) and cmd[-1] == "--resume=True"
 
 
 def run_jobs(args, work):
@@ -229,7 +229,7 @@ def run_jobs(args, work):
             if not running:
                 break
             time.sleep(1)
-            for name, (proc, t0, resumed, argv) in list(running.items()):
+            for name, (proc, resumed, argv) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 clock = add_compute(work, running, clock)  # this job's last seconds too
@@ -238,7 +238,7 @@ def run_jobs(args, work):
                     failed = failed or (name, proc.returncode)
                     print(f"[failed] {name} (exit {proc.returncode}): see {os.path.join(work, 'logs', name + '.log')}", flush=True)
                     continue
-                marker = {"seconds": compute(work)["jobs"].get(name, time.time() - t0), "command": argv, "resumed": resumed}
+                marker = {"seconds": compute(work)["jobs"][name], "command": argv, "resumed": resumed}
                 atomic_write(os.path.join(work, "logs", f"{name}.done"), lambda f: json.dump(marker, f), "w")
                 print(f"[done] {name} in {marker['seconds'] / 60:.1f} min", flush=True)
     finally:
@@ -390,7 +390,8 @@ def conclusion(m, best):
     if best is None or not any(x["role"] == "student" for x in m.values()):
         return ["Not enough models have finished yet."]
     mean = lambda role, key: sum(x[key] for x in m.values() if x["role"] == role) / max(1, sum(x["role"] == role for x in m.values()))
-    spread = lambda role: statistics.stdev([x["blimp"] for x in m.values() if x["role"] == role]) if sum(x["role"] == role for x in m.values()) > 1 else float("nan")
+    blimp_of = lambda role: [x["blimp"] for x in m.values() if x["role"] == role]
+    spread = lambda role: statistics.stdev(blimp_of(role)) if len(blimp_of(role)) > 1 else float("nan")
     lines = [f"BLiMP (mean over seeds): student {mean('student', 'blimp'):.2f}, baseline {mean('baseline', 'blimp'):.2f}, "
              f"best teacher ({best}) {m[best]['blimp']:.2f}; supplement: {mean('student', 'supplement'):.2f}, "
              f"{mean('baseline', 'supplement'):.2f}, {m[best]['supplement']:.2f}. The noise: BLiMP's standard deviation over seeds is "
