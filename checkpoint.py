@@ -83,13 +83,19 @@ def hold_lock(path, busy):
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder, not a lock file: remove it")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = open(path, "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(3):
+        f = open(path, "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise InputError(busy) from None
+        # a holder that removes the file as it finishes (prepare_data.py) may do so between our open and flock:
+        # then we locked a file no one else can see, and a third process could lock the new one at `path`
+        if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+            return f
         f.close()
-        raise InputError(busy) from None
-    return f
+    raise InputError(busy)
 
 
 def check_writable_dir(path, what="--out"):

@@ -180,3 +180,23 @@ def test_a_second_prepare_into_the_same_out_is_refused_while_the_first_runs(tmp_
     os.remove(out + ".lock")
     main(["--src", src, "--out", out, "--vocab_size=300"])
     assert sorted(os.listdir(tmp_path)) == ["d", "src"], "the lock file is left behind"
+
+
+def test_a_lock_file_removed_by_its_holder_as_we_lock_it_is_locked_again(tmp_path, monkeypatch):
+    """prepare_data.py removes its lock file when it finishes. A second process that opened the file just before
+    and locked it just after held a lock on a removed file, and a third could lock the new one: two writers."""
+    import fcntl
+    from checkpoint import hold_lock
+    path, real, calls = str(tmp_path / "d.lock"), fcntl.flock, []
+
+    def flock_after_the_holder_removed_it(f, op):
+        if not calls:  # the holder finishes between our open and our flock
+            os.remove(path)
+        calls.append(op)
+        return real(f, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_removed_it)
+    held = hold_lock(path, "busy")
+    assert os.path.exists(path) and os.path.samestat(os.fstat(held.fileno()), os.stat(path)), \
+        "hold_lock: the lock is held on a removed file, not on the one at its path"
+    held.close()
